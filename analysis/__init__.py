@@ -1,0 +1,1 @@
+"""Analysis of run directories: tidy loaders and the paper's figures (never imports training code)."""

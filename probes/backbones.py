@@ -1,0 +1,248 @@
+"""BACKBONES registry: model name → builder, plus vocabulary extension with seeded row init.
+
+Pythia (GPT-NeoX) and Mamba v1 live in one table with their published sizes and hub ids.
+Every named model is built from its config with random weights (nothing is downloaded);
+`hf:ID_OR_PATH` loads any transformers causal LM a user has through `from_pretrained`.
+
+    bb = build_backbone("mamba-tiny", seed=0)
+    new_ids = extend_vocabulary(bb, ["<s_0>", "<s_1>", "<out>", "<sep>"], init="mean", seed=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from probes.errors import UserError
+
+Init = Literal["default", "mean", "normal"]
+INITS: tuple[str, ...] = ("default", "mean", "normal")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: Literal["pythia", "mamba"]
+    config: dict[str, Any]
+    hub_id: str | None = None  # where the published weights live, for `hf:` users
+
+    def build_config(self):
+        from transformers import GPTNeoXConfig, MambaConfig
+
+        cls = GPTNeoXConfig if self.family == "pythia" else MambaConfig
+        return cls(**self.config)
+
+
+_PYTHIA_COMMON = dict(vocab_size=50304, rotary_pct=0.25, max_position_embeddings=2048,
+                      use_parallel_residual=True, tie_word_embeddings=False,
+                      bos_token_id=0, eos_token_id=0)
+_MAMBA_COMMON = dict(vocab_size=50280, state_size=16, expand=2, conv_kernel=4,
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+
+
+def _pythia(name: str, hidden: int, layers: int, heads: int, **extra) -> BackboneSpec:
+    cfg = {**_PYTHIA_COMMON, "hidden_size": hidden, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "intermediate_size": 4 * hidden, **extra}
+    hub = None if name.endswith("tiny") else f"EleutherAI/{name}"
+    return BackboneSpec(name, "pythia", cfg, hub)
+
+
+def _mamba(name: str, hidden: int, layers: int, **extra) -> BackboneSpec:
+    cfg = {**_MAMBA_COMMON, "hidden_size": hidden, "num_hidden_layers": layers, **extra}
+    hub = None if name.endswith("tiny") else f"state-spaces/{name}-hf"
+    return BackboneSpec(name, "mamba", cfg, hub)
+
+
+# Published sizes (Pythia: Biderman et al. 2023, table 1; Mamba: state-spaces/mamba-*-hf configs).
+# Tiny presets are CPU-sized: d=128, 2 layers, a 1024-token vocabulary (answer ids p + 2 fit
+# for N <= 1022).
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        _pythia("pythia-tiny", 128, 2, 4, vocab_size=1024, max_position_embeddings=1024),
+        _pythia("pythia-14m", 128, 6, 4),
+        _pythia("pythia-70m", 512, 6, 8),
+        _pythia("pythia-160m", 768, 12, 12),
+        _pythia("pythia-410m", 1024, 24, 16),
+        _pythia("pythia-1b", 2048, 16, 8),
+        _pythia("pythia-1.4b", 2048, 24, 16),
+        _pythia("pythia-2.8b", 2560, 32, 32),
+        _mamba("mamba-tiny", 128, 2, vocab_size=1024),
+        _mamba("mamba-130m", 768, 24),
+        _mamba("mamba-370m", 1024, 48),
+        _mamba("mamba-790m", 1536, 48),
+        _mamba("mamba-1.4b", 2048, 48),
+        _mamba("mamba-2.8b", 2560, 64),
+    ]
+}
+
+
+def known_models() -> str:
+    return ", ".join([*BACKBONES, "hf:ID_OR_PATH"])
+
+
+def check_model_name(name: str) -> str:
+    if name in BACKBONES or (name.startswith("hf:") and len(name) > 3):
+        return name
+    raise UserError(f"unknown model '{name}' (known: {known_models()})")
+
+
+@dataclass
+class Backbone:
+    """A causal LM and what the probes need to know about it."""
+
+    name: str
+    family: str  # "pythia" | "mamba" | the transformers model_type for hf: models
+    model: nn.Module
+    tokenizer: Any | None = None
+    added_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def base_vocab(self) -> int:
+        """Rows of the input embedding before any `extend_vocabulary`."""
+        return self.model.get_input_embeddings().num_embeddings - len(self.added_tokens)
+
+    @property
+    def eos_id(self) -> int:
+        eos = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(eos, list):
+            eos = eos[0]
+        return 0 if eos is None else int(eos)
+
+
+def build_backbone(name: str, seed: int = 0, device: str | torch.device = "cpu") -> Backbone:
+    """Build `name` from its config with seeded random weights, or load an `hf:` model."""
+    check_model_name(name)
+    if name.startswith("hf:"):
+        return _load_pretrained(name[3:], device)
+    from transformers import GPTNeoXForCausalLM, MambaForCausalLM
+
+    spec = BACKBONES[name]
+    cls = GPTNeoXForCausalLM if spec.family == "pythia" else MambaForCausalLM
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls(spec.build_config())
+    return Backbone(name, spec.family, model)
+
+
+def _load_pretrained(id_or_path: str, device: str | torch.device) -> Backbone:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(id_or_path).expanduser()
+    looks_local = local.exists() or id_or_path.startswith((".", "/", "~")) or id_or_path.count("/") > 1
+    if looks_local and not (local / "config.json").exists():
+        raise UserError(f"hf:{id_or_path}: no model there (expected a directory with config.json "
+                        f"written by save_pretrained)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(local) if looks_local else id_or_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"hf:{id_or_path}: cannot load it with from_pretrained ({first})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if looks_local else id_or_path)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # data are token ids; a tokenizer is optional
+    family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
+    return Backbone(f"hf:{id_or_path}", family, model.to(device), tokenizer)
+
+
+# === Vocabulary extension ===
+
+
+@torch.no_grad()
+def _new_rows(old: torch.Tensor, k: int, init: str, std: float, gen: torch.Generator) -> torch.Tensor:
+    """k new embedding rows from `old` (V, d) by `init`, drawn from the seeded generator."""
+    old = old.float()
+    d = old.shape[1]
+    if init == "default":  # what the model's own _init_weights does for embeddings
+        return torch.randn(k, d, generator=gen) * std
+    mean = old.mean(0)
+    if init == "mean":
+        return mean.expand(k, d).clone()
+    # normal: N(mean, cov) of the existing rows (Hewitt 2021), via a Cholesky factor
+    centred = old - mean
+    cov = centred.T @ centred / max(old.shape[0] - 1, 1)
+    eye = torch.eye(d)
+    for jitter in (0.0, 1e-6, 1e-4):  # tiny ridge if the covariance is rank-deficient
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * cov.diagonal().mean() * eye)
+        if info == 0:
+            break
+    return mean + torch.randn(k, d, generator=gen) @ chol.T
+
+
+def extend_vocabulary(bb: Backbone, names: list[str], init: str = "default", seed: int = 0) -> list[int]:
+    """Append one embedding row per name (input and, when untied, output) and init them.
+
+    Ids are `base_vocab + i` in order. A tokenizer, when the backbone has one, gets the names
+    as added tokens at exactly those ids (padding placeholders fill any gap first).
+    """
+    if init not in INITS:
+        raise UserError(f"unknown init '{init}' (allowed: {', '.join(INITS)})")
+    model = bb.model
+    start = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(start + len(names), mean_resizing=False)
+    gen = torch.Generator().manual_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    embeddings = [model.get_input_embeddings()]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not embeddings[0].weight:
+        embeddings.append(out)
+    for emb in embeddings:
+        w = emb.weight
+        rows = _new_rows(w[:start].detach().cpu(), len(names), init, std, gen)
+        with torch.no_grad():
+            w[start:] = rows.to(w.device, w.dtype)
+    if bb.tokenizer is not None:
+        _add_to_tokenizer(bb.tokenizer, start, names)
+    bb.added_tokens.extend(names)
+    return list(range(start, start + len(names)))
+
+
+def _add_to_tokenizer(tokenizer, start: int, names: list[str]) -> None:
+    gap = start - len(tokenizer)
+    if gap > 0:
+        tokenizer.add_tokens([f"<|probes_unused_{i}|>" for i in range(gap)], special_tokens=True)
+    if len(tokenizer) != start:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the embedding {start} rows; "
+                        f"cannot align new tokens")
+    tokenizer.add_tokens(names, special_tokens=True)
+
+
+# === Forward pass at a few positions ===
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor | None = None,
+                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states (B, L, d) of the model's trunk, without the LM head."""
+    out = model.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def slot_logits(model: nn.Module, input_ids: torch.Tensor, slots: torch.Tensor | list[int]) -> torch.Tensor:
+    """Logits (B, len(slots), V) only at `slots`: the LM head never sees the other positions."""
+    h = hidden_states(model, input_ids)
+    return model.get_output_embeddings()(h[:, slots])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(name: str) -> str:
+    """`pythia-160m: pythia, d=768, 12 layers, 162M params` (built on the meta device)."""
+    from transformers import GPTNeoXForCausalLM, MambaForCausalLM
+
+    spec = BACKBONES[name]
+    config = spec.build_config()
+    cls = GPTNeoXForCausalLM if spec.family == "pythia" else MambaForCausalLM
+    with torch.device("meta"):
+        n = count_parameters(cls(config))
+    return f"{name}: {spec.family}, d={config.hidden_size}, {config.num_hidden_layers} layers, {n / 1e6:.0f}M params"
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "INITS", "build_backbone", "check_model_name",
+           "extend_vocabulary", "hidden_states", "slot_logits", "known_models", "describe"]

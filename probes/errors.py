@@ -1,0 +1,9 @@
+"""The one exception type that means "the user asked for something we cannot do".
+
+The CLI prints its message as a single line and exits non-zero; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: the message names the bad value and what is allowed."""

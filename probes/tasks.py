@@ -1,0 +1,338 @@
+"""Synthetic grounding task (SPEC §1): generators, the on-disk format, and the token layout.
+
+One example is a random permutation `context` of the N special tokens <s_0> … <s_{N-1}>, a
+query token q = context[p] and its target position p. Data are model-independent index arrays;
+`TokenLayout` is the ONE place where indices become a model's token ids:
+
+    suffix:  <s_..> × N  <out> q        → answer(p)   (paper main text)
+    prefix:  <out> q <sep> <s_..> × N   → answer(p)   (paper App. C.4.1)
+
+Every sequence is followed by answer(p) and, with `eos_target`, the end-of-text token; the loss
+and accuracy look only at those slots (teacher forcing).
+
+Generation is vectorised numpy: no Python loop runs per example. Targets are balanced (each
+position is the target of size // N or size // N + 1 examples), and the held-out set, made
+from its own seed, shares no (context, query) pair with training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from probes.config import DataConfig, TokenConfig
+from probes.errors import UserError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "heldout")
+_MAX_RESAMPLE_ROUNDS = 64
+
+
+# === Splits and datasets ===
+
+
+@dataclass(frozen=True)
+class Split:
+    """`context` (size, N) int16: index of the special token at each position;
+    `query` (size,): index of the queried token; `target_position` (size,): where it sits."""
+
+    context: np.ndarray
+    query: np.ndarray
+    target_position: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    @property
+    def n(self) -> int:
+        return self.context.shape[1]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    config: DataConfig
+    train: Split
+    heldout: Split
+    shared_pairs: int  # (context, query) pairs found in both splits: 0 by construction
+    resampled: int  # training rows redrawn because they collided with the held-out set
+
+    def meta(self) -> dict:
+        return {"format_version": FORMAT_VERSION, **dataset_identity(self.config),
+                "shared_pairs": self.shared_pairs, "resampled": self.resampled}
+
+
+def dataset_identity(cfg: DataConfig) -> dict:
+    """The fields that decide a dataset's content (what meta.json is compared on)."""
+    return {"n": cfg.n, "layout": cfg.layout, "seed": cfg.seed,
+            "heldout_seed": cfg.effective_heldout_seed,
+            "train_size": cfg.train_size, "eval_size": cfg.eval_size}
+
+
+def balanced_targets(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Target positions in shuffled order, each position used size // n or size // n + 1 times."""
+    return rng.permutation(np.arange(size, dtype=np.int16) % n)
+
+
+def random_contexts(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, n) int16, each row an independent uniform permutation of 0 … n-1."""
+    return rng.permuted(np.broadcast_to(np.arange(n, dtype=np.int16), (size, n)), axis=1)
+
+
+def _split(context: np.ndarray, target: np.ndarray) -> Split:
+    query = np.take_along_axis(context, target[:, None].astype(np.intp), axis=1)[:, 0]
+    return Split(context=context, query=query, target_position=target)
+
+
+def generate_split(n: int, size: int, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    target = balanced_targets(n, size, rng)
+    return _split(random_contexts(n, size, rng), target)
+
+
+def _row_keys(split: Split) -> np.ndarray:
+    """int64 key of (first four positions, target): equal examples have equal keys.
+
+    A (context, query) pair is the same as a (context, target) pair, since the context is a
+    permutation. The key is a cheap filter; `_rows_in` confirms candidates on whole rows.
+    """
+    c = split.context.astype(np.int64)
+    key = split.target_position.astype(np.int64)
+    for j in range(min(4, split.n)):
+        key = key * 32771 + c[:, j]  # 32771 > MAX_N: injective on the first four positions
+    return key
+
+
+def _as_void(rows: np.ndarray) -> np.ndarray:
+    rows = np.ascontiguousarray(rows)
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+
+
+def _rows_in(split: Split, other: Split, candidates: np.ndarray) -> np.ndarray:
+    """Boolean mask over `candidates` (indices into split): whole example also in `other`."""
+    mine = np.column_stack([split.context[candidates], split.target_position[candidates]])
+    theirs = np.column_stack([other.context, other.target_position])
+    return np.isin(_as_void(mine), _as_void(theirs))
+
+
+def shared_rows(split: Split, other: Split) -> np.ndarray:
+    """Indices of examples in `split` whose (context, query) pair also occurs in `other`."""
+    candidates = np.flatnonzero(np.isin(_row_keys(split), _row_keys(other)))
+    if len(candidates) == 0:
+        return candidates
+    return candidates[_rows_in(split, other, candidates)]
+
+
+def count_shared_pairs(train: Split, heldout: Split) -> int:
+    """How many training examples also occur (same context and query) in the held-out set."""
+    return len(shared_rows(train, heldout))
+
+
+def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Dataset:
+    """Held-out set from its own seed first, then training rows, redrawing any that collide.
+
+    Redrawing keeps each row's target position, so balance is untouched. The final check
+    counts shared pairs on whole rows and must find none.
+    """
+    say = status or (lambda _msg: None)
+    n = cfg.n
+    say(f"held-out set: {cfg.eval_size:,} examples, n={n}")
+    heldout = generate_split(n, cfg.eval_size, cfg.effective_heldout_seed)
+
+    say(f"training set: {cfg.train_size:,} examples, n={n}")
+    rng = np.random.default_rng(cfg.seed)
+    target = balanced_targets(n, cfg.train_size, rng)
+    context = random_contexts(n, cfg.train_size, rng)
+    train = _split(context, target)
+
+    say("making the held-out set disjoint from training")
+    resampled = 0
+    for _ in range(_MAX_RESAMPLE_ROUNDS):
+        clash = shared_rows(train, heldout)
+        if len(clash) == 0:
+            break
+        resampled += len(clash)
+        context[clash] = random_contexts(n, len(clash), rng)
+        train = _split(context, target)
+    else:
+        raise UserError(
+            f"n={n} is too small for a held-out set of {cfg.eval_size:,} disjoint from training: "
+            f"only {math.factorial(n) * n:,} distinct examples exist (allowed: a larger n or a "
+            f"smaller eval_size)"
+        )
+    shared = count_shared_pairs(train, heldout)
+    assert shared == 0, f"held-out set shares {shared} pairs with training"
+    return Dataset(cfg, train, heldout, shared_pairs=shared, resampled=resampled)
+
+
+# === On disk: DIR/train.npz, DIR/heldout.npz, DIR/meta.json ===
+
+
+def read_meta(out: Path) -> dict | None:
+    """meta.json of a dataset directory, or None when there is none."""
+    path = Path(out) / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable ({err}); remove the directory or choose another --out")
+
+
+def same_dataset(meta: dict, cfg: DataConfig) -> bool:
+    wanted = {"format_version": FORMAT_VERSION, **dataset_identity(cfg)}
+    return all(meta.get(k) == v for k, v in wanted.items())
+
+
+def check_out_dir(out: Path, cfg: DataConfig, overwrite: bool = False) -> bool:
+    """True when `out` already holds exactly this dataset (nothing to do).
+
+    A directory holding a different dataset, or other files, is an error unless `overwrite`.
+    """
+    out = Path(out)
+    if not out.exists() or overwrite:
+        return False
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    meta = read_meta(out)
+    if meta is None:
+        if any(out.iterdir()):
+            raise UserError(f"--out {out} is not empty and holds no dataset; choose an empty or new directory")
+        return False
+    if same_dataset(meta, cfg) and all((out / f"{s}.npz").exists() for s in SPLITS):
+        return True
+    differing = [f"{k}={meta.get(k)} there, {v} asked" for k, v in dataset_identity(cfg).items() if meta.get(k) != v]
+    raise UserError(
+        f"--out {out} already holds a different dataset ({'; '.join(differing) or 'incomplete'}); "
+        f"choose another --out or pass --overwrite"
+    )
+
+
+def save_dataset(ds: Dataset, out: Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # written last: a dataset without it is incomplete
+    for name, split in zip(SPLITS, (ds.train, ds.heldout)):
+        np.savez(out / f"{name}.npz", context=split.context, query=split.query,
+                 target_position=split.target_position)
+    (out / "meta.json").write_text(json.dumps(ds.meta(), indent=2) + "\n")
+
+
+def load_dataset(out: str | Path) -> Dataset:
+    """Read a dataset written by `save_dataset`; a missing or damaged one is a UserError."""
+    out = Path(out)
+    meta = read_meta(out)
+    if meta is None:
+        raise UserError(f"no dataset at {out} (expected {out / 'meta.json'}); run `probes generate` first")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{out} has dataset format {meta.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+    cfg = DataConfig(n=meta["n"], layout=meta["layout"], seed=meta["seed"], heldout_seed=meta["heldout_seed"],
+                     train_size=meta["train_size"], eval_size=meta["eval_size"])
+    splits = []
+    for name in SPLITS:
+        try:
+            with np.load(out / f"{name}.npz") as z:
+                split = Split(z["context"], z["query"], z["target_position"])
+        except (OSError, KeyError, ValueError) as err:
+            raise UserError(f"{out / (name + '.npz')} is missing or damaged ({err}); regenerate the dataset") from None
+        if split.n != cfg.n:
+            raise UserError(f"{out / (name + '.npz')} has n={split.n} but meta.json says n={cfg.n}")
+        splits.append(split)
+    return Dataset(cfg, splits[0], splits[1], meta.get("shared_pairs", 0), meta.get("resampled", 0))
+
+
+# === Token ids: the one place where indices meet a vocabulary ===
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Token ids of the task for one model.
+
+    New rows appended to a vocabulary of `base_vocab` ids: <s_i> = base_vocab + i,
+    <out> = base_vocab + n, <sep> = base_vocab + n + 1. answer(p) = answer_ids[p], existing ids
+    (default p + 2: the single-byte tokens after <|endoftext|>, <|padding|> in GPT-NeoX).
+    """
+
+    n: int
+    layout: str
+    base_vocab: int
+    answer_ids: np.ndarray  # (n,) int64
+    eos_id: int
+    eos_target: bool = True
+
+    N_MARKERS = 2  # <out>, <sep>
+
+    @classmethod
+    def build(cls, n: int, layout: str, base_vocab: int, tokens: TokenConfig, eos_id: int) -> TokenLayout:
+        if tokens.answer_ids is not None:
+            answers = np.asarray(tokens.answer_ids, dtype=np.int64)
+            if len(answers) != n or len(set(answers.tolist())) != n:
+                raise UserError(f"answer_ids must list {n} distinct ids, one per position (got {len(answers)})")
+        else:
+            answers = np.arange(n, dtype=np.int64) + tokens.answer_offset
+        if answers.min() < 0 or answers.max() >= base_vocab:
+            raise UserError(
+                f"answer ids {answers.min()}…{answers.max()} do not fit the model's vocabulary of "
+                f"{base_vocab} (allowed: n + answer_offset <= {base_vocab})"
+            )
+        eos = tokens.eos_id if tokens.eos_id is not None else eos_id
+        return cls(n, layout, base_vocab, answers, int(eos), tokens.eos_target)
+
+    @property
+    def n_new_tokens(self) -> int:
+        return self.n + self.N_MARKERS
+
+    @property
+    def out_id(self) -> int:
+        return self.base_vocab + self.n
+
+    @property
+    def sep_id(self) -> int:
+        return self.base_vocab + self.n + 1
+
+    @property
+    def seq_len(self) -> int:
+        """Model input length: context, markers, query, and the answer (which predicts eos)."""
+        return self.n + (3 if self.layout == "suffix" else 4)
+
+    @property
+    def answer_slot(self) -> int:
+        """Input index whose next-token prediction is the answer."""
+        return self.seq_len - 2
+
+    def encode(self, split: Split, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids (B, seq_len) int64, answer ids (B,)) for the selected rows.
+
+        The prediction at `answer_slot` is scored against the answer and, with `eos_target`,
+        the prediction at `answer_slot + 1` against `eos_id`.
+        """
+        ctx = split.context[rows].astype(np.int64) + self.base_vocab
+        q = split.query[rows].astype(np.int64)[:, None] + self.base_vocab
+        answer = self.answer_ids[split.target_position[rows].astype(np.intp)]
+        b = len(ctx)
+        out = np.full((b, 1), self.out_id)
+        if self.layout == "suffix":
+            parts = [ctx, out, q, answer[:, None]]
+        else:
+            parts = [out, q, np.full((b, 1), self.sep_id), ctx, answer[:, None]]
+        return np.concatenate(parts, axis=1), answer
+
+
+# === Rendering (for --preview and docs) ===
+
+
+def render_example(context: np.ndarray, query: int, target: int, layout: str) -> str:
+    """`<s_3> <s_0> <s_1> <s_2> <out> <s_1> => <a_2>` (suffix) or its prefix twin."""
+    ctx = " ".join(f"<s_{int(i)}>" for i in context)
+    q = f"<s_{int(query)}>"
+    body = f"{ctx} <out> {q}" if layout == "suffix" else f"<out> {q} <sep> {ctx}"
+    return f"{body} => <a_{int(target)}>"
+
+
+def preview(split: Split, layout: str, k: int) -> list[str]:
+    return [render_example(split.context[i], split.query[i], split.target_position[i], layout)
+            for i in range(min(k, len(split)))]
