@@ -21,8 +21,8 @@ from probes.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Synthetic grounding probes for Transformer and Mamba backbones.")
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True, highlight=False)
 
 
 def user_errors(fn):

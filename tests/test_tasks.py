@@ -1,0 +1,176 @@
+"""probes.tasks: the grounding task exactly as SPEC §1 states it, checked on decoded examples."""
+
+import numpy as np
+import pytest
+
+from probes.config import DataConfig, TokenConfig
+from probes.errors import UserError
+from probes import tasks
+from probes.tasks import Split, TokenLayout
+
+
+def small(**kw) -> DataConfig:
+    return DataConfig(**{"n": 6, "train_size": 600, "eval_size": 120, "seed": 3, **kw})
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tasks.generate(small())
+
+
+def decode(ids: np.ndarray, layout: TokenLayout) -> list[str]:
+    """Token ids back to names, the inverse of TokenLayout, written independently of it."""
+    names = []
+    for t in ids.tolist():
+        if t >= layout.base_vocab + layout.n:
+            names.append({0: "<out>", 1: "<sep>"}[t - layout.base_vocab - layout.n])
+        elif t >= layout.base_vocab:
+            names.append(f"<s_{t - layout.base_vocab}>")
+        else:
+            names.append(f"<a_{int(np.flatnonzero(layout.answer_ids == t)[0])}>")
+    return names
+
+
+# === Examples ===
+
+
+def test_every_context_is_a_permutation_of_the_n_special_tokens(ds):
+    for split in (ds.train, ds.heldout):
+        assert (np.sort(split.context, axis=1) == np.arange(6)).all()
+
+
+def test_query_sits_at_the_target_position(ds):
+    for split in (ds.train, ds.heldout):
+        rows = np.arange(len(split))
+        assert (split.context[rows, split.target_position] == split.query).all()
+
+
+def test_suffix_example_decodes_token_by_token():
+    split = Split(np.array([[3, 0, 1, 2]], np.int16), np.array([1], np.int16), np.array([2], np.int16))
+    layout = TokenLayout.build(4, "suffix", base_vocab=100, tokens=TokenConfig(), eos_id=0)
+    ids, answer = layout.encode(split)
+    assert decode(ids[0], layout) == ["<s_3>", "<s_0>", "<s_1>", "<s_2>", "<out>", "<s_1>", "<a_2>"]
+    assert ids[0].tolist() == [103, 100, 101, 102, 104, 101, 4]  # answer(2) = id 2 + 2
+    assert answer.tolist() == [4]
+    assert ids[0, layout.answer_slot] == 101  # the query token predicts the answer
+    assert layout.seq_len == 4 + 3
+
+
+def test_prefix_example_decodes_token_by_token():
+    split = Split(np.array([[3, 0, 1, 2]], np.int16), np.array([1], np.int16), np.array([2], np.int16))
+    layout = TokenLayout.build(4, "prefix", base_vocab=100, tokens=TokenConfig(), eos_id=0)
+    ids, _ = layout.encode(split)
+    assert decode(ids[0], layout) == ["<out>", "<s_1>", "<sep>", "<s_3>", "<s_0>", "<s_1>", "<s_2>", "<a_2>"]
+    assert ids[0, layout.answer_slot] == 102  # the last context token predicts the answer
+    assert layout.seq_len == 4 + 4
+
+
+def test_paper_length_for_n200_suffix_is_203():
+    layout = TokenLayout.build(200, "suffix", base_vocab=50304, tokens=TokenConfig(), eos_id=0)
+    assert layout.seq_len == 203
+    assert layout.n_new_tokens == 202
+
+
+def test_answer_ids_can_be_given_explicitly():
+    layout = TokenLayout.build(3, "suffix", 50, TokenConfig(answer_ids=[7, 9, 11]), eos_id=0)
+    assert layout.answer_ids.tolist() == [7, 9, 11]
+    with pytest.raises(UserError, match="3 distinct ids"):
+        TokenLayout.build(3, "suffix", 50, TokenConfig(answer_ids=[7, 7, 11]), eos_id=0)
+
+
+def test_answer_ids_must_fit_the_vocabulary():
+    with pytest.raises(UserError, match="do not fit the model's vocabulary of 20"):
+        TokenLayout.build(30, "suffix", 20, TokenConfig(), eos_id=0)
+
+
+def test_preview_lines_have_the_spec_format(ds):
+    line = tasks.render_example(np.array([3, 0, 1, 2]), 1, 2, "suffix")
+    assert line == "<s_3> <s_0> <s_1> <s_2> <out> <s_1> => <a_2>"
+    line = tasks.render_example(np.array([3, 0, 1, 2]), 1, 2, "prefix")
+    assert line == "<out> <s_1> <sep> <s_3> <s_0> <s_1> <s_2> => <a_2>"
+    assert len(tasks.preview(ds.train, "suffix", 5)) == 5
+
+
+# === Balance, disjointness, determinism ===
+
+
+@pytest.mark.parametrize("size", [600, 601, 605, 6 * 7 - 1])
+def test_targets_are_balanced_over_positions(size):
+    ds = tasks.generate(small(train_size=size, eval_size=size + 2))
+    for split in (ds.train, ds.heldout):
+        counts = np.bincount(split.target_position, minlength=6)
+        assert counts.max() - counts.min() <= 1
+        assert counts.min() == len(split) // 6
+
+
+def test_heldout_shares_no_context_query_pair_with_training():
+    # n=4 has only 4! * 4 = 96 distinct examples: collisions are certain and must be redrawn
+    ds = tasks.generate(DataConfig(n=4, train_size=400, eval_size=20, seed=1))
+    assert ds.resampled > 0
+    assert ds.shared_pairs == 0
+    train = {(tuple(c), q) for c, q in zip(ds.train.context.tolist(), ds.train.query.tolist())}
+    held = {(tuple(c), q) for c, q in zip(ds.heldout.context.tolist(), ds.heldout.query.tolist())}
+    assert not train & held
+
+
+def test_shared_pair_check_counts_overlap():
+    a = tasks.generate_split(5, 50, seed=0)
+    b = Split(a.context[:7].copy(), a.query[:7].copy(), a.target_position[:7].copy())
+    assert tasks.count_shared_pairs(b, a) == 7
+    assert tasks.count_shared_pairs(a, b) >= 7  # duplicates inside `a` count too
+
+
+def test_redrawing_keeps_balance():
+    ds = tasks.generate(DataConfig(n=4, train_size=401, eval_size=20, seed=1))
+    counts = np.bincount(ds.train.target_position, minlength=4)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_impossible_disjointness_is_a_user_error():
+    with pytest.raises(UserError, match="too small"):
+        tasks.generate(DataConfig(n=2, train_size=10, eval_size=10))
+
+
+def test_same_seed_gives_the_same_data_and_another_seed_does_not():
+    a, b, c = tasks.generate(small()), tasks.generate(small()), tasks.generate(small(seed=4))
+    assert np.array_equal(a.train.context, b.train.context)
+    assert np.array_equal(a.heldout.context, b.heldout.context)
+    assert not np.array_equal(a.train.context, c.train.context)
+
+
+def test_heldout_depends_only_on_its_own_seed_not_on_training():
+    a = tasks.generate(small(train_size=600))
+    b = tasks.generate(small(train_size=900, seed=5, heldout_seed=a.config.effective_heldout_seed))
+    assert np.array_equal(a.heldout.context, b.heldout.context)
+
+
+# === On disk ===
+
+
+def test_save_and_load_round_trip(tmp_path, ds):
+    tasks.save_dataset(ds, tmp_path / "d")
+    back = tasks.load_dataset(tmp_path / "d")
+    assert tasks.dataset_identity(back.config) == tasks.dataset_identity(ds.config)
+    for name in tasks.SPLITS:
+        for field in ("context", "query", "target_position"):
+            assert np.array_equal(getattr(getattr(back, name), field), getattr(getattr(ds, name), field))
+    with np.load(tmp_path / "d" / "train.npz") as z:
+        assert set(z.files) == {"context", "query", "target_position"}
+        assert z["context"].shape == (600, 6)
+
+
+def test_out_dir_with_a_different_dataset_is_refused(tmp_path, ds):
+    tasks.save_dataset(ds, tmp_path / "d")
+    assert tasks.check_out_dir(tmp_path / "d", ds.config) is True  # same dataset: nothing to do
+    with pytest.raises(UserError, match="different dataset"):
+        tasks.check_out_dir(tmp_path / "d", small(n=7))
+    assert tasks.check_out_dir(tmp_path / "d", small(n=7), overwrite=True) is False
+
+
+def test_missing_or_damaged_dataset_is_a_user_error(tmp_path, ds):
+    with pytest.raises(UserError, match="no dataset"):
+        tasks.load_dataset(tmp_path / "nothing")
+    tasks.save_dataset(ds, tmp_path / "d")
+    (tmp_path / "d" / "heldout.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="damaged"):
+        tasks.load_dataset(tmp_path / "d")
