@@ -1,0 +1,319 @@
+"""Throughput of Pythia and Mamba side by side, in one run: training tokens/s, peak memory, eval examples/s.
+
+    run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 10, warmup: int = 3,
+              out_dir: str | Path = "bench", eval_batch_size: int | None = None, eval_steps: int = 10,
+              lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
+              profile: list[str] | None = None) -> pandas.DataFrame
+
+(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc]`: a
+BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | reference; default
+auto), a batch size for that row only, and `gc` for gradient checkpointing. Example:
+`["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"]`.
+
+What is measured, per row, on random token ids of the suffix layout's length N + 3:
+* training step = forward + backward + AdamW (fused on CUDA) under bf16 autocast, with the loss
+  on the two target slots of SPEC §1 (the answer and end-of-text), logits computed only there;
+  s/step and tokens/s (batch x (N + 3) per step) over `steps` steps after `warmup`;
+* peak memory = torch.cuda.max_memory_allocated over the timed steps (weights, gradients and
+  optimizer state included);
+* evaluation = forward only under torch.inference_mode, bf16 autocast, logits only at the answer
+  slot, batch `eval_batch_size` (default 4 x batch): examples/s.
+A row that runs out of memory is kept with status `oom`. Ratios: each Mamba row against the
+Pythia row of matching size (`vs_pythia`), and each fast Mamba row against the same model's
+`@reference` row (`vs_reference`, tokens/s). Writes bench.csv, bench.md and bench.json to out_dir.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Pythia of matching size for each Mamba (Gu & Dao 2023, table 3 pairs)
+PAIRS = {"mamba-130m": "pythia-160m", "mamba-370m": "pythia-410m", "mamba-790m": "pythia-1b",
+         "mamba-1.4b": "pythia-1.4b", "mamba-2.8b": "pythia-2.8b", "mamba-tiny": "pythia-tiny"}
+
+
+# === Models ===
+
+
+def _build(name: str, device: str, seed: int):
+    """(model, family) from the BACKBONES registry (random init, built on `device`)."""
+    from probes.backbones import BACKBONES, build_backbone
+
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model '{name}' (known: {', '.join(BACKBONES)})")
+    bb = build_backbone(name, seed=seed, device=device)
+    return bb.model, bb.family
+
+
+def parse_spec(spec: str) -> dict:
+    """`mamba-130m@reference:b16:gc` -> {name, backend, batch, gc}."""
+    head, *opts = spec.split(":")
+    name, _, backend = head.partition("@")
+    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False}
+    for o in opts:
+        if o == "gc":
+            out["gc"] = True
+        elif o.startswith("b") and o[1:].isdigit():
+            out["batch"] = int(o[1:])
+        else:
+            raise ValueError(f"bad option '{o}' in '{spec}' (expected bNN or gc)")
+    return out
+
+
+def _trunk_hidden(model, ids):
+    out = model.base_model(input_ids=ids, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+# === Timing ===
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, n: int, warmup: int, device: str, max_seconds: float) -> tuple[float, int]:
+    """Seconds per call, averaged over up to n calls after `warmup` (stops once past max_seconds)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        fn()
+        done += 1
+        if time.perf_counter() - t0 > max_seconds:
+            break
+    _sync(device)
+    return (time.perf_counter() - t0) / done, done
+
+
+def _peak_gb(device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def _free(device):
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int,
+              eval_steps: int, lr: float, seed: int, device: str, max_seconds: float,
+              profile_dir: Path | None = None) -> dict:
+    """One row: build, set the scan backend, time training and evaluation."""
+    from probes.kernels import set_scan_backend
+
+    L = n + 3
+    B = spec["batch"] or batch_size
+    row = {"model": spec["spec"], "name": spec["name"], "batch_size": B, "seq_len": L, "grad_ckpt": spec["gc"]}
+    amp = {"device_type": "cuda" if device.startswith("cuda") else "cpu", "dtype": torch.bfloat16}
+    model = opt = None
+    try:
+        torch.manual_seed(seed)
+        model, family = _build(spec["name"], device, seed)
+        row["family"] = family
+        row["backend"] = set_scan_backend(model, spec["backend"] or "auto") if family == "mamba" else "-"
+        row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+        if spec["gc"]:
+            model.gradient_checkpointing_enable()
+        model.train()
+        vocab = model.get_input_embeddings().num_embeddings
+        head = model.get_output_embeddings()
+        gen = torch.Generator(device=device).manual_seed(seed)
+        ids = torch.randint(0, vocab, (B, L), device=device, generator=gen)
+        tgt = torch.randint(0, vocab, (B, 2), device=device, generator=gen)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, **({"fused": True} if device.startswith("cuda") else {}))
+
+        def train_step():
+            with torch.autocast(**amp):
+                h = _trunk_hidden(model, ids)
+                logits = head(h[:, -2:])  # slots predicting the answer and end-of-text
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        if profile_dir is not None:
+            _profile(train_step, device, profile_dir / f"profile_{_safe(spec['spec'])}.txt")
+        try:  # the reference scan is slow and its timing stable: one warm-up step is enough
+            s, done = _timed(train_step, steps, 1 if row["backend"] == "reference" else warmup, device,
+                             max_seconds)
+            row.update(train_s_per_step=s, train_steps_timed=done, train_tokens_per_s=B * L / s,
+                       train_examples_per_s=B / s, peak_mem_GB=_peak_gb(device), status="ok")
+        except RuntimeError as err:
+            if not _is_oom(err):
+                raise
+            row.update(status="oom", peak_mem_GB=_peak_gb(device))
+        opt.zero_grad(set_to_none=True)
+        opt = None  # free the optimizer state before evaluation
+        _free(device)
+        # evaluation: forward only, logits at the answer slot
+        model.eval()
+        if spec["gc"]:
+            model.gradient_checkpointing_disable()
+        EB = eval_batch_size or 4 * B
+        row["eval_batch_size"] = EB
+        eids = torch.randint(0, vocab, (EB, L), device=device, generator=gen)
+
+        def eval_step():
+            with torch.inference_mode(), torch.autocast(**amp):
+                h = _trunk_hidden(model, eids)
+                return head(h[:, -2]).argmax(-1)
+
+        try:
+            s, _ = _timed(eval_step, eval_steps, 2, device, max_seconds)
+            row.update(eval_examples_per_s=EB / s, eval_peak_mem_GB=_peak_gb(device))
+        except RuntimeError as err:
+            if not _is_oom(err):
+                raise
+            row["eval_status"] = "oom"
+    except RuntimeError as err:
+        if not _is_oom(err):
+            row.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        else:
+            row.update(status="oom")
+    finally:
+        model = opt = None
+        _free(device)
+    return row
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def _profile(step, device: str, path: Path, n: int = 3) -> None:
+    """Write the top CUDA kernels of n training steps (after 2 warm-up steps) to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        _sync(device)
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=40)
+    except Exception:  # noqa: BLE001 - newer torch renames the CUDA column
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=40)
+    path.write_text(f"{n} training steps\n{table}\n")
+
+
+# === Table ===
+
+
+def _ratios(df):
+    df["vs_pythia_tokens"] = None
+    df["vs_pythia_mem"] = None
+    df["vs_reference"] = None
+    for i, r in df.iterrows():
+        if r.get("family") != "mamba" or r.get("status") != "ok":
+            continue
+        pair = PAIRS.get(r["name"])
+        p = df[(df["name"] == pair) & (df["status"] == "ok")] if pair else df.iloc[0:0]
+        if len(p):
+            df.at[i, "vs_pythia_tokens"] = r["train_tokens_per_s"] / p.iloc[0]["train_tokens_per_s"]
+            if r.get("peak_mem_GB") and p.iloc[0].get("peak_mem_GB"):
+                df.at[i, "vs_pythia_mem"] = r["peak_mem_GB"] / p.iloc[0]["peak_mem_GB"]
+        if r.get("backend") != "reference":
+            ref = df[(df["name"] == r["name"]) & (df["backend"] == "reference") & (df["status"] == "ok")]
+            if len(ref):
+                df.at[i, "vs_reference"] = r["train_tokens_per_s"] / ref.iloc[0]["train_tokens_per_s"]
+    return df
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else (f"{v:.3g}" if abs(v) >= 0.01 else f"{v:.2e}")
+    return str(v)
+
+
+MD_COLS = [("model", "model"), ("backend", "scan"), ("batch_size", "batch"), ("params_M", "params (M)"),
+           ("train_s_per_step", "s/step"), ("train_tokens_per_s", "train tokens/s"),
+           ("peak_mem_GB", "peak mem (GiB)"), ("eval_examples_per_s", "eval examples/s"),
+           ("vs_pythia_tokens", "tokens/s vs Pythia"), ("vs_pythia_mem", "memory vs Pythia"),
+           ("vs_reference", "vs reference scan"), ("status", "status")]
+
+
+def to_markdown(df, header: str = "") -> str:
+    cols = [(c, t) for c, t in MD_COLS if c in df.columns]
+    lines = [header] if header else []
+    lines += ["| " + " | ".join(t for _, t in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 10, warmup: int = 3,
+              out_dir: str | Path = "bench", eval_batch_size: int | None = None, eval_steps: int = 10,
+              lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
+              profile: list[str] | None = None, verbose: bool = True):
+    """Time every model spec in one process; write bench.csv / bench.md / bench.json; return the table."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [parse_spec(m) for m in models]
+    rows = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        row = bench_one(spec, batch_size, n, steps, warmup, eval_batch_size, eval_steps, lr, seed, device,
+                        max_seconds, out if profile and spec["spec"] in profile else None)
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        if verbose:
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        pd.DataFrame(rows).to_csv(out / "bench.csv", index=False)  # partial results survive a crash
+    df = _ratios(pd.DataFrame(rows))
+    env = environment(device)
+    args = {"models": models, "batch_size": batch_size, "n": n, "seq_len": n + 3, "steps": steps,
+            "warmup": warmup, "eval_batch_size": eval_batch_size, "eval_steps": eval_steps, "lr": lr, "seed": seed,
+            "device": device}
+    df.to_csv(out / "bench.csv", index=False)
+    header = (f"Training: bf16 autocast, AdamW, batch {batch_size} (unless the row says), length {n + 3} "
+              f"(N={n}); eval: inference_mode, logits at the answer slot.\n"
+              f"{env.get('gpu', device)}; torch {env['torch']}, triton {env['triton']}, "
+              f"transformers {env['transformers']}.\n")
+    (out / "bench.md").write_text(to_markdown(df, header))
+    (out / "bench.json").write_text(json.dumps({"args": args, "env": env, "rows": json.loads(df.to_json(orient="records"))},
+                                               indent=1))
+    return df
+
+
+__all__ = ["PAIRS", "bench_one", "parse_spec", "run_bench", "to_markdown"]

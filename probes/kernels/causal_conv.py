@@ -1,0 +1,188 @@
+"""Depthwise causal conv1d (+ SiLU) on channel-last tensors: Triton forward/backward and a twin.
+
+    y = causal_conv1d_fn(x, weight, bias, activation="silu", mask=None)
+    ref = causal_conv1d_ref(x, weight, bias, activation="silu", mask=None)
+
+Shapes: x (B, L, D) with unit channel stride (a column slice of a wider tensor is fine, e.g.
+the first half of in_proj's output); weight (D, W); bias (D,) or None; mask (B, L) or None.
+Output (B, L, D), contiguous, in x's dtype:
+
+    y[b, t, d] = act(bias[d] + sum_k weight[d, k] * x[b, t - W + 1 + k, d]) * mask[b, t]
+
+This is Mamba's `conv1d` (transformers keeps it as nn.Conv1d(D, D, W, groups=D, padding=W-1)
+applied to (B, D, L) and cut to L). Working channel-last avoids the two transposes and the
+padded (B, D, L + W - 1) intermediate of that path. The backward recomputes the pre-activation
+(W multiply-adds per element, for each of the W output steps an input feeds) instead of storing
+it; each program walks all of L for its channels, so weight and bias gradients are
+per-(batch, channel) partial sums added up afterwards. (A two-kernel variant that first writes the
+pre-activation gradient measured slower on an H100: 0.96 vs 0.58 ms at B=64, L=203, D=4096.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from probes.kernels.selective_scan import HAS_TRITON, interpret_mode
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, m_ptr, o_ptr, L, DIM,
+                         sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, so_b, so_l,
+                         W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
+                         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+        pid_l = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)[:, None]
+        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+        md = d < DIM
+        acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+        for k in tl.static_range(W):
+            tk = t - (W - 1) + k
+            xv = tl.load(x_ptr + b * sx_b + tk * sx_l + d, mask=(tk >= 0) & (tk < L) & md, other=0.0)
+            acc += xv.to(tl.float32) * tl.load(w_ptr + d * sw_d + k * sw_k, mask=md, other=0.0).to(tl.float32)
+        if ACT:
+            acc = acc * tl.sigmoid(acc)
+        if HAS_MASK:
+            acc = acc * tl.load(m_ptr + b * sm_b + t * sm_l, mask=t < L, other=0.0).to(tl.float32)
+        tl.store(o_ptr + b * so_b + t * so_l + d, acc.to(o_ptr.dtype.element_ty), mask=(t < L) & md)
+
+    @triton.jit
+    def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, m_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM,
+                         sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, sg_b, sg_l, sdx_b, sdx_l,
+                         W: tl.constexpr, W_P2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+                         ACT: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+        # one program per (channel block, batch) walks all of L, so dw/db partials are (B, D, W)
+        pid_d = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+        md = d < DIM
+        kk = tl.arange(0, W_P2)[:, None]
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+        dw = tl.zeros((W_P2, BLOCK_D), dtype=tl.float32)
+        db = tl.zeros((1, BLOCK_D), dtype=tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            t = l0 + tl.arange(0, BLOCK_L)[:, None]
+            dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+            # output step s = t + j uses x[t] with weight index W - 1 - j
+            for j in tl.static_range(W):
+                s = t + j
+                ms = (s < L) & md
+                g = tl.load(g_ptr + b * sg_b + s * sg_l + d, mask=ms, other=0.0).to(tl.float32)
+                if HAS_MASK:
+                    g = g * tl.load(m_ptr + b * sm_b + s * sm_l, mask=s < L, other=0.0).to(tl.float32)
+                if ACT:  # recompute the pre-activation at step s
+                    pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+                    if HAS_BIAS:
+                        pre += bias
+                    for k in tl.static_range(W):
+                        tk = s - (W - 1) + k
+                        xv = tl.load(x_ptr + b * sx_b + tk * sx_l + d, mask=(tk >= 0) & (tk < L) & md, other=0.0)
+                        pre += xv.to(tl.float32) * tl.load(w_ptr + d * sw_d + k * sw_k, mask=md, other=0.0).to(tl.float32)
+                    sg = tl.sigmoid(pre)
+                    g = g * sg * (1.0 + pre * (1.0 - sg))
+                g = tl.where(ms, g, 0.0)
+                dx += g * tl.load(w_ptr + d * sw_d + (W - 1 - j) * sw_k, mask=md, other=0.0).to(tl.float32)
+                if j == 0:  # g at step t itself: weight and bias gradients
+                    db += tl.sum(g, axis=0, keep_dims=True)
+                    for k in tl.static_range(W):
+                        tk = t - (W - 1) + k
+                        xv = tl.load(x_ptr + b * sx_b + tk * sx_l + d, mask=(tk >= 0) & (tk < L) & md, other=0.0)
+                        dw += tl.where(kk == k, tl.sum(g * xv.to(tl.float32), axis=0, keep_dims=True), 0.0)
+            tl.store(dx_ptr + b * sdx_b + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty), mask=(t < L) & md)
+        tl.store(dw_ptr + (b * DIM + d) * W + kk, dw, mask=md & (kk < W))
+        if HAS_BIAS:
+            tl.store(db_ptr + b * DIM + d, db, mask=md)
+
+
+BLOCK_L, BLOCK_D = 32, 64  # forward tiles
+BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
+
+
+def causal_conv1d_ref(x, weight, bias=None, activation="silu", mask=None):
+    """Readable twin: x (B, L, D), weight (D, W), bias (D,), mask (B, L) -> (B, L, D)."""
+    L, W = x.shape[1], weight.shape[1]
+    y = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=W - 1, groups=x.shape[2])[..., :L]
+    y = y.transpose(1, 2)
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    if mask is not None:
+        y = y * mask[:, :, None].to(y.dtype)
+    return y
+
+
+def _check(x):
+    if not HAS_TRITON:
+        raise RuntimeError("the Triton causal conv needs `triton`")
+    if x.device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(f"the Triton causal conv runs on CUDA tensors (got {x.device}); "
+                           f"set TRITON_INTERPRET=1 for the CPU interpreter")
+    if x.stride(2) != 1:
+        raise ValueError("causal_conv1d: x must have unit channel stride (channel-last)")
+
+
+def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
+    _check(x)
+    batch, L, dim = x.shape
+    W = weight.shape[1]
+    out = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if out is None else out
+    grid = (triton.cdiv(L, BLOCK_L), triton.cdiv(dim, BLOCK_D), batch)
+    _conv_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, mask if mask is not None else x, out, L, dim,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
+        out.stride(0), out.stride(1),
+        W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
+    )
+    return out
+
+
+def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None):
+    """Returns (dx (B, L, D) in x's dtype, dweight (D, W) float32, dbias (D,) float32 or None)."""
+    _check(x)
+    batch, L, dim = x.shape
+    W = weight.shape[1]
+    dx = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if dx is None else dx
+    dw = torch.empty(batch, dim, W, device=x.device, dtype=torch.float32)
+    db = torch.empty(batch, dim, device=x.device, dtype=torch.float32) if bias is not None else None
+    grad = grad if grad.stride(2) == 1 else grad.contiguous()
+    _conv_bwd_kernel[(triton.cdiv(dim, BWD_BLOCK_D), batch)](
+        x, weight, bias if bias is not None else weight, mask if mask is not None else x, grad, dx, dw,
+        db if db is not None else dw, L, dim,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
+        grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
+        W=W, W_P2=max(2, 1 << (W - 1).bit_length()), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
+        ACT=act, BLOCK_L=BWD_BLOCK_L, BLOCK_D=BWD_BLOCK_D,
+    )
+    return dx, dw.sum(0), db.sum(0) if db is not None else None
+
+
+class CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, activation="silu", mask=None):
+        act = activation in ("silu", "swish")
+        ctx.act = act
+        ctx.save_for_backward(x, weight, bias, mask)
+        return conv_fwd(x, weight, bias, act, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, mask = ctx.saved_tensors
+        dx, dw, db = conv_bwd(x, weight, bias, ctx.act, grad, mask)
+        return dx, dw.to(weight.dtype), db.to(bias.dtype) if bias is not None else None, None, None
+
+
+def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
+    """Triton depthwise causal conv: x (B, L, D) channel-last, weight (D, W) -> (B, L, D)."""
+    return CausalConv1dFn.apply(x, weight, bias, activation, mask)
+
+
+__all__ = ["CausalConv1dFn", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]

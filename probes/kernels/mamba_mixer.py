@@ -1,0 +1,378 @@
+"""Make transformers' Mamba (v1) models use a fast selective scan, with weights left untouched.
+
+    from probes.kernels import set_scan_backend
+    chosen = set_scan_backend(model, "auto")   # "auto" | "triton" | "mamba-ssm" | "reference"
+
+`set_scan_backend` patches, per instance, the `forward` of every `MambaMixer` in `model` (and of
+the RMSNorm in front of each mixer, and the `MambaModel` trunk's default for `use_cache`). The
+parameters, `state_dict` and `save_pretrained` output stay transformers' Mamba format, so
+`from_pretrained` checkpoints load unchanged and a patched model saves as a plain one.
+
+Backends:
+* `triton`    one fused autograd Function per mixer (below): Triton causal conv + SiLU, x_proj
+              and dt_proj matmuls, the Triton selective scan with softplus(dt + bias), D skip and
+              z gating fused, out_proj. It saves only in_proj's output (B, L, 2D) and x_proj's
+              output (B, L, R + 2N); the conv output, dt and the scan output are recomputed in the
+              backward. The block's RMSNorm becomes one Triton kernel that saves its input only.
+* `mamba-ssm` the same mixer with `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`
+              (the compiled CUDA scan) in place of the Triton scan.
+* `reference` transformers' own forward (its PyTorch scan when the CUDA kernels are absent).
+* `auto`      mamba-ssm if importable, else triton when CUDA is available, else reference.
+
+What falls back to transformers' forward: incremental decoding with a cache (generation: the
+trunk still builds a cache when `use_cache=True` is passed, as `generate` does), tensors on a
+device the chosen kernels cannot run on, and a hidden activation other than SiLU. Full-sequence
+training and evaluation never take the per-token Python loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import types
+
+import torch
+import torch.nn.functional as F
+
+from probes.kernels.causal_conv import causal_conv1d_fn, causal_conv1d_ref, conv_bwd, conv_fwd
+from probes.kernels.selective_scan import HAS_TRITON, interpret_mode, scan_bwd, scan_fwd
+
+BACKENDS = ("auto", "triton", "mamba-ssm", "reference")
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _rmsnorm_fwd_kernel(x_ptr, w_ptr, o_ptr, rstd_ptr, H, sx, so, eps,
+                            BLOCK_H: tl.constexpr, ROUND_TO_INPUT: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK_H)
+        m = cols < H
+        x = tl.load(x_ptr + row * sx + cols, mask=m, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
+        xhat = x * rstd
+        if ROUND_TO_INPUT:  # transformers: weight * hidden.to(input_dtype)
+            xhat = xhat.to(x_ptr.dtype.element_ty).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(o_ptr + row * so + cols, (xhat * w).to(o_ptr.dtype.element_ty), mask=m)
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def _rmsnorm_bwd_kernel(x_ptr, w_ptr, g_ptr, rstd_ptr, dx_ptr, dw_ptr, M, H, sx, sg, sdx,
+                            ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_H)
+        m = cols < H
+        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        dw = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        for i in range(ROWS):
+            row = (pid * ROWS + i).to(tl.int64)
+            if row < M:
+                x = tl.load(x_ptr + row * sx + cols, mask=m, other=0.0).to(tl.float32)
+                g = tl.load(g_ptr + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+                rstd = tl.load(rstd_ptr + row)
+                xhat = x * rstd
+                wg = w * g
+                c = tl.sum(xhat * wg, axis=0) / H
+                tl.store(dx_ptr + row * sdx + cols, ((wg - xhat * c) * rstd).to(dx_ptr.dtype.element_ty), mask=m)
+                dw += g * xhat
+        tl.store(dw_ptr + pid * H + cols, dw, mask=m)
+
+
+def _autocast_dtype(device_type: str):
+    """The autocast dtype active for `device_type`, or None (works on torch 2.4+)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # older signature: CUDA only
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+class RMSNormFn(torch.autograd.Function):
+    """y = weight * (x * rsqrt(mean(x^2) + eps)); saves x and one float32 per row."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, out_dtype):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        M, H = x2.shape
+        out = torch.empty(M, H, device=x.device, dtype=out_dtype)
+        rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+        _rmsnorm_fwd_kernel[(M,)](x2, weight, out, rstd, H, x2.stride(0), out.stride(0), eps,
+                                  BLOCK_H=triton.next_power_of_2(H), ROUND_TO_INPUT=x.dtype != torch.float32,
+                                  num_warps=8 if H >= 2048 else 4)
+        ctx.save_for_backward(x2, weight, rstd)
+        ctx.shape = shape
+        return out.view(*shape[:-1], H)
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, weight, rstd = ctx.saved_tensors
+        M, H = x2.shape
+        g2 = g.reshape(M, H)
+        if g2.stride(-1) != 1:
+            g2 = g2.contiguous()
+        dx = torch.empty_like(x2)
+        rows = max(1, triton.cdiv(M, 1024))
+        n_prog = triton.cdiv(M, rows)
+        dw = torch.empty(n_prog, H, device=x2.device, dtype=torch.float32)
+        _rmsnorm_bwd_kernel[(n_prog,)](x2, weight, g2, rstd, dx, dw, M, H, x2.stride(0), g2.stride(0),
+                                       dx.stride(0), ROWS=rows, BLOCK_H=triton.next_power_of_2(H),
+                                       num_warps=8 if H >= 2048 else 4)
+        return dx.view(ctx.shape), dw.sum(0).to(weight.dtype), None, None
+
+
+def rms_norm(x, weight, eps):
+    """Fused RMSNorm; under autocast it returns the autocast dtype directly (what the next
+    Linear would cast to anyway), else transformers' result dtype."""
+    out_dtype = _autocast_dtype(x.device.type) or torch.result_type(weight, x)
+    return RMSNormFn.apply(x, weight, eps, out_dtype)
+
+
+# === The fused mixer ===
+
+
+def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b, mask):
+    """xz: (B, L, 2D) in_proj output. Returns (out (B, L, H), x_dbl (B, L, R + 2N))."""
+    cdt = xz.dtype
+    dim, N = A_log.shape
+    R = dt_proj_w.shape[1]
+    x, z = xz[..., :dim], xz[..., dim:]
+    conv_out = conv_fwd(x, conv_w.reshape(dim, -1), conv_b, True, mask)
+    x_dbl = F.linear(conv_out, x_proj_w.to(cdt))
+    dt = F.linear(x_dbl[..., :R], dt_proj_w.to(cdt))
+    y = torch.empty_like(conv_out)
+    scan_fwd(conv_out.transpose(1, 2), dt.transpose(1, 2), -torch.exp(A_log.float()),
+             x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2), Dp.float(),
+             z.transpose(1, 2), dt_proj_b.float(), True, out=y.transpose(1, 2))
+    del conv_out, dt
+    out = F.linear(y, out_proj_w.to(cdt), out_proj_b.to(cdt) if out_proj_b is not None else None)
+    return out, x_dbl
+
+
+class MambaInnerFn(torch.autograd.Function):
+    """conv1d + SiLU -> x_proj -> dt_proj -> selective scan (softplus, D, z gate) -> out_proj.
+
+    Inputs are the mixer's own parameters; `xz` (B, L, 2D) is in_proj's output in the compute
+    dtype (bf16 under autocast). Saves xz and x_dbl only; recomputes the rest in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b,
+                mask=None):
+        out, x_dbl = _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp,
+                                    out_proj_w, out_proj_b, mask)
+        ctx.save_for_backward(xz, x_dbl, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp,
+                              out_proj_w, out_proj_b, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (xz, x_dbl, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b,
+         mask) = ctx.saved_tensors
+        cdt = xz.dtype
+        batch, L, _ = xz.shape
+        dim, N = A_log.shape
+        R = dt_proj_w.shape[1]
+        M = batch * L
+        x, z = xz[..., :dim], xz[..., dim:]
+        w2 = conv_w.reshape(dim, -1)
+        xpw, dtw, opw = x_proj_w.to(cdt), dt_proj_w.to(cdt), out_proj_w.to(cdt)
+        dout = dout.to(cdt).reshape(M, -1)
+        # recompute conv output and dt
+        conv_out = conv_fwd(x, w2, conv_b, True, mask)
+        x_low = x_dbl[..., :R]
+        dt = F.linear(x_low, dtw)
+        dy = (dout @ opw).view(batch, L, dim)
+        dxz = torch.empty_like(xz)
+        du = torch.empty_like(conv_out)
+        ddt = torch.empty_like(dt)
+        y = torch.empty_like(conv_out)
+        A = -torch.exp(A_log.float())
+        _, _, dA, dB, dC, dD, _, dbias = scan_bwd(
+            conv_out.transpose(1, 2), dt.transpose(1, 2), A, x_dbl[..., R:R + N].transpose(1, 2),
+            x_dbl[..., R + N:].transpose(1, 2), Dp.float(), z.transpose(1, 2), dt_proj_b.float(), True,
+            dy.transpose(1, 2), du=du.transpose(1, 2), ddelta=ddt.transpose(1, 2),
+            dz=dxz[..., dim:].transpose(1, 2), out=y.transpose(1, 2))
+        del dt, dy
+        d_out_w = dout.t() @ y.view(M, dim)
+        d_out_b = dout.sum(0) if out_proj_b is not None else None
+        del y
+        ddt2 = ddt.view(M, dim)
+        d_dt_w = ddt2.t() @ x_low.reshape(M, R)
+        dx_dbl = torch.empty_like(x_dbl)
+        dx_dbl[..., :R] = (ddt2 @ dtw).view(batch, L, R)
+        del ddt, ddt2
+        dx_dbl[..., R:R + N] = dB.transpose(1, 2)
+        dx_dbl[..., R + N:] = dC.transpose(1, 2)
+        dx_dbl2 = dx_dbl.view(M, -1)
+        d_xproj_w = dx_dbl2.t() @ conv_out.view(M, dim)
+        del conv_out
+        du.view(M, dim).addmm_(dx_dbl2, xpw)
+        _, dconv_w, dconv_b = conv_bwd(x, w2, conv_b, True, du, mask, dx=dxz[..., :dim])
+        return (dxz, dconv_w.view_as(conv_w).to(conv_w.dtype),
+                dconv_b.to(conv_b.dtype) if conv_b is not None else None,
+                d_xproj_w.to(x_proj_w.dtype), d_dt_w.to(dt_proj_w.dtype), dbias.to(dt_proj_b.dtype),
+                (dA * A).to(A_log.dtype), dD.to(Dp.dtype), d_out_w.to(out_proj_w.dtype),
+                d_out_b.to(out_proj_b.dtype) if d_out_b is not None else None, None)
+
+
+def mamba_inner_fn(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b,
+                   mask=None):
+    """The fused mixer after in_proj (see MambaInnerFn); xz (B, L, 2D) -> out (B, L, H)."""
+    params = (conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xz, *params)):
+        return MambaInnerFn.apply(xz, *params, mask)
+    return _inner_forward(xz, *params, mask)[0]
+
+
+# === Per-instance patches ===
+
+
+def _mamba_ssm_scan():
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_fn
+    except ImportError as err:
+        raise ImportError("scan_backend='mamba-ssm' needs the mamba-ssm package with its CUDA kernels "
+                          "(pip install mamba-ssm); use 'triton' or 'auto' instead") from err
+
+
+def _kernels_can_run(t: torch.Tensor) -> bool:
+    return HAS_TRITON and (t.device.type == "cuda" or interpret_mode())
+
+
+def _mixer_forward(self, hidden_states, *args, **kwargs):
+    orig = self._probes_orig_forward
+    cache = kwargs.get("cache", kwargs.get("cache_params"))
+    if args:
+        cache = cache if cache is not None else args[0]
+    if (cache is not None or len(args) > 1 or not _kernels_can_run(hidden_states)
+            or getattr(self, "activation", "silu") not in ("silu", "swish")):
+        return orig(hidden_states, *args, **kwargs)
+    dtype = hidden_states.dtype
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and mask.shape[0] > 1 and mask.shape[1] > 1:
+        hidden_states = (hidden_states * mask[:, :, None]).to(dtype)  # as transformers does
+    else:
+        mask = None
+    xz = self.in_proj(hidden_states)
+    conv_b = self.conv1d.bias if getattr(self, "use_conv_bias", True) else None
+    out_b = self.out_proj.bias
+    if self._probes_scan_backend == "triton":
+        return mamba_inner_fn(xz, self.conv1d.weight, conv_b, self.x_proj.weight, self.dt_proj.weight,
+                              self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, out_b, mask)
+    # mamba-ssm: compiled CUDA scan, composed with autograd
+    scan = _mamba_ssm_scan()
+    dim, N = self.A_log.shape
+    R = self.dt_proj.weight.shape[1]
+    x, z = xz[..., :dim], xz[..., dim:]
+    w2 = self.conv1d.weight.reshape(dim, -1)
+    if HAS_TRITON and (x.device.type == "cuda" or interpret_mode()):
+        conv_out = causal_conv1d_fn(x, w2, conv_b, "silu", mask)
+    else:
+        conv_out = causal_conv1d_ref(x, w2, conv_b, "silu", mask)
+    x_dbl = self.x_proj(conv_out)
+    dt = F.linear(x_dbl[..., :R], self.dt_proj.weight)
+    t = lambda v: v.transpose(1, 2).contiguous()
+    y = scan(t(conv_out), t(dt), -torch.exp(self.A_log.float()), t(x_dbl[..., R:R + N]), t(x_dbl[..., R + N:]),
+             self.D.float(), z=t(z), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+    return self.out_proj(y.transpose(1, 2).to(xz.dtype))
+
+
+def _norm_forward(self, hidden_states):
+    if not _kernels_can_run(hidden_states):
+        return self._probes_orig_forward(hidden_states)
+    return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _trunk_forward(self, *args, **kwargs):
+    # transformers builds a cache by default in eval mode; a full-sequence pass needs none, and a
+    # cache would send every mixer back to the slow path. generate() passes use_cache=True.
+    if len(args) < 4 and kwargs.get("use_cache") is None:
+        kwargs["use_cache"] = False
+    return self._probes_orig_forward(*args, **kwargs)
+
+
+def _is_mixer(m) -> bool:
+    return type(m).__name__ == "MambaMixer" and hasattr(m, "A_log") and hasattr(m, "x_proj")
+
+
+def _patch(module, fn) -> None:
+    if "_probes_orig_forward" not in module.__dict__:
+        module._probes_orig_forward = module.forward
+    module.forward = types.MethodType(fn, module)
+
+
+def _unpatch(module) -> None:
+    if "_probes_orig_forward" in module.__dict__:
+        orig = module.__dict__.pop("_probes_orig_forward")
+        if "forward" in module.__dict__ and getattr(orig, "__self__", None) is module:
+            del module.forward  # back to the class's forward
+        else:
+            module.forward = orig
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend `set_scan_backend` would use; raises on unknown or unavailable ones."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan_backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if importlib.util.find_spec("mamba_ssm") is not None:
+            try:
+                _mamba_ssm_scan()
+                return "mamba-ssm"
+            except ImportError:
+                pass
+        return "triton" if HAS_TRITON and torch.cuda.is_available() else "reference"
+    if backend == "mamba-ssm":
+        _mamba_ssm_scan()
+    if backend == "triton":
+        if not HAS_TRITON:
+            raise RuntimeError("scan_backend='triton' needs the triton package (pip install triton)")
+        if not torch.cuda.is_available() and not interpret_mode():
+            raise RuntimeError("scan_backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
+                               "kernels in the CPU interpreter); use 'reference' or 'auto' on CPU")
+    return backend
+
+
+def set_scan_backend(model: torch.nn.Module, backend: str = "auto", fuse_norm: bool = True) -> str:
+    """Make every transformers MambaMixer in `model` use `backend`; returns the backend chosen.
+
+    backend: "auto" | "triton" | "mamba-ssm" | "reference" (see the module docstring).
+    fuse_norm: also replace the RMSNorm in front of each mixer by the fused Triton kernel.
+    Weights, state_dict and checkpoints are unchanged; calling again switches backends.
+    """
+    chosen = resolve_backend(backend)
+    mixers = [m for m in model.modules() if _is_mixer(m)]
+    blocks = [m for m in model.modules() if hasattr(m, "mixer") and _is_mixer(m.mixer) and hasattr(m, "norm")]
+    trunks = [m for m in model.modules() if type(m).__name__ == "MambaModel"]
+    for mixer in mixers:
+        if chosen == "reference":
+            _unpatch(mixer)
+        else:
+            _patch(mixer, _mixer_forward)
+        mixer._probes_scan_backend = chosen
+    for block in blocks:
+        if chosen != "reference" and fuse_norm and HAS_TRITON and hasattr(block.norm, "variance_epsilon"):
+            _patch(block.norm, _norm_forward)
+        else:
+            _unpatch(block.norm)
+    for trunk in trunks:
+        if chosen == "reference":
+            _unpatch(trunk)
+        else:
+            _patch(trunk, _trunk_forward)
+    model._probes_scan_backend = chosen
+    return chosen
+
+
+__all__ = ["BACKENDS", "MambaInnerFn", "RMSNormFn", "mamba_inner_fn", "resolve_backend", "rms_norm",
+           "set_scan_backend"]

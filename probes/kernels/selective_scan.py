@@ -1,0 +1,573 @@
+"""Mamba-1 selective scan: Triton forward/backward kernels, an autograd Function, a PyTorch twin.
+
+    out = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+    ref = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
+Shapes follow mamba_ssm (any strides are accepted: a channel-last view `x.transpose(1, 2)` of a
+(B, L, D) tensor costs no copy and is the fastest layout for these kernels):
+
+    u, delta, z: (B, D, L)    A: (D, N)    B, C: (B, N, L)    D, delta_bias: (D,)
+    out: (B, D, L) in u's dtype;   last_state (optional): (B, D, N) float32
+
+Per batch b, channel d and state n, accumulating in float32:
+
+    delta_t = softplus(delta_t + delta_bias)            (softplus if delta_softplus)
+    h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t
+    y_t     = <C_t, h_t> + D u_t ;      out_t = y_t * silu(z_t)
+
+Kernel layout: one program (one warp) per (block of channels, batch). Time runs in chunks of a
+few steps whose inputs are loaded as tiles; the recurrence is unrolled over the chunk in
+registers and the (channels, N) state is carried from chunk to chunk. Nothing of size
+(B, D, L, N) is ever stored. The backward recomputes: pass 1 re-runs the forward and writes only
+the chunk-start states (B, L / chunk, D, N); pass 2 walks the chunks in reverse, rebuilds one
+chunk's states, runs the adjoint recurrence g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards
+over it, and forms every gradient there. dB and dC need a sum over channels: in-warp sums and
+float32 atomics (or per-block partial buffers, or per-lane atomic slots: `CONFIG.bc_mode`). dA, dD
+and d(delta_bias) are per-batch partials summed afterwards. See `ScanConfig` for the tile layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: the Triton path needs it, the reference does not
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = None
+    tl = None
+
+HAS_TRITON = triton is not None
+LOG2E = 1.4426950408889634
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass
+class ScanConfig:
+    """Tile shapes of the Triton scan (see the kernels' layout note). Tests shrink them.
+
+    Defaults: the fastest of the variants in benchmarks/throughput.py --kernels on an H100
+    (triton 3.6) at B=64, L=203, D=1536 and 4096, N=16.
+
+    Each program is one warp over BLOCK_D = dh * dl channels; dl lanes run over channels and
+    32 // dl lanes over states. chunk_bwd also sets the spacing of the backward's saved states.
+    """
+
+    chunk_fwd: int = 2
+    dh_fwd: int = 1
+    dl_fwd: int = 32
+    chunk_bwd: int = 4
+    dh_bwd: int = 2
+    dl_bwd: int = 8
+    warps_fwd: int = 1  # with more warps, make dl_fwd = 32 * warps_fwd so that warps split channels
+    warps_bwd: int = 1
+    prefetch: bool = True  # load the next chunk's tiles while computing the current one
+    bc_mode: int = 0  # dB/dC over channels: 0 sum + atomics, 1 sum + partial buffers, 2 per-lane atomics
+    scratch_bytes: int = 768 << 20  # cap on the backward's chunk-state buffer (batch is sliced)
+
+
+CONFIG = ScanConfig()
+
+
+# === Reference (pure PyTorch) ===
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The readable twin of `selective_scan_fn`: a loop over L in float32 (slow, differentiable).
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
+    Returns out (B, D, L) in u's dtype [, last_state (B, D, N) float32].
+    """
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    A, B, C = A.float(), B.float(), C.float()
+    batch, dim, L = u.shape
+    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(L):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=2)
+    out = y if D is None else y + u * D.float()[None, :, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# === Triton kernels ===
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _softplus(x):
+        # torch's softplus (threshold 20); exp(x) for very negative x keeps log1p's precision
+        return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+    @triton.jit
+    def _row(x, sel):
+        """Row `sel` (a one-hot mask over the chunk axis) of a (CHUNK, ...) tile, keeping dims.
+
+        The chunk axis lives inside each thread, so this folds to picking registers."""
+        return tl.sum(tl.where(sel, x, 0.0), axis=0, keep_dims=True)
+
+    @triton.jit
+    def _p3(base, b, t3, d3, s_b, s_d, s_l):
+        """Pointers of a (CHUNK, DH, DL) tile of a (B, D, L)-shaped tensor."""
+        return base + b * s_b + t3 * s_l + d3 * s_d
+
+    @triton.jit
+    def _chunk_loads(u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c, n_chunks, L, DIM, NS,
+                     k3, d3, md3, k2, n2, ds, ns, mds,
+                     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l, sC_b, sC_n, sC_l,
+                     sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                     LOAD_C: tl.constexpr, HAS_Z: tl.constexpr, LOAD_DOUT: tl.constexpr, LOAD_H0: tl.constexpr,
+                     CHUNK: tl.constexpr):
+        """One chunk's input tiles, raw dtype; chunks outside [0, n_chunks) load as zeros."""
+        t3 = c * CHUNK + k3
+        m3 = (t3 < L) & (t3 >= 0) & md3
+        t2 = c * CHUNK + k2
+        m2 = (t2 < L) & (t2 >= 0) & (n2 < NS)
+        u = tl.load(_p3(u_ptr, b, t3, d3, su_b, su_d, su_l), mask=m3, other=0.0)
+        dt = tl.load(_p3(dt_ptr, b, t3, d3, sdt_b, sdt_d, sdt_l), mask=m3, other=0.0)
+        Bt = tl.load(B_ptr + b * sB_b + t2 * sB_l + n2 * sB_n, mask=m2, other=0.0)
+        Ct = Bt
+        z = u
+        dout = u
+        h0 = tl.zeros(ds.shape, dtype=tl.float32)
+        if LOAD_C:
+            Ct = tl.load(C_ptr + b * sC_b + t2 * sC_l + n2 * sC_n, mask=m2, other=0.0)
+        if HAS_Z:
+            z = tl.load(_p3(z_ptr, b, t3, d3, sz_b, sz_d, sz_l), mask=m3, other=0.0)
+        if LOAD_DOUT:
+            dout = tl.load(_p3(dout_ptr, b, t3, d3, sdo_b, sdo_d, sdo_l), mask=m3, other=0.0)
+        if LOAD_H0:
+            cv = ns * 0 + c  # the chunk index as a tensor, for the mask
+            h0 = tl.load(chk_ptr + ((b * n_chunks + c) * DIM + ds) * NS + ns, mask=mds & (cv >= 0) & (cv < n_chunks),
+                         other=0.0)
+        return u, dt, Bt, Ct, z, dout, h0
+
+    # Layout. Compute tiles are 4D, (CHUNK, DH, N, DL): a program (one warp) owns
+    # BLOCK_D = DH * DL channels; Triton's default layout puts lanes on DL, then on N, and keeps
+    # CHUNK and DH inside each thread. Sums over N or over channels are then mostly in-thread, and
+    # the chunk scan over time is a sequential loop in registers. Loads and stores stay 2D/3D and
+    # are expanded to 4D, so that the compute tiles keep that default layout.
+    @triton.jit
+    def _ssm_fwd_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, chk_ptr,
+        L, DIM, NS,
+        su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+        sB_b, sB_n, sB_l, sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        WRITE_OUT: tl.constexpr, WRITE_LAST: tl.constexpr, WRITE_CHUNKS: tl.constexpr,
+        DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
+    ):
+        BLOCK_D: tl.constexpr = DH * DL
+        pid_d = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        k3 = tl.arange(0, CHUNK)[:, None, None]
+        d3 = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[None, :, None]
+        md3 = d3 < DIM  # (1, DH, DL)
+        k2 = tl.arange(0, CHUNK)[:, None]
+        n2 = tl.arange(0, BLOCK_N)[None, :]
+        # (DH, N, DL) index tiles for A and the state
+        ds = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[:, None, None]
+        ns = tl.arange(0, BLOCK_N)[None, :, None]
+        mds = (ds < DIM) & (ns < NS)
+        A2 = tl.load(A_ptr + ds * sA_d + ns * sA_n, mask=mds, other=0.0)
+        A2 = (A2.to(tl.float32) * 1.4426950408889634)[None, :, :, :]  # exp(x A) = exp2(x A log2 e)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d3, mask=md3, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d3, mask=md3, other=0.0).to(tl.float32)
+        h = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)
+        k4 = k3[:, :, None, :]
+        n_chunks = tl.cdiv(L, CHUNK)
+        if PREFETCH:  # next chunk's tiles are loaded while this one is computed
+            nu, ndt, nB, nC, nz, _d, _h = _chunk_loads(
+                u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, u_ptr, chk_ptr, b, 0, n_chunks, L, DIM, NS,
+                k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, 0, 0, 0,
+                LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
+        for c in range(n_chunks):
+            if WRITE_CHUNKS:  # chunk-start state, for the backward's pass 2
+                tl.store(chk_ptr + ((b * n_chunks + c) * DIM + ds) * NS + ns, tl.reshape(h, (DH, BLOCK_N, DL)),
+                         mask=mds)
+            if PREFETCH:
+                u, dt, Bt, Ct, z = nu, ndt, nB, nC, nz
+                nu, ndt, nB, nC, nz, _d, _h = _chunk_loads(
+                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, u_ptr, chk_ptr, b, c + 1, n_chunks, L, DIM, NS,
+                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, 0, 0, 0,
+                    LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
+            else:
+                u, dt, Bt, Ct, z, _d, _h = _chunk_loads(
+                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, u_ptr, chk_ptr, b, c, n_chunks, L, DIM, NS,
+                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, 0, 0, 0,
+                    LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
+            t3 = c * CHUNK + k3
+            m3 = (t3 < L) & md3  # (K, DH, DL)
+            u = u.to(tl.float32)
+            dt = dt.to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m3, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
+            a = tl.exp2(dt[:, :, None, :] * A2)  # (K, DH, N, DL)
+            x = (dt * u)[:, :, None, :] * Bt.to(tl.float32)[:, None, :, None]
+            hs = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)
+            for j in tl.static_range(CHUNK):  # h_t = a_t h_{t-1} + x_t, unrolled over the chunk
+                sel = k4 == j
+                h = _row(a, sel) * h + _row(x, sel)
+                hs = tl.where(sel, h, hs)
+            if WRITE_OUT:
+                y = tl.sum(hs * Ct.to(tl.float32)[:, None, :, None], axis=2)  # (K, DH, DL)
+                if HAS_D:
+                    y = y + u * Dv
+                if HAS_Z:
+                    z = z.to(tl.float32)
+                    y = y * z * tl.sigmoid(z)
+                tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), y.to(out_ptr.dtype.element_ty), mask=m3)
+        if WRITE_LAST:
+            tl.store(last_ptr + (b * DIM + ds) * NS + ns, tl.reshape(h, (DH, BLOCK_N, DL)), mask=mds)
+
+    @triton.jit
+    def _ssm_bwd_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, chk_ptr,
+        du_ptr, ddt_ptr, dz_ptr, out_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+        L, DIM, NS, NBATCH,
+        su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+        sB_b, sB_n, sB_l, sC_b, sC_n, sC_l, sz_b, sz_d, sz_l,
+        sdo_b, sdo_d, sdo_l, sdu_b, sdu_d, sdu_l, sddt_b, sddt_d, sddt_l,
+        sdz_b, sdz_d, sdz_l, so_b, so_d, so_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        WRITE_OUT: tl.constexpr, BC_MODE: tl.constexpr,
+        DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
+    ):
+        BLOCK_D: tl.constexpr = DH * DL
+        pid_d = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        k3 = tl.arange(0, CHUNK)[:, None, None]
+        d3 = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[None, :, None]
+        md3 = d3 < DIM
+        # (K, N, DL) index tiles for BC_MODE 2 (one dB/dC slot per lane)
+        kq = tl.arange(0, CHUNK)[:, None, None]
+        nq = tl.arange(0, BLOCK_N)[None, :, None]
+        lq = tl.arange(0, DL)[None, None, :]
+        k2 = tl.arange(0, CHUNK)[:, None]
+        n2 = tl.arange(0, BLOCK_N)[None, :]
+        ds = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[:, None, None]
+        ns = tl.arange(0, BLOCK_N)[None, :, None]
+        mds = (ds < DIM) & (ns < NS)
+        A = tl.load(A_ptr + ds * sA_d + ns * sA_n, mask=mds, other=0.0).to(tl.float32)[None, :, :, :]
+        A2 = A * 1.4426950408889634
+        if HAS_D:
+            Dv = tl.load(D_ptr + d3, mask=md3, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d3, mask=md3, other=0.0).to(tl.float32)
+        carry = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)  # a_{t1} g_{t1}, t1 = next chunk's start
+        dA_acc = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)
+        dD_acc = tl.zeros((1, DH, DL), dtype=tl.float32)
+        dbias_acc = tl.zeros((1, DH, DL), dtype=tl.float32)
+        k4 = k3[:, :, None, :]
+        n_chunks = tl.cdiv(L, CHUNK)
+        if PREFETCH:  # next (earlier) chunk's tiles are loaded while this one is computed
+            nu, ndt, nB, nC, nz, ndo, nh = _chunk_loads(
+                u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, n_chunks - 1, n_chunks, L, DIM, NS,
+                k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
+        for i in range(n_chunks):
+            c = n_chunks - 1 - i
+            if PREFETCH:
+                u, dtp, Bt, Ct, z, dout, h = nu, ndt, nB, nC, nz, ndo, nh
+                nu, ndt, nB, nC, nz, ndo, nh = _chunk_loads(
+                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c - 1, n_chunks, L, DIM, NS,
+                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                    LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
+            else:
+                u, dtp, Bt, Ct, z, dout, h = _chunk_loads(
+                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c, n_chunks, L, DIM, NS,
+                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                    LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
+            t3 = c * CHUNK + k3
+            m3 = (t3 < L) & md3
+            t2 = c * CHUNK + k2
+            m2 = (t2 < L) & (n2 < NS)
+            u = u.to(tl.float32)
+            dtp = dtp.to(tl.float32)
+            if HAS_BIAS:
+                dtp = dtp + bias
+            if SOFTPLUS:
+                delta = _softplus(dtp)
+            else:
+                delta = dtp
+            delta = tl.where(m3, delta, 0.0)
+            Bt = Bt.to(tl.float32)
+            Ct = Ct.to(tl.float32)
+            B4 = Bt[:, None, :, None]
+            C4 = Ct[:, None, :, None]
+            dlt_u = delta * u  # (K, DH, DL)
+            delta4 = delta[:, :, None, :]
+            a = tl.exp2(delta4 * A2)  # (K, DH, N, DL)
+            x = dlt_u[:, :, None, :] * B4
+            h = h[None, :, :, :]
+            hs = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)  # h_t for the chunk's steps
+            for j in tl.static_range(CHUNK):
+                sel = k4 == j
+                h = _row(a, sel) * h + _row(x, sel)
+                hs = tl.where(sel, h, hs)
+            y = tl.sum(hs * C4, axis=2)  # (K, DH, DL)
+            if HAS_D:
+                y = y + u * Dv
+            dout = dout.to(tl.float32)
+            if HAS_Z:
+                z = z.to(tl.float32)
+                sz = tl.sigmoid(z)
+                silu = z * sz
+                if WRITE_OUT:
+                    tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), (y * silu).to(out_ptr.dtype.element_ty),
+                             mask=m3)
+                dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+                tl.store(_p3(dz_ptr, b, t3, d3, sdz_b, sdz_d, sdz_l), dz.to(dz_ptr.dtype.element_ty), mask=m3)
+                dy = dout * silu
+            else:
+                if WRITE_OUT:
+                    tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), y.to(out_ptr.dtype.element_ty), mask=m3)
+                dy = dout
+            dy = tl.where(m3, dy, 0.0)
+            dy4 = dy[:, :, None, :]
+            q = dy4 * C4
+            g = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)  # g_t = dL/dh_t
+            for jj in tl.static_range(CHUNK):  # g_t = C_t dy_t + a_{t+1} g_{t+1}, backwards
+                sel = k4 == CHUNK - 1 - jj
+                gj = _row(q, sel) + carry
+                g = tl.where(sel, gj, g)
+                carry = _row(a, sel) * gj  # becomes a_t g_t: what step t - 1 receives
+            gh = g * (hs - x)  # g_t * exp(delta_t A) * h_{t-1}
+            sgB = tl.sum(g * B4, axis=2)  # (K, DH, DL)
+            ddelta = tl.sum(gh * A, axis=2) + sgB * u
+            du = sgB * delta
+            if HAS_D:
+                du = du + dy * Dv
+                dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
+            dA_acc += tl.sum(gh * delta4, axis=0, keep_dims=True)
+            if SOFTPLUS:
+                ddelta = ddelta * tl.sigmoid(dtp)
+            ddelta = tl.where(m3, ddelta, 0.0)
+            dbias_acc += tl.sum(ddelta, axis=0, keep_dims=True)
+            tl.store(_p3(du_ptr, b, t3, d3, sdu_b, sdu_d, sdu_l), du.to(du_ptr.dtype.element_ty), mask=m3)
+            tl.store(_p3(ddt_ptr, b, t3, d3, sddt_b, sddt_d, sddt_l), ddelta.to(ddt_ptr.dtype.element_ty),
+                     mask=m3)
+            # dB, dC: (K, N) sums over this program's channels
+            dBt = tl.sum(tl.sum(g * dlt_u[:, :, None, :], axis=1), axis=2)  # in-thread DH first
+            dBl = tl.sum(g * dlt_u[:, :, None, :], axis=1)  # (K, N, DL)
+            dCl = tl.sum(hs * dy4, axis=1)
+            if BC_MODE == 2:  # float32 atomics into a (B, L, N, DL) buffer, one slot per lane
+                tq = c * CHUNK + kq
+                offq = ((b * L + tq) * NS + nq) * DL + lq
+                mq = (tq < L) & (nq < NS)
+                tl.atomic_add(dB_ptr + offq, dBl, mask=mq, sem="relaxed")
+                tl.atomic_add(dC_ptr + offq, dCl, mask=mq, sem="relaxed")
+            else:
+                dBt = tl.sum(dBl, axis=2)  # (K, N)
+                dCt = tl.sum(dCl, axis=2)
+                if BC_MODE == 0:  # float32 atomics into (B, L, N)
+                    off = (b * L + t2) * NS + n2
+                    tl.atomic_add(dB_ptr + off, dBt, mask=m2, sem="relaxed")
+                    tl.atomic_add(dC_ptr + off, dCt, mask=m2, sem="relaxed")
+                else:  # per-block partials (n_dblk, B, L, N), summed afterwards
+                    off = ((pid_d * NBATCH + b) * L + t2) * NS + n2
+                    tl.store(dB_ptr + off, dBt, mask=m2)
+                    tl.store(dC_ptr + off, dCt, mask=m2)
+        tl.store(dA_ptr + (b * DIM + ds) * NS + ns, tl.reshape(dA_acc, (DH, BLOCK_N, DL)), mask=mds)
+        if HAS_D:
+            tl.store(dD_ptr + b * DIM + d3, dD_acc, mask=md3)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + b * DIM + d3, dbias_acc, mask=md3)
+
+
+def _check_device(t: torch.Tensor) -> None:
+    if not HAS_TRITON:
+        raise RuntimeError("the Triton selective scan needs `triton` (pip install triton)")
+    if t.device.type != "cuda" and not interpret_mode():
+        raise RuntimeError(f"the Triton selective scan runs on CUDA tensors (got {t.device}); "
+                           f"set TRITON_INTERPRET=1 to run it on the CPU interpreter")
+
+
+def _np2(n: int) -> int:
+    return max(1, 1 << (int(n) - 1).bit_length())
+
+
+def _s3(t):
+    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
+
+
+def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
+             out=None, return_last_state=False, chunk_states=None, config: ScanConfig | None = None):
+    """Launch the forward kernel. Shapes as `selective_scan_fn`; `out` (B, D, L) may be a view.
+
+    chunk_states: a float32 (B, n_chunks, D, N) buffer (n_chunks = ceil(L / chunk_bwd)) to fill
+    with chunk-start states instead of computing `out` (pass 1 of the backward).
+    Returns (out, last_state or None).
+    """
+    _check_device(u)
+    cfg = config or CONFIG
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    write_out = chunk_states is None
+    if write_out and out is None:
+        out = torch.empty_like(u)
+    last = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
+    chunk = cfg.chunk_fwd if write_out else cfg.chunk_bwd
+    dh, dl = cfg.dh_fwd, cfg.dl_fwd
+    dummy = u
+    grid = (triton.cdiv(dim, dh * dl), batch)
+    _ssm_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, out if write_out else dummy,
+        last if last is not None else dummy, chunk_states if chunk_states is not None else dummy,
+        L, dim, N,
+        *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
+        *(_s3(out) if write_out else (0, 0, 0)),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), WRITE_OUT=write_out, WRITE_LAST=last is not None,
+        WRITE_CHUNKS=chunk_states is not None,
+        DH=dh, DL=dl, BLOCK_N=_np2(N), CHUNK=chunk, PREFETCH=cfg.prefetch, num_warps=cfg.warps_fwd,
+    )
+    return out, last
+
+
+def _bsl(t, lo, hi):
+    return t[lo:hi] if t is not None else None
+
+
+def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=None, ddelta=None, dz=None,
+             out=None, config: ScanConfig | None = None):
+    """Gradients of the scan. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
+
+    dout: (B, D, L). du/ddelta/dz (B, D, L) may be given as views to write into; `out` (B, D, L),
+    when given, receives the recomputed forward output (for the next layer's weight gradient).
+    dA (D, N), dD and ddelta_bias (D,) are float32; dB, dC are float32 (B, L, N) buffers viewed as
+    (B, N, L). The batch is processed in slices so that the float32 chunk-state buffer
+    (slice, ceil(L / chunk_bwd), D, N) stays under `config.scratch_bytes`.
+    """
+    _check_device(u)
+    cfg = config or CONFIG
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    dev = u.device
+    f32 = {"device": dev, "dtype": torch.float32}
+    n_chunks = triton.cdiv(L, cfg.chunk_bwd)
+    per_batch = n_chunks * dim * N * 4
+    bs = max(1, min(batch, cfg.scratch_bytes // per_batch))
+    chk = torch.empty(bs, n_chunks, dim, N, **f32)
+    du = torch.empty_like(u) if du is None else du
+    ddelta = torch.empty_like(delta) if ddelta is None else ddelta
+    if z is not None and dz is None:
+        dz = torch.empty_like(z)
+    block_d = cfg.dh_bwd * cfg.dl_bwd
+    n_dblk = triton.cdiv(dim, block_d)
+    mode = cfg.bc_mode
+    if mode == 0:
+        dB, dC = torch.zeros(batch, L, N, **f32), torch.zeros(batch, L, N, **f32)
+    elif mode == 1:
+        dB, dC = torch.empty(n_dblk, batch, L, N, **f32), torch.empty(n_dblk, batch, L, N, **f32)
+    else:
+        dB, dC = torch.zeros(batch, L, N, cfg.dl_bwd, **f32), torch.zeros(batch, L, N, cfg.dl_bwd, **f32)
+    dA = torch.empty(batch, dim, N, **f32)
+    dD = torch.empty(batch, dim, **f32) if D is not None else None
+    dbias = torch.empty(batch, dim, **f32) if delta_bias is not None else None
+    for lo in range(0, batch, bs):
+        hi = min(batch, lo + bs)
+        sl = functools.partial(_bsl, lo=lo, hi=hi)
+        # pass 1: chunk-start states of this slice
+        scan_fwd(sl(u), sl(delta), A, sl(B), sl(C), None, None, delta_bias, delta_softplus,
+                 chunk_states=chk[: hi - lo], config=cfg)
+        # pass 2: reverse walk over chunks
+        dBs, dCs = (dB[:, lo:hi], dC[:, lo:hi]) if mode == 1 else (sl(dB), sl(dC))
+        u_, dl_, z_, do_, du_, dd_, dz_, o_ = (sl(u), sl(delta), sl(z), sl(dout), sl(du), sl(ddelta),
+                                               sl(dz), sl(out))
+        dummy = u_
+        _ssm_bwd_kernel[(n_dblk, hi - lo)](
+            u_, dl_, A, sl(B), sl(C), D if D is not None else dummy, z_ if z_ is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, do_, chk,
+            du_, dd_, dz_ if dz_ is not None else dummy, o_ if o_ is not None else dummy,
+            sl(dA), sl(dD) if dD is not None else sl(dA), sl(dbias) if dbias is not None else sl(dA),
+            dBs, dCs,
+            L, dim, N, batch,
+            *_s3(u_), *_s3(dl_), A.stride(0), A.stride(1), *_s3(sl(B)), *_s3(sl(C)), *_s3(z_),
+            *_s3(do_), *_s3(du_), *_s3(dd_), *_s3(dz_), *_s3(o_),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), WRITE_OUT=out is not None, BC_MODE=mode,
+            DH=cfg.dh_bwd, DL=cfg.dl_bwd, BLOCK_N=_np2(N), CHUNK=cfg.chunk_bwd, PREFETCH=cfg.prefetch,
+            num_warps=cfg.warps_bwd,
+        )
+    if mode == 1:
+        dB, dC = dB.sum(0), dC.sum(0)
+    elif mode == 2:
+        dB, dC = dB.sum(-1), dC.sum(-1)
+    return (du, ddelta, dA.sum(0), dB.transpose(1, 2), dC.transpose(1, 2),
+            dD.sum(0) if dD is not None else None, dz, dbias.sum(0) if dbias is not None else None)
+
+
+# === Autograd ===
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Triton selective scan with a recomputing backward (saves only the inputs)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                return_last_state=False):
+        out, last = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                             return_last_state=return_last_state)
+        ctx.delta_softplus = delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        if return_last_state:
+            ctx.mark_non_differentiable(last)
+            return out, last
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, *_):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.to(D.dtype) if D is not None else None, dz,
+                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False):
+    """Triton selective scan (CUDA, or the CPU interpreter under TRITON_INTERPRET=1).
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
+    Returns out (B, D, L) in u's dtype [, last_state (B, D, N) float32, not differentiable].
+    """
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+__all__ = ["CONFIG", "HAS_TRITON", "ScanConfig", "SelectiveScanFn", "interpret_mode", "scan_bwd", "scan_fwd",
+           "selective_scan_fn", "selective_scan_ref"]
