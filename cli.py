@@ -101,14 +101,263 @@ def generate(
 
 # === train / sweep ===
 
+from probes.config import SweepConfig, TokenConfig, TrainConfig  # noqa: E402
+
+_T = TrainConfig.model_fields
+_TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
+               "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
+               "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
+               "checkpoint_every")
+
+
+def _describe_summary(run: Path, s: dict) -> str:
+    status = s["status"]
+    if status == "reached":
+        head = f"reached {s['threshold']} at step {s['step_reached']:,} ({s['examples_to_threshold']:,} examples)"
+    elif status == "not_reached":
+        head = f"did not reach {s['threshold']} in {s['max_steps']:,} steps (final accuracy {s['final_accuracy']:.3f})"
+    else:
+        head = f"failed: {s['message']}"
+    rates = ", ".join(f"{label} {s[key]:,.0f} ex/s" for label, key in
+                      (("train", "train_examples_per_s"), ("eval", "eval_examples_per_s")) if s.get(key))
+    return f"{run}: {head}; {s['wall_seconds']:.1f} s" + (f"; {rates}" if rates else "")
+
+
+@app.command()
+@user_errors
+def train(
+    ctx: typer.Context,
+    model: str = typer.Option(_T["model"].default, help="pythia-{tiny,14m,70m,160m,410m,1b,1.4b,2.8b}, "
+                              "mamba-{tiny,130m,370m,790m,1.4b,2.8b} (random init) or hf:ID_OR_PATH."),
+    n: int = typer.Option(_T["n"].default, "--n", help="Number of context tokens N."),
+    layout: str = typer.Option(_T["layout"].default, help="suffix | prefix."),
+    lr: float = typer.Option(_T["lr"].default, help="AdamW learning rate."),
+    init: str = typer.Option(_T["init"].default, help="New embedding rows: default | mean | normal."),
+    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows and batch order."),
+    max_steps: int = typer.Option(_T["max_steps"].default, help="Optimizer steps at most."),
+    batch_size: int = typer.Option(_T["batch_size"].default, help="Examples per step."),
+    threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out accuracy >= this."),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between evaluations [default: 1% of max steps]."),
+    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/<run name>]."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset from `probes generate` [default: generate "
+                                            "in memory from --data-seed]."),
+    train_size: int = typer.Option(_T["train_size"].default, help="Training examples (when generated)."),
+    eval_size: int = typer.Option(_T["eval_size"].default, help="Held-out examples (when generated)."),
+    data_seed: int = typer.Option(_T["data_seed"].default, help="Seed of the training set (when generated)."),
+    heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: data seed + 1000003]."),
+    answer_only: bool = typer.Option(False, "--answer-only", help="Loss on the answer alone "
+                                     "[default: answer and end-of-text]."),
+    answer_offset: int = typer.Option(TokenConfig.model_fields["answer_offset"].default,
+                                      help="answer(p) = vocabulary id p + this."),
+    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay."),
+    warmup: int = typer.Option(_T["warmup"].default, help="Linear learning-rate warmup steps."),
+    grad_clip: float = typer.Option(_T["grad_clip"].default, help="Gradient-norm clipping; 0 turns it off."),
+    device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
+    precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
+    scan_backend: str = typer.Option(_T["scan_backend"].default, help="Mamba scan: auto | triton | mamba-ssm | "
+                                     "reference."),
+    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in backward (less memory)."),
+    eval_batch_size: int = typer.Option(_T["eval_batch_size"].default, help="Held-out examples per forward pass."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: every "
+                                                   "evaluation]."),
+    overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: torch's choice]."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Train one run to the held-out threshold; the same command resumes an unfinished run."""
+    from probes.train import train_run
+
+    given = flags_given(ctx, {k: k for k in _TRAIN_KEYS})
+    for key in ("out", "data_dir"):
+        if given.get(key) is not None:
+            given[key] = str(given[key])
+    if given.get("grad_clip") == 0:
+        given["grad_clip"] = None
+    given.update({f"tokens.{k}": v for k, v in flags_given(ctx, {"answer_offset": "answer_offset"}).items()})
+    if "answer_only" in flags_given(ctx, {"answer_only": "answer_only"}):
+        given["tokens.eos_target"] = not answer_only
+    cfg = load_config(TrainConfig, config, given)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    summary = train_run(cfg, overwrite=overwrite, progress=progress)
+    from probes.train import run_dir
+
+    out_console.print(_describe_summary(run_dir(cfg), summary), highlight=False, markup=False, soft_wrap=True)
+    if summary["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    config: Optional[Path] = ConfigOpt,
+    out: Path = typer.Option(SweepConfig.model_fields["out"].default, help="Sweep directory: one run directory "
+                             "per grid point."),
+    backend: str = typer.Option(SweepConfig.model_fields["backend"].default, help="local | ray."),
+    jobs: int = typer.Option(SweepConfig.model_fields["jobs"].default, help="Runs at once (local backend; "
+                             "several small runs can share a GPU)."),
+    model: Optional[list[str]] = typer.Option(None, help="Grid: model names (repeat the option) "
+                                              "[default: pythia-160m]."),
+    n: Optional[list[int]] = typer.Option(None, "--n", help="Grid: N values (repeat) [default: 50]."),
+    layout: Optional[list[str]] = typer.Option(None, help="Grid: layouts (repeat) [default: suffix]."),
+    lr: Optional[list[float]] = typer.Option(None, help="Grid: learning rates (repeat) [default: 1e-5 5e-5 1e-4]."),
+    init: Optional[list[str]] = typer.Option(None, help="Grid: inits (repeat) [default: default mean normal]."),
+    seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
+                                             "e.g. --set max_steps=2000 --set device=cuda."),
+    retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
+    dry_run: bool = typer.Option(False, help="List the runs and what would happen to each, then stop."),
+    progress: bool = typer.Option(True, help="Show the sweep's progress."),
+) -> None:
+    """Run a grid model × n × layout × lr × init × seed: skip finished runs, resume unfinished ones."""
+    import yaml
+
+    from probes.sweep import expand_grid, plan, run_sweep
+
+    given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed")})
+    if "out" in given:
+        given["out"] = str(given["out"])
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set max_steps=2000)")
+        given[f"train.{key.strip()}"] = yaml.safe_load(value)
+    cfg = load_config(SweepConfig, config, given)
+    if dry_run:
+        todo, skipped = plan(expand_grid(cfg))
+        for result in skipped:
+            out_console.print(f"{result['dir']}  skip ({result['status']})", highlight=False, markup=False)
+        for job in todo:
+            out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
+        return
+    results = run_sweep(cfg, progress=progress,
+                        retry_failed=retry_failed, threads=threads)
+    counts = {s: sum(r["status"] == s for r in results) for s in ("reached", "not_reached", "failed")}
+    out_console.print(f"{cfg.out}: {len(results)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                      + f"; results in {cfg.out / 'sweep.json'}", highlight=False, markup=False)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
 
 # === plot / demo ===
+
+
+@app.command()
+@user_errors
+def plot(
+    ctx: typer.Context,
+    dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
+                                      help="Directories holding run directories (at any depth)."),
+    kind: str = typer.Option("all", help="curves | heatmap | efficiency | all."),
+    out: Path = typer.Option(Path("figures"), help="Output directory for PNG and PDF files."),
+    threshold: Optional[float] = typer.Option(None, help="Threshold line and learning order "
+                                              "[default: each run's own]."),
+    formats: str = typer.Option("png,pdf", "--format", help="Comma-separated file formats: png, pdf, svg."),
+    heatmap: str = typer.Option("representative", help="Heatmap of each group's median run "
+                                "(representative) or the mean over its runs (mean)."),
+    dpi: int = typer.Option(150, help="PNG resolution."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
+    from analysis.plots import PlotConfig, plot_runs
+
+    given = flags_given(ctx, {k: k for k in ("kind", "out", "threshold", "formats", "heatmap", "dpi")})
+    if "formats" in given:
+        given["formats"] = [f.strip().lstrip(".") for f in given["formats"].split(",") if f.strip()]
+    if "out" in given:
+        given["out"] = str(given["out"])
+    cfg = load_config(PlotConfig, config, given)
+    with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
+        written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold,
+                            formats=cfg.formats, heatmap=cfg.heatmap, dpi=cfg.dpi)
+    console.print(f"wrote {len(written)} files to {cfg.out}: "
+                  + ", ".join(sorted({p.stem for p in written})), highlight=False)
+
+
+from probes.demo import DemoConfig  # noqa: E402 - light: pydantic only; torch loads when a demo runs
+
+_DM = DemoConfig.model_fields
+_DEMO_FLAGS = ("out", "n", "models", "layouts", "lr", "seed", "max_steps", "eval_every", "batch_size",
+               "train_size", "eval_size", "threshold", "threads", "quick")
+
+
+@app.command()
+@user_errors
+def demo(
+    ctx: typer.Context,
+    out: Path = typer.Option(_DM["out"].default, help="Output folder: data/, runs/, figures/."),
+    n: list[int] = typer.Option(_DM["n"].default, "--n", help="Context length N (repeat for several)."),
+    models: list[str] = typer.Option(_DM["models"].default, "--model", help="Backbone (repeat)."),
+    layouts: list[str] = typer.Option(_DM["layouts"].default, "--layout", help="suffix | prefix (repeat)."),
+    lr: float = typer.Option(_DM["lr"].default, help="AdamW learning rate."),
+    seed: int = typer.Option(_DM["seed"].default, help="Seed of model init, batches and data."),
+    max_steps: int = typer.Option(_DM["max_steps"].default, help="Step budget of each run."),
+    eval_every: int = typer.Option(_DM["eval_every"].default, help="Steps between held-out evaluations."),
+    batch_size: int = typer.Option(_DM["batch_size"].default, help="Examples per step."),
+    train_size: int = typer.Option(_DM["train_size"].default, help="Training examples per dataset."),
+    eval_size: int = typer.Option(_DM["eval_size"].default, help="Held-out examples per dataset."),
+    threshold: float = typer.Option(_DM["threshold"].default, help="Stop a run at this held-out accuracy."),
+    threads: int = typer.Option(_DM["threads"].default, help="torch CPU threads (0: torch's default)."),
+    quick: bool = typer.Option(False, help="Smoke-test scale: 40 steps a run, seconds in all."),
+    overwrite: bool = typer.Option(False, help="Train finished runs again."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """First run: generate data, train Pythia-tiny and Mamba-tiny on both layouts, draw every figure."""
+    from probes.demo import run_demo
+
+    given = flags_given(ctx, {k: k for k in _DEMO_FLAGS})
+    if "out" in given:
+        given["out"] = str(given["out"])
+    run_demo(load_config(DemoConfig, config, given), overwrite=overwrite, console=console)
 
 
 # === bench ===
 
 
+@app.command()
+@user_errors
+def bench(
+    models: list[str] = typer.Option(["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"], "--model",
+                                     help="Model spec NAME[@BACKEND][:bBATCH][:gc] (repeat the option)."),
+    batch_size: int = typer.Option(64, help="Training batch (the paper's 64)."),
+    n: int = typer.Option(200, "--n", help="N: sequence length N + 3 (the paper's 203)."),
+    steps: int = typer.Option(10, help="Timed training steps per model."),
+    warmup: int = typer.Option(3, help="Untimed steps first (Triton compiles here)."),
+    eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch [default: 4 x batch]."),
+    device: str = typer.Option("cuda", help="cuda | cpu."),
+    max_seconds: float = typer.Option(60.0, help="Stop timing a model after this long."),
+    out: Path = typer.Option(Path("bench"), help="Writes bench.csv, bench.md, bench.json here."),
+) -> None:
+    """Time Pythia and Mamba side by side: training tokens/s, peak memory, eval examples/s."""
+    import torch
+
+    from probes.backbones import check_model_name
+    from probes.bench import parse_spec, run_bench
+
+    for spec in models:
+        try:
+            check_model_name(parse_spec(spec)["name"])
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU here (allowed: cpu, or run on a GPU machine)")
+    table = run_bench(models, batch_size=batch_size, n=n, steps=steps, warmup=warmup, out_dir=out,
+                      eval_batch_size=eval_batch_size, device=device, max_seconds=max_seconds, verbose=False)
+    out_console.print((out / "bench.md").read_text(), markup=False)
+    console.print(f"{len(table)} rows written to {out}/bench.csv and bench.md")
+
+
 # === vlm ===
+
+from probes.vlm.cli import vlm_app  # noqa: E402 - the sub-app's commands import this module lazily
+
+app.add_typer(vlm_app, name="vlm")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
