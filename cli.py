@@ -101,7 +101,7 @@ def generate(
 
 # === train / sweep ===
 
-from probes.config import SweepConfig, TokenConfig, TrainConfig  # noqa: E402
+from probes.config import SweepConfig, TokenConfig, TrainConfig
 
 _T = TrainConfig.model_fields
 _TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
@@ -262,25 +262,38 @@ def plot(
     heatmap: str = typer.Option("representative", help="Heatmap of each group's median run "
                                 "(representative) or the mean over its runs (mean)."),
     dpi: int = typer.Option(150, help="PNG resolution."),
+    only: list[str] = typer.Option([], help="Draw only runs with KEY=VALUE (repeat; e.g. --only n=10 "
+                                   "--only layout=suffix; VALUE may be a,b)."),
+    prefix: str = typer.Option("", help="Prefix of the file names (e.g. n10- → n10-heatmap.png)."),
+    order_rule: str = typer.Option("stays", help="Learning order: a position is learned when it stays "
+                                   "above the threshold (stays) or first passes it (first)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
     from analysis.plots import PlotConfig, plot_runs
 
-    given = flags_given(ctx, {k: k for k in ("kind", "out", "threshold", "formats", "heatmap", "dpi")})
+    given = flags_given(ctx, {k: k for k in ("kind", "out", "threshold", "formats", "heatmap", "dpi", "only",
+                                             "prefix", "order_rule")})
     if "formats" in given:
         given["formats"] = [f.strip().lstrip(".") for f in given["formats"].split(",") if f.strip()]
     if "out" in given:
         given["out"] = str(given["out"])
+    if "only" in given:
+        pairs = [item.partition("=") for item in given["only"]]
+        bad = [key for key, eq, value in pairs if not (key and eq and value)]
+        if bad:
+            raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
+        given["only"] = {key: value.split(",") for key, _, value in pairs}
     cfg = load_config(PlotConfig, config, given)
     with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
-        written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold,
-                            formats=cfg.formats, heatmap=cfg.heatmap, dpi=cfg.dpi)
+        written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold, formats=cfg.formats,
+                            heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, prefix=cfg.prefix,
+                            order_rule=cfg.order_rule)
     console.print(f"wrote {len(written)} files to {cfg.out}: "
                   + ", ".join(sorted({p.stem for p in written})), highlight=False)
 
 
-from probes.demo import DemoConfig  # noqa: E402 - light: pydantic only; torch loads when a demo runs
+from probes.demo import DemoConfig  # light (pydantic only): torch loads when a demo runs
 
 _DM = DemoConfig.model_fields
 _DEMO_FLAGS = ("out", "n", "models", "layouts", "lr", "seed", "max_steps", "eval_every", "batch_size",
@@ -303,7 +316,8 @@ def demo(
     train_size: int = typer.Option(_DM["train_size"].default, help="Training examples per dataset."),
     eval_size: int = typer.Option(_DM["eval_size"].default, help="Held-out examples per dataset."),
     threshold: float = typer.Option(_DM["threshold"].default, help="Stop a run at this held-out accuracy."),
-    threads: int = typer.Option(_DM["threads"].default, help="torch CPU threads (0: torch's default)."),
+    threads: int = typer.Option(_DM["threads"].default,
+                                help="torch CPU threads (0: torch's default; 1 suits tiny models)."),
     quick: bool = typer.Option(False, help="Smoke-test scale: 40 steps a run, seconds in all."),
     overwrite: bool = typer.Option(False, help="Train finished runs again."),
     config: Optional[Path] = ConfigOpt,

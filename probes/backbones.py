@@ -59,11 +59,13 @@ def _mamba(name: str, hidden: int, layers: int, **extra) -> BackboneSpec:
 
 # Published sizes (Pythia: Biderman et al. 2023, table 1; Mamba: state-spaces/mamba-*-hf configs).
 # Tiny presets are CPU-sized: d=128, 2 layers, a 1024-token vocabulary (answer ids p + 2 fit
-# for N <= 1022).
+# for N <= 1022). pythia-tiny rotates every head dimension (rotary_pct=1.0) with 8 heads of 16:
+# from random init it must learn positions from rotary alone, and with Pythia's 0.25 and 4 heads
+# it needed 2-4x more steps (N=8: 300 vs 1175 suffix, 250 vs 2050 prefix; tests/test_regression.py).
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        _pythia("pythia-tiny", 128, 2, 4, vocab_size=1024, max_position_embeddings=1024),
+        _pythia("pythia-tiny", 128, 2, 8, vocab_size=1024, max_position_embeddings=1024, rotary_pct=1.0),
         _pythia("pythia-14m", 128, 6, 4),
         _pythia("pythia-70m", 512, 6, 8),
         _pythia("pythia-160m", 768, 12, 12),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from probes.errors import UserError
 
@@ -145,3 +145,130 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             child = node[part] = {} if child is None else dict(child)
         node = child
     node[last] = value
+
+
+# === Training and sweeps ===
+
+Init = Literal["default", "mean", "normal"]  # same choices as probes.backbones.INITS
+ScanBackend = Literal["auto", "triton", "mamba-ssm", "reference"]
+Precision = Literal["auto", "bf16", "fp32"]
+GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
+
+
+def _check_model(name: str) -> str:
+    from probes.backbones import check_model_name  # lazy: keeps `probes.config` free of torch
+
+    try:
+        return check_model_name(name)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
+class TrainConfig(Config):
+    """One run (SPEC §2, §6). Grid keys and run settings are flat; config.yaml is this, dumped."""
+
+    # the grid keys (a run directory is named from them)
+    model: str = Field("pythia-160m", description="backbone name (probes.backbones.BACKBONES) or hf:ID_OR_PATH")
+    n: int = Field(50, ge=2, le=MAX_N, description="number of context tokens N")
+    layout: Layout = Field("suffix", description="suffix | prefix")
+    lr: float = Field(1e-4, gt=0, le=1, allow_inf_nan=False, description="AdamW learning rate")
+    init: Init = Field("default", description="new embedding rows: default | mean | normal")
+    seed: int = Field(0, ge=0, description="seed of model init, new rows and batch order")
+    # the protocol (paper App. C.4)
+    max_steps: int = Field(78_000, gt=0, description="optimizer steps at most")
+    batch_size: int = Field(64, gt=0, description="examples per step")
+    threshold: float = Field(0.95, gt=0, le=1, description="stop when held-out accuracy >= this")
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations (None: 1% of max_steps)")
+    out: Path | None = Field(None, description="run directory (None: runs/<run name>)")
+    # data: a dataset directory, or generated in memory from the seeds
+    data_dir: Path | None = Field(None, description="dataset written by `probes generate` (None: generate)")
+    train_size: int = Field(1_000_000, gt=0, description="training examples (when generated)")
+    eval_size: int = Field(100_000, gt=0, description="held-out examples (when generated)")
+    data_seed: int = Field(0, ge=0, description="seed of the training set (when generated)")
+    heldout_seed: int | None = Field(None, ge=0, description="seed of the held-out set (None: data_seed + 1000003)")
+    tokens: TokenConfig = Field(default_factory=TokenConfig, description="answer ids and targets")
+    # optimisation
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="AdamW weight decay")
+    warmup: int = Field(0, ge=0, description="linear learning-rate warmup steps, then constant")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    # execution (may change when a run resumes)
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
+    precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
+    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | reference")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
+    eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _check_model(name)
+
+    @model_validator(mode="after")
+    def _sizes_cover_every_position(self) -> TrainConfig:
+        if self.data_dir is None:
+            for name in ("train_size", "eval_size"):
+                if getattr(self, name) < self.n:
+                    raise ValueError(f"{name}={getattr(self, name)} is smaller than n={self.n}: every position "
+                                     f"must be a target at least once (allowed: {name} >= n)")
+        return self
+
+    @property
+    def effective_eval_every(self) -> int:
+        return self.eval_every if self.eval_every is not None else max(1, self.max_steps // 100)
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(n=self.n, layout=self.layout, train_size=self.train_size, eval_size=self.eval_size,
+                          seed=self.data_seed, heldout_seed=self.heldout_seed)
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+class SweepConfig(Config):
+    """A grid model × n × layout × lr × init × seed (SPEC §6); `train` holds every other setting.
+
+    Each grid key takes one value or a list. The default grid is the paper's 3 lr × 3 init.
+    """
+
+    model: list[str] = Field(default_factory=lambda: ["pythia-160m"], min_length=1)
+    n: list[int] = Field(default_factory=lambda: [50], min_length=1)
+    layout: list[Layout] = Field(default_factory=lambda: ["suffix"], min_length=1)
+    lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4], min_length=1)
+    init: list[Init] = Field(default_factory=lambda: ["default", "mean", "normal"], min_length=1)
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every run")
+    out: Path = Field(Path("runs"), description="sweep directory: one run directory per grid point")
+    backend: str = Field("local", description="local | ray (probes.sweep.BACKENDS)")
+    jobs: int = Field(1, ge=1, description="runs at once (local backend)")
+    # ray backend (probes.sweep_ray)
+    address: str | None = Field(None, description="Ray cluster HOST:PORT, ray://HOST:PORT or auto (None: local)")
+    cpus_per_run: float = Field(1.0, gt=0, description="CPUs Ray reserves for each run")
+    gpus_per_run: float = Field(0.0, ge=0, description="GPUs Ray reserves for each run (0.25: four per GPU)")
+    retries: int = Field(3, ge=0, description="times Ray retries a run whose worker died")
+
+    @field_validator(*GRID_KEYS, mode="before")
+    @classmethod
+    def _one_value_or_a_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _grid_and_settings_are_valid(self) -> SweepConfig:
+        for key in GRID_KEYS:
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} lists a value twice: {values}")
+        clash = [k for k in self.train if k in (*GRID_KEYS, "out")]
+        if clash:
+            raise ValueError(f"train.{clash[0]} is set by the grid (or by out): put it at the top level")
+        first = {k: getattr(self, k)[0] for k in GRID_KEYS}
+        for key, value in [(k, v) for k in GRID_KEYS for v in getattr(self, k)]:  # each value once
+            try:
+                TrainConfig.model_validate({**self.train, **first, key: value})
+            except ValidationError as err:
+                message = format_validation_error(err, TrainConfig)
+                if err.errors()[0]["type"] == "extra_forbidden":  # name it where the user wrote it
+                    message = message.replace("key '", "key 'train.", 1)
+                raise ValueError(message) from None
+        return self

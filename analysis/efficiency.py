@@ -1,0 +1,187 @@
+"""Sample efficiency and learning order, as tidy tables (the figures draw these).
+
+* `efficiency(runs)`: steps and examples to the threshold, one row per finished run; a run that
+  never reached it is *censored* at its budget (`max_steps`, `max_steps × batch_size`).
+* `efficiency_summary(eff)`: per model × N × layout: runs, how many censored, median / min / max.
+  The median is the lower median (the step by which half of the runs had got there), censored runs
+  counted at their budget; `median_censored` says when it is a censored run (then it is a lower bound).
+* `first_reach(positions)`: per run × target position, the first evaluation step at which that
+  position's held-out accuracy is ≥ the threshold (NaN if never): by default the first from which it
+  STAYS there (`rule="stays"`), since an early model that gives one answer to every query passes
+  the threshold on that one position for an evaluation; `rule="first"` takes the first at all.
+* `learning_order(positions)`: the same per model × N × layout (`half_reached` over runs: the step
+  by which half of them had got there, NaN if fewer did), with the position's region (beginning /
+  middle / end third of the context); `learning_order_summary` orders the regions by when they were learned:
+  the paper's Mamba order is "end → beginning → middle" (Fig. 7).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_THRESHOLD = 0.95
+GROUP = ("model", "n", "layout")
+REGIONS = ("beginning", "middle", "end")
+RULES = ("stays", "first")
+Rule = Literal["stays", "first"]
+_RUN_COLS = ("run", "model", "family", "n", "layout", "lr", "init", "seed")
+
+
+def _present(df: pd.DataFrame, cols) -> list[str]:
+    return [c for c in cols if c in df.columns]
+
+
+def half_reached(values) -> float:
+    """The step by which half of the runs (or positions) had got there: the lower median, with
+    never (NaN) counted as +∞, as a Kaplan–Meier median would; NaN when fewer than half got there.
+    [20, NaN] → 20, [10, 30, NaN] → 30, [10, NaN, NaN] → NaN."""
+    vals = np.sort(np.nan_to_num(np.asarray(values, dtype=float), nan=np.inf))
+    if not len(vals):
+        return np.nan
+    v = float(vals[(len(vals) - 1) // 2])
+    return v if np.isfinite(v) else np.nan
+
+
+def _threshold(df: pd.DataFrame, threshold: float | None) -> pd.Series:
+    if threshold is not None:
+        return pd.Series(float(threshold), index=df.index)
+    if "threshold" in df:
+        return pd.to_numeric(df["threshold"], errors="coerce").fillna(DEFAULT_THRESHOLD)
+    return pd.Series(DEFAULT_THRESHOLD, index=df.index)
+
+
+# === Steps / examples to threshold ===
+
+
+def efficiency(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run (status reached / not_reached; running and failed runs are left
+    out): `steps`, `examples`, `pct` (of the run's budget), `censored` (never reached: the values
+    are the budget), `budget_steps`, `budget_examples`, plus the run's grid columns."""
+    done = runs[runs["status"].isin(["reached", "not_reached"])].copy()
+    censored = done["status"].eq("not_reached")
+    budget = pd.to_numeric(done.get("max_steps"), errors="coerce")
+    batch = pd.to_numeric(done["batch_size"], errors="coerce") if "batch_size" in done else np.nan
+    step_reached = pd.to_numeric(done["step_reached"], errors="coerce")
+    examples = pd.to_numeric(done["examples_to_threshold"], errors="coerce")
+    examples = examples.fillna(step_reached * batch)
+    out = done[_present(done, _RUN_COLS)].copy()
+    out["status"] = done["status"]
+    out["censored"] = censored
+    out["budget_steps"] = budget
+    out["budget_examples"] = budget * batch
+    out["steps"] = step_reached.where(~censored, budget)
+    out["examples"] = examples.where(~censored, out["budget_examples"])
+    out["pct"] = out["steps"] / budget * 100.0
+    return out.reset_index(drop=True)
+
+
+def efficiency_summary(eff: pd.DataFrame, by=GROUP) -> pd.DataFrame:
+    """Per group: `runs`, `censored`, `steps_median` / `_min` / `_max` (and the same for
+    `examples`), `median_censored` (the lower median is a censored run: most never got there)."""
+    by = _present(eff, by)
+
+    def one(g: pd.DataFrame) -> pd.Series:
+        row = {"runs": len(g), "censored": int(g["censored"].sum())}
+        for col in ("steps", "examples"):
+            # lower median; censored runs sit at their budget (after a reached run of equal value)
+            order = np.lexsort((g["censored"].to_numpy(), g[col].to_numpy(float)))
+            mid = order[(len(g) - 1) // 2]
+            row[f"{col}_median"] = float(g[col].iloc[mid])
+            row[f"{col}_min"] = g[col].min()
+            row[f"{col}_max"] = g[col].max()
+            if col == "steps":
+                row["median_censored"] = bool(g["censored"].iloc[mid])
+        return pd.Series(row)
+
+    return eff.groupby(by, sort=True, dropna=False)[list(eff.columns)].apply(one).reset_index()
+
+
+# === Learning order per target position ===
+
+
+def region_of(position: pd.Series, n: pd.Series) -> pd.Series:
+    """Beginning / middle / end third of the context for a 0-based position."""
+    rel = (position.astype(float) + 0.5) / n.astype(float)
+    return pd.cut(rel, [0, 1 / 3, 2 / 3, 1.0 + 1e-9], labels=list(REGIONS), include_lowest=True)
+
+
+def first_reach(
+    positions: pd.DataFrame, threshold: float | None = None, rule: Rule = "stays"
+) -> pd.DataFrame:
+    """Per run × position: `step` and `pct` of the first evaluation at which that position's
+    accuracy is ≥ the threshold (the run's own unless given), NaN if never; plus the run's grid
+    columns, the 1-based `position1` and the `region` of the position.
+
+    rule "first": the first such evaluation. rule "stays" (default): the first evaluation from
+    which the accuracy stays ≥ the threshold until the run's last one. A model that answers one
+    position for every query early in training scores 100% on that position for one evaluation;
+    "first" counts that as learned, "stays" does not."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r} (allowed: {', '.join(RULES)})")
+    keys = ["run", "position"]
+    pos = positions.assign(_thr=_threshold(positions, threshold).to_numpy()).sort_values([*keys, "step"])
+    ok = (pos["accuracy"] >= pos["_thr"]).astype(int)
+    if rule == "stays":  # ok here and at every later evaluation: reversed running minimum
+        ok = ok.iloc[::-1].groupby([pos["run"].iloc[::-1], pos["position"].iloc[::-1]]).cummin().iloc[::-1]
+    hit = pos[ok.astype(bool).to_numpy()]
+    first = hit.sort_values("step").groupby(keys, as_index=False).first()[keys + ["step"]]
+    base = pos[_present(pos, [*_RUN_COLS, "max_steps", "position"])].drop_duplicates(keys)
+    out = base.merge(first, on=keys, how="left")
+    out["threshold"] = pos.groupby("run")["_thr"].first().reindex(out["run"]).to_numpy()
+    out["pct"] = out["step"] / out["max_steps"] * 100.0 if "max_steps" in out else np.nan
+    out["position1"] = out["position"] + 1
+    if "n" in out:
+        out["region"] = region_of(out["position"], out["n"])
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def learning_order(
+    positions: pd.DataFrame, threshold: float | None = None, by=GROUP, rule: Rule = "stays"
+) -> pd.DataFrame:
+    """Per group × position: `step` / `pct` by which half of the group's runs had first reached
+    the threshold there (`half_reached`; NaN if fewer did), `runs`, `reached_runs`, `region`."""
+    fr = first_reach(positions, threshold, rule)
+    by = _present(fr, by)
+
+    keys = [*by, "position"]
+    grouped = fr.groupby(keys, sort=True, dropna=False, observed=True)
+    out = grouped.agg(
+        step=("step", half_reached),
+        pct=("pct", half_reached),
+        runs=("run", "nunique"),
+        reached_runs=("step", "count"),
+    ).reset_index()
+    out["position1"] = out["position"] + 1
+    if "n" in out:
+        out["region"] = region_of(out["position"], out["n"])
+    return out
+
+
+def learning_order_summary(order: pd.DataFrame, by=GROUP) -> pd.DataFrame:
+    """Per group: the % of training by which half of each region's positions had been learned
+    (`beginning`, `middle`, `end`; `half_reached`), and `order`, the regions sorted by that, e.g.
+    "end → beginning → middle"; regions learned at the same evaluation are joined with " = ", and
+    regions fewer than half of whose positions were learned are listed last:
+    "end; never: beginning, middle"."""
+    by = _present(order, by)
+    rows = []
+    for key, g in order.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for region in REGIONS:
+            row[region] = half_reached(g.loc[g["region"] == region, "pct"])
+        learned = sorted((row[r], i, r) for i, r in enumerate(REGIONS) if not np.isnan(row[r]))
+        steps: list[list[str]] = []
+        for i, (value, _, region) in enumerate(learned):
+            if i and value == learned[i - 1][0]:
+                steps[-1].append(region)  # learned at the same evaluation: a tie, not an order
+            else:
+                steps.append([region])
+        never = [r for r in REGIONS if np.isnan(row[r])]
+        order = " → ".join(" = ".join(s) for s in steps)
+        row["order"] = "; ".join(filter(None, [order, f"never: {', '.join(never)}" if never else ""]))
+        rows.append(row)
+    return pd.DataFrame(rows)

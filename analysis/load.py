@@ -1,0 +1,282 @@
+"""Run directories → tidy pandas DataFrames: one call per table.
+
+A run directory (SPEC §6) holds `config.yaml`, `summary.json`, `metrics.parquet` and
+`positions.parquet`; a directory is a run iff it holds `config.yaml` and `summary.json` or
+`metrics.parquet`. Runs are found at any depth under the paths given.
+
+    runs = load_runs("runs/")            # one row per run: flattened config + summary
+    metrics = load_metrics("runs/")      # one row per run × evaluation
+    positions = load_positions("runs/")  # one row per run × evaluation × target position
+
+Every table carries `run` (a unique id: the run's path relative to the runs' common parent) and
+the run's config fields as columns (nested keys flattened with dots: `tokens.eos_target`), so
+seaborn can consume it directly. `pct` is the percent of training, `step / max_steps * 100`.
+Loaders read files only: this package never imports the training code or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import yaml
+
+from probes.errors import UserError
+
+CONFIG, SUMMARY, METRICS, POSITIONS = "config.yaml", "summary.json", "metrics.parquet", "positions.parquet"
+STATUSES = ("running", "reached", "not_reached", "failed")
+GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
+_SKIP_DIRS = {"checkpoint", "checkpoints", "__pycache__", ".git", ".ipynb_checkpoints"}
+
+PathLike = str | os.PathLike
+
+
+class NoRunsError(UserError):
+    """None of the paths given holds a run directory."""
+
+
+# === Finding runs ===
+
+
+def is_run_dir(path: PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG).is_file() and ((path / SUMMARY).is_file() or (path / METRICS).is_file())
+
+
+def find_runs(*paths: PathLike) -> list[Path]:
+    """Every run directory at any depth under `paths` (a path may itself be a run), sorted and
+    without duplicates. A path that does not exist is a `NoRunsError`; so is finding no run."""
+    if not paths:
+        raise NoRunsError("no run directory given")
+    found: set[Path] = set()
+    for raw in paths:
+        root = Path(raw).expanduser()
+        if not root.exists():
+            raise NoRunsError(f"{raw}: no such directory")
+        if not root.is_dir():
+            raise NoRunsError(f"{raw}: not a directory (expected run directories under it)")
+        for here, dirs, _files in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+            if is_run_dir(here):
+                found.add(Path(here).resolve())
+                dirs[:] = []  # a run's own sub-directories are not runs
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        raise NoRunsError(
+            f"no run directories under {where} (a run directory holds {CONFIG} and {SUMMARY} "
+            f"or {METRICS}; make one with `probes train` or `probes sweep`)"
+        )
+    return sorted(found)
+
+
+def run_ids(dirs: list[Path]) -> list[str]:
+    """Unique short ids: each run's path relative to the common parent of all runs."""
+    if len(dirs) == 1:
+        return [dirs[0].name]
+    common = Path(os.path.commonpath([str(d) for d in dirs]))
+    return [d.relative_to(common).as_posix() for d in dirs]
+
+
+def _resolve(paths: tuple) -> list[Path]:
+    """Accept paths, or the `runs` table itself (its `run_dir` column), as the source of runs."""
+    if len(paths) == 1 and isinstance(paths[0], pd.DataFrame):
+        return [Path(p) for p in paths[0]["run_dir"]]
+    return find_runs(*paths)
+
+
+# === Reading one run ===
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"tokens": {"eos_target": True}} → {"tokens.eos_target": True}; lists become tuples
+    (hashable, so they survive groupby)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = tuple(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_config(run_dir: PathLike) -> dict[str, Any]:
+    """The run's config.yaml, flattened with dots."""
+    path = Path(run_dir) / CONFIG
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read the run's config ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    return flatten(data)
+
+
+def read_summary(run_dir: PathLike) -> dict[str, Any]:
+    """The run's summary.json; a run without one (still starting) is `running`."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return {"status": "running"}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        warnings.warn(f"{path}: unreadable summary ({err}); treating the run as running", stacklevel=2)
+        return {"status": "running"}
+    return flatten(data) if isinstance(data, dict) else {"status": "running"}
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - a half-written file of a live run: skip it, say so
+        warnings.warn(f"{path}: unreadable ({type(err).__name__}: {err}); skipped", stacklevel=3)
+        return None
+
+
+# === Model names ===
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([mb])\b", re.IGNORECASE)
+
+
+def model_family(name: str) -> str:
+    """ "pythia", "mamba" or "other", from a model name (`pythia-160m`, `hf:state-spaces/mamba-130m-hf`)."""
+    low = str(name).lower()
+    if "mamba" in low:
+        return "mamba"
+    if "pythia" in low or "neox" in low:
+        return "pythia"
+    return "other"
+
+
+def model_size(name: str) -> float:
+    """Parameters implied by the name (`1.4b` → 1.4e9); tiny presets sort first (0), unknown last."""
+    low = str(name).lower()
+    if "tiny" in low:
+        return 0.0
+    m = _SIZE.search(low)
+    if not m:
+        return math.inf
+    return float(m.group(1)) * (1e6 if m.group(2) == "m" else 1e9)
+
+
+def model_order(models: Iterable[str]) -> list[str]:
+    """Pythia first, then Mamba, then others; by size within a family."""
+    rank = {"pythia": 0, "mamba": 1, "other": 2}
+    return sorted(set(models), key=lambda m: (rank[model_family(m)], model_size(m), str(m)))
+
+
+# === Tables ===
+
+
+def load_runs(*paths: PathLike) -> pd.DataFrame:
+    """One row per run: `run`, `run_dir`, the flattened config, then the summary's fields
+    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...) and `family`.
+    Where summary and config share a key (`threshold`, `max_steps`), the summary wins: it records
+    what the run did."""
+    dirs = _resolve(paths)
+    rows = []
+    for run, run_dir in zip(run_ids(dirs), dirs):
+        row = {"run": run, "run_dir": str(run_dir)}
+        row.update(_unreserved(read_config(run_dir), "config"))
+        summary = _unreserved(read_summary(run_dir), "summary")
+        row.update({k: v for k, v in summary.items() if v is not None or k not in row})
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    for col in ("model", "status", "step_reached", "examples_to_threshold", "max_steps", "threshold"):
+        if col not in runs:
+            runs[col] = None
+    runs["family"] = runs["model"].map(model_family) if "family" not in runs else runs["family"]
+    for col in (
+        "step_reached",
+        "examples_to_threshold",
+        "final_accuracy",
+        "max_steps",
+        "threshold",
+        "wall_seconds",
+        "batch_size",
+    ):
+        if col in runs:
+            runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    first = ["run", "model", "family", "n", "layout", "lr", "init", "seed", "status"]
+    cols = [c for c in first if c in runs] + [c for c in runs if c not in first]
+    return runs[cols].reset_index(drop=True)
+
+
+def _unreserved(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Keep the loader's own `run` / `run_dir` columns: a file's `run` (the training code's run
+    name) becomes `run_name`, anything else reserved is prefixed with its source."""
+    out = {}
+    for key, value in data.items():
+        if key == "run":
+            key = "run_name"
+        elif key == "run_dir":
+            key = f"{source}.{key}"
+        out[key] = value
+    return out
+
+
+def _per_run_table(paths: tuple, filename: str) -> pd.DataFrame:
+    runs = paths[0] if len(paths) == 1 and isinstance(paths[0], pd.DataFrame) else load_runs(*paths)
+    frames = []
+    for run, run_dir in zip(runs["run"], runs["run_dir"]):
+        table = _read_table(Path(run_dir) / filename)
+        if table is not None and len(table):
+            frames.append(table.assign(run=run))
+    if not frames:
+        raise NoRunsError(f"none of the {len(runs)} runs has a readable {filename} yet")
+    data = pd.concat(frames, ignore_index=True)
+    # A grid key keeps the run's value (metrics.parquet logs `lr` per step, which warmup changes:
+    # that one becomes `lr_at_step`); any other clash keeps the measurement.
+    data = data.rename(columns={c: f"{c}_at_step" for c in GRID_KEYS if c in data.columns and c in runs})
+    measured = set(data.columns) - {"run"}
+    run_cols = [c for c in runs.columns if c not in measured]
+    data = data.merge(runs[run_cols], on="run", how="left", validate="many_to_one")
+    if "step" in data and "max_steps" in data:
+        data["pct"] = data["step"] / data["max_steps"] * 100.0
+    lead = ["run", "model", "n", "layout", "lr", "init", "seed", "step", "pct"]
+    cols = [c for c in lead if c in data] + [c for c in data if c not in lead]
+    return data[cols]
+
+
+def load_metrics(*paths: PathLike) -> pd.DataFrame:
+    """One row per run × evaluation: the metrics.parquet columns (`step`, `examples_seen`,
+    `loss`, `accuracy`, ...) plus `pct` and every run-level column of `load_runs` (a logged
+    per-step learning rate is `lr_at_step`; `lr` stays the run's grid value).
+    Accepts paths or a `load_runs` table (to load a filtered selection)."""
+    return _per_run_table(paths, METRICS)
+
+
+def load_positions(*paths: PathLike) -> pd.DataFrame:
+    """One row per run × evaluation × target position (`step`, `position` 0-based, `accuracy`,
+    `count`) plus `pct` and every run-level column of `load_runs`."""
+    return _per_run_table(paths, POSITIONS)
+
+
+class Tables(NamedTuple):
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    positions: pd.DataFrame
+
+
+def load(*paths: PathLike) -> Tables:
+    """All three tables at once, reading each run's config and summary only once."""
+    runs = load_runs(*paths)
+
+    def optional(loader) -> pd.DataFrame:
+        try:
+            return loader(runs)
+        except NoRunsError:  # e.g. runs that log no per-position table
+            return pd.DataFrame()
+
+    return Tables(runs, optional(load_metrics), optional(load_positions))

@@ -1,0 +1,255 @@
+"""Sweeps (SPEC §6): a grid model × n × layout × lr × init × seed → one run directory each.
+
+    runs = expand_grid(SweepConfig(model=["pythia-tiny", "mamba-tiny"], n=[8], out="runs/tiny"))
+    results = run_sweep(sweep_cfg, backend="local", jobs=2)
+
+Finished runs are skipped, unfinished ones resume from their checkpoints, new ones start. A
+backend is one entry of `BACKENDS`: a function that takes the runs still to do and returns one
+result per run; it learns about a run only through its run directory (summary.json), so any
+backend that can start `python -m probes.train --json CONFIG` somewhere can be added.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import probes
+from probes.config import GRID_KEYS, SweepConfig, TrainConfig, validate
+from probes.errors import UserError
+from probes.train import LOG_FILE, inspect_run, read_summary, run_name
+
+
+@dataclass
+class Job:
+    """One run to do: new, resumed, or (with retry_failed) started again."""
+
+    cfg: TrainConfig
+    action: str  # "new" | "resume" | "restart"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.cfg)
+
+
+# === Grid ===
+
+
+def expand_grid(sweep: SweepConfig) -> list[TrainConfig]:
+    """Every grid point as a TrainConfig whose `out` is `sweep.out / run_name` (grid order)."""
+    cfgs = []
+    for values in itertools.product(*(getattr(sweep, k) for k in GRID_KEYS)):
+        cfg = validate(TrainConfig, {**sweep.train, **dict(zip(GRID_KEYS, values))})
+        cfgs.append(cfg.model_copy(update={"out": Path(sweep.out) / run_name(cfg)}))
+    names = [run_name(c) for c in cfgs]
+    if len(set(names)) != len(names):  # e.g. two hf: paths that sanitise to the same name
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"two grid points share the run directory name {dup}; make the model names distinct")
+    return cfgs
+
+
+def plan(cfgs: list[TrainConfig], retry_failed: bool = False) -> tuple[list[Job], list[dict]]:
+    """(jobs to run, results of finished runs that are skipped). Checks every run directory
+    first, so a conflicting one stops the sweep before anything starts."""
+    jobs, skipped = [], []
+    for cfg in cfgs:
+        state, summary = inspect_run(cfg)
+        if state == "finished" and not (retry_failed and summary["status"] == "failed"):
+            skipped.append(_result(cfg, summary, "skipped"))
+        else:
+            jobs.append(Job(cfg, {"new": "new", "resume": "resume", "finished": "restart"}[state]))
+    return jobs, skipped
+
+
+def _result(cfg: TrainConfig, summary: dict | None, action: str, message: str = "") -> dict:
+    summary = summary or {}
+    return {"run": run_name(cfg), "dir": str(cfg.out), "action": action,
+            "status": summary.get("status", "failed"), "step_reached": summary.get("step_reached"),
+            "final_accuracy": summary.get("final_accuracy"),
+            "message": summary.get("message") or message}
+
+
+# === Local backend: one subprocess per run, `jobs` at a time ===
+
+
+def _default_threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _start(job: Job, threads: int) -> subprocess.Popen:
+    job.dir.mkdir(parents=True, exist_ok=True)
+    log = open(job.dir / LOG_FILE, "a")  # noqa: SIM115 - closed when the process ends
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action} {job.name}\n")
+    log.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    root = str(Path(probes.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "probes.train", "--json", job.cfg.model_dump_json(),
+           "--threads", str(threads)] + (["--overwrite"] if job.action == "restart" else [])
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _finished_result(job: Job, code: int) -> dict:
+    try:
+        summary = read_summary(job.dir)
+    except UserError:
+        summary = None
+    if summary is None or summary["status"] == "running":
+        return _result(job.cfg, None, job.action,
+                       f"worker exited with code {code} before the run finished; see {job.dir / LOG_FILE}")
+    return _result(job.cfg, summary, job.action)
+
+
+def run_local(jobs_todo: list[Job], jobs: int = 1, progress: bool = True, threads: int | None = None,
+              on_done: Callable[[dict], None] | None = None, total: int | None = None) -> list[dict]:
+    """Run `jobs_todo`, at most `jobs` at once, each in its own `python -m probes.train` process.
+
+    Several small runs can share one GPU this way. Progress comes from each run's summary.json.
+    """
+    threads = threads or _default_threads(jobs)
+    display = _Display(progress, total or len(jobs_todo), (total or len(jobs_todo)) - len(jobs_todo))
+    pending, active, results = list(jobs_todo), {}, []
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                job = pending.pop(0)
+                active[job.name] = (job, _start(job, threads))
+                display.add(job)
+            time.sleep(0.5)
+            for name, (job, proc) in list(active.items()):
+                code = proc.poll()
+                if code is None:
+                    display.update(job)
+                    continue
+                proc.log.close()
+                del active[name]
+                result = _finished_result(job, code)
+                results.append(result)
+                display.done(job, result)
+                if on_done:
+                    on_done(result)
+    except BaseException:
+        for job, proc in active.values():  # unfinished runs stay resumable
+            proc.terminate()
+        for job, proc in active.values():
+            proc.wait()
+            proc.log.close()
+        raise
+    finally:
+        display.stop()
+    return results
+
+
+class _Display:
+    """rich Progress over the whole sweep (runs done / total) plus one bar per active run."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar, self.tasks = None, {}
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                console=Console(stderr=True))
+            self.overall = self.bar.add_task("sweep: runs done", total=total, completed=done, info="")
+            self.bar.start()
+
+    def add(self, job: Job) -> None:
+        if self.bar is not None:
+            self.tasks[job.name] = self.bar.add_task(f"  {job.name}", total=job.cfg.max_steps, info=job.action)
+
+    def update(self, job: Job) -> None:
+        if self.bar is None:
+            return
+        try:
+            summary = read_summary(job.dir)
+        except UserError:  # being replaced right now
+            return
+        if summary and summary.get("status") == "running":
+            acc = summary.get("final_accuracy")
+            self.bar.update(self.tasks[job.name], completed=summary.get("final_step") or 0,
+                            info=f"acc {acc:.3f}" if acc is not None else "")
+
+    def done(self, job: Job, result: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.remove_task(self.tasks.pop(job.name))
+        self.bar.advance(self.overall)
+        self.bar.console.print(_describe(result), highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _describe(result: dict) -> str:
+    status = result["status"]
+    acc = result.get("final_accuracy")
+    tail = {"reached": f"reached at step {result['step_reached']}",
+            "not_reached": f"not reached (final accuracy {acc:.3f})" if acc is not None else "not reached",
+            "failed": f"failed: {result['message']}"}.get(status, status)
+    return f"{result['run']}: {tail}"
+
+
+def run_ray(*args, **kwargs) -> list[dict]:
+    """The Ray backend (probes.sweep_ray), imported only when asked for."""
+    from probes.sweep_ray import run_ray as run
+
+    return run(*args, **kwargs)
+
+
+BACKENDS: dict[str, Callable[..., list[dict]]] = {"local": run_local, "ray": run_ray}
+
+
+def backend_options(sweep: SweepConfig, backend: str) -> dict:
+    """Settings of the sweep config that only one backend reads."""
+    if backend == "ray":
+        return {"address": sweep.address, "cpus_per_run": sweep.cpus_per_run,
+                "gpus_per_run": sweep.gpus_per_run, "retries": sweep.retries}
+    return {}
+
+
+# === The sweep ===
+
+
+def run_sweep(sweep: SweepConfig, backend: str | None = None, jobs: int | None = None, progress: bool = True,
+              retry_failed: bool = False, threads: int | None = None) -> list[dict]:
+    """Expand the grid, skip finished runs, run (or resume) the rest; one result per grid point.
+
+    `backend` and `jobs` default to the config's. Failed runs are reported, not retried, unless
+    `retry_failed`. Writes DIR/sweep.json (results in grid order) when done.
+    """
+    backend = backend or sweep.backend
+    jobs = jobs or sweep.jobs
+    if backend not in BACKENDS:
+        raise UserError(f"unknown sweep backend '{backend}' (known: {', '.join(BACKENDS)})")
+    cfgs = expand_grid(sweep)
+    todo, skipped = plan(cfgs, retry_failed)
+    if progress and skipped:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"{len(skipped)} of {len(cfgs)} runs already finished: skipped",
+                                   highlight=False)
+    ran = BACKENDS[backend](todo, jobs=jobs, progress=progress, threads=threads, total=len(cfgs),
+                            **backend_options(sweep, backend)) if todo else []
+    by_name = {r["run"]: r for r in [*skipped, *ran]}
+    results = [by_name[run_name(c)] for c in cfgs]
+    Path(sweep.out).mkdir(parents=True, exist_ok=True)
+    (Path(sweep.out) / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+

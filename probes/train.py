@@ -1,0 +1,659 @@
+"""One run (SPEC §2, §6): AdamW to a held-out threshold, written to a run directory as it goes.
+
+    summary = train_run(TrainConfig(model="pythia-tiny", n=8, lr=1e-3, max_steps=2000, out="runs/x"))
+
+The loop evaluates the WHOLE held-out set at step 0 and every `eval_every` steps (default 1% of
+`max_steps`), logs accuracy per target position, and stops as soon as accuracy >= `threshold`.
+Only the 1–2 scored slots ever reach the LM head (`slot_logits`), in training and in evaluation.
+
+Run directory (files are replaced atomically, so a SIGKILL never leaves half a file):
+
+    config.yaml        the TrainConfig, written first
+    metrics.parquet    one row per evaluation: step, examples_seen, loss, accuracy, train_loss, lr,
+                       train/eval throughput, wall_seconds
+    positions.parquet  one row per evaluation × target position: step, position, accuracy, count
+    summary.json       status (running | reached | not_reached | failed), threshold, step_reached, ...
+    checkpoint/        latest state: the model (save_pretrained: from_pretrained loads it),
+                       state.pt (optimizer, RNG, step, the metrics so far)
+
+Nothing is lost: the batch order is a function of (seed, step), so a run started again with the
+same config resumes from its checkpoint and, on CPU, reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from probes import tasks
+from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
+from probes.config import TrainConfig, save_config, validate
+from probes.errors import UserError
+from probes.tasks import Dataset, TokenLayout
+
+STATUSES = ("running", "reached", "not_reached", "failed")
+FINISHED = ("reached", "not_reached", "failed")
+# Settings that may differ when a run resumes: where and how it runs, not what it computes.
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend")
+LOG_FILE = "train.log"  # written by sweep workers; a directory holding only it is still fresh
+WORKER_PID_FILE = "worker.pid"  # written by Ray workers (probes.sweep_ray), likewise
+WORKER_FILES = (LOG_FILE, WORKER_PID_FILE)
+_NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host sync each)
+
+
+# === Names and files ===
+
+
+def format_lr(lr: float) -> str:
+    """1e-4 → '1e-4', 5e-05 → '5e-5', 0.00025 → '2.5e-4'."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """`pythia-160m+suffix+n200+lr1e-4+mean+s0`, from the grid values."""
+    model = cfg.model
+    if model.startswith("hf:"):
+        model = "hf-" + "".join(c if c.isalnum() or c in "-._" else "_" for c in model[3:]).strip("_.")
+    return f"{model}+{cfg.layout}+n{cfg.n}+lr{format_lr(cfg.lr)}+{cfg.init}+s{cfg.seed}"
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) if cfg.out is not None else Path("runs") / run_name(cfg)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=columns)
+    _atomic(path, lambda p: frame.to_parquet(p, index=False))
+
+
+def read_summary(run: Path) -> dict | None:
+    """summary.json of a run directory, None when there is none; a damaged one is a UserError."""
+    path = Path(run) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if summary.get("status") not in STATUSES:
+            raise ValueError(f"status {summary.get('status')!r}")
+        return summary
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{path} is damaged ({err}); pass --overwrite to start the run again") from None
+
+
+def read_run_config(run: Path) -> TrainConfig | None:
+    path = Path(run) / "config.yaml"
+    if not path.exists():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+        return TrainConfig.model_validate(data)
+    except Exception as err:  # noqa: BLE001 - any damage means the same thing to the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is damaged ({first}); pass --overwrite to start the run again") from None
+
+
+def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring settings a resumed run may change."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return [k for k in fa if k not in RESUMABLE_CHANGES and fa[k] != fb.get(k)]
+
+
+def inspect_run(cfg: TrainConfig, run: Path | None = None) -> tuple[str, dict | None]:
+    """('new' | 'resume' | 'finished', summary) for the run directory of `cfg`.
+
+    A directory that is not a run, or holds a run with a different config, is a UserError.
+    """
+    run = Path(run) if run is not None else run_dir(cfg)
+    if not run.exists():
+        return "new", None
+    if not run.is_dir():
+        raise UserError(f"{run} is a file, not a run directory")
+    saved = read_run_config(run)
+    if saved is None:
+        if any(p.name not in WORKER_FILES for p in run.iterdir()):
+            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
+        return "new", None
+    summary = read_summary(run)
+    if summary is not None and summary["status"] in FINISHED:
+        return "finished", summary
+    differing = config_differences(saved, cfg)
+    if differing:
+        shown = ", ".join(f"{k}={_get(saved, k)!r} there, {_get(cfg, k)!r} asked" for k in differing[:3])
+        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
+                        f"run the same config to resume it, or pass --overwrite")
+    return "resume", summary
+
+
+def _get(cfg: TrainConfig, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return str(value) if isinstance(value, Path) else value
+
+
+def describe_finished(run: Path, summary: dict) -> str:
+    status = summary["status"]
+    detail = {"reached": f"reached {summary.get('threshold')} at step {summary.get('step_reached')}",
+              "not_reached": f"did not reach {summary.get('threshold')} in {summary.get('max_steps')} steps",
+              "failed": f"failed: {summary.get('message')}"}[status]
+    return f"{run} holds a finished run ({detail})"
+
+
+def clear_run(run: Path) -> None:
+    """Remove what a run wrote (and nothing else) so that it can start again."""
+    for name in ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json"):
+        (run / name).unlink(missing_ok=True)
+    for name in ("checkpoint", "checkpoint.new", "checkpoint.old"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
+# === Data ===
+
+
+def load_data(cfg: TrainConfig) -> Dataset:
+    """The dataset of `data_dir`, or one generated in memory from the seeds (deterministic)."""
+    if cfg.data_dir is None:
+        return tasks.generate(cfg.data_config())
+    ds = tasks.load_dataset(cfg.data_dir)
+    if ds.config.n != cfg.n:
+        raise UserError(f"dataset {cfg.data_dir} has n={ds.config.n} but the run asks n={cfg.n}; "
+                        f"pass --n {ds.config.n}")
+    return ds
+
+
+class BatchOrder:
+    """Rows of each training step: epoch e is the permutation drawn from (seed, e).
+
+    rows(step) depends only on (seed, step, batch size, training-set size): a resumed run sees
+    exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return self._perms[epoch]
+
+    def rows(self, step: int) -> np.ndarray:
+        idx = step * self.batch_size + np.arange(self.batch_size)
+        epochs, pos = np.divmod(idx, self.size)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            mask = epochs == e
+            out[mask] = self._perm(int(e))[pos[mask]]
+        return out
+
+
+# === Model ===
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked but CUDA is not available here (allowed: cpu, auto)")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def new_token_names(n: int) -> list[str]:
+    return [f"<s_{i}>" for i in range(n)] + ["<out>", "<sep>"]
+
+
+def set_scan_backend(bb: Backbone, backend: str, device: torch.device) -> str | None:
+    """Pick the Mamba selective scan (probes.kernels); the name chosen, None for other families."""
+    if bb.family != "mamba":
+        return None
+    try:
+        from probes.kernels.mamba_mixer import set_scan_backend as _set
+    except ImportError:
+        if backend not in ("auto", "reference"):
+            raise UserError(f"scan_backend {backend!r} needs probes.kernels.mamba_mixer, which is not "
+                            f"available (allowed here: auto, reference)") from None
+        return "transformers"  # transformers' own MambaMixer: reference PyTorch path without mamba-ssm
+    return _set(bb.model, backend)
+
+
+def build_model(cfg: TrainConfig, device: torch.device, checkpoint: Path | None) -> Backbone:
+    """A fresh backbone with N + 2 new rows, or the one saved in `checkpoint` (exact weights)."""
+    names = new_token_names(cfg.n)
+    if checkpoint is None:
+        bb = build_backbone(cfg.model, cfg.seed, device)
+        bb.model.float()  # fp32 master weights; autocast handles bf16
+        extend_vocabulary(bb, names, cfg.init, cfg.seed)
+        return bb
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).float().to(device)
+    family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
+    tokenizer = None
+    if any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer  # hf: models keep theirs in every checkpoint
+
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    return Backbone(cfg.model, family, model, tokenizer, list(names))
+
+
+# === Checkpoints ===
+
+
+def _checkpoint_dirs(run: Path) -> list[Path]:
+    return [run / "checkpoint", run / "checkpoint.new", run / "checkpoint.old"]
+
+
+def latest_checkpoint(run: Path) -> tuple[Path, dict] | None:
+    """(directory, state) of the most advanced complete checkpoint, or None.
+
+    state.pt is written last, so a directory with a readable one is complete. A swap interrupted
+    by a kill leaves checkpoint.new or checkpoint.old complete: both are considered.
+    """
+    found, damaged = [], []
+    for path in _checkpoint_dirs(run):
+        if not (path / "state.pt").exists():
+            continue
+        try:
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+            found.append((state["step"], path, state))
+        except Exception as err:  # noqa: BLE001 - damaged file: try the others
+            damaged.append(f"{path.name}: {type(err).__name__}")
+    if not found:
+        if damaged:
+            raise UserError(f"{run} has only damaged checkpoints ({'; '.join(damaged)}); "
+                            f"pass --overwrite to start the run again")
+        return None
+    _, path, state = max(found, key=lambda t: t[0])
+    return path, state
+
+
+def save_checkpoint(run: Path, bb: Backbone, state: dict) -> None:
+    """Write checkpoint.new completely, then swap it in for checkpoint/."""
+    current, new, old = _checkpoint_dirs(run)
+    shutil.rmtree(new, ignore_errors=True)
+    bb.model.save_pretrained(new)
+    if bb.tokenizer is not None:
+        bb.tokenizer.save_pretrained(new)
+    _atomic(new / "state.pt", lambda p: torch.save(state, p))
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        os.replace(current, old)
+    os.replace(new, current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state(device: torch.device) -> dict:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# === Loss and evaluation ===
+
+
+@dataclass
+class Targets:
+    """Scored slots of one layout and the target ids at them (answer, then end-of-text)."""
+
+    slots: list[int]
+    eos_id: int
+
+    @classmethod
+    def of(cls, layout: TokenLayout) -> Targets:
+        slots = [layout.answer_slot] + ([layout.answer_slot + 1] if layout.eos_target else [])
+        return cls(slots, layout.eos_id)
+
+    def ids(self, answers: torch.Tensor) -> torch.Tensor:
+        """(B, len(slots)) target ids."""
+        cols = [answers] + [torch.full_like(answers, self.eos_id)] * (len(self.slots) - 1)
+        return torch.stack(cols, dim=1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the scored slots: logits (B, S, V), targets (B, S)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
+
+
+class HeldOut:
+    """The whole held-out set as token ids on the device, encoded once."""
+
+    def __init__(self, layout: TokenLayout, split: tasks.Split, device: torch.device):
+        ids, answers = layout.encode(split)
+        self.ids = torch.from_numpy(ids.astype(np.int32)).to(device)
+        self.answers = torch.from_numpy(answers).to(device)
+        self.positions = torch.from_numpy(split.target_position.astype(np.int64)).to(device)
+        self.counts = np.bincount(split.target_position.astype(np.int64), minlength=layout.n)
+        self.n = layout.n
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, held: HeldOut, targets: Targets, batch_size: int,
+             autocast: torch.dtype | None) -> tuple[float, float, np.ndarray]:
+    """(mean loss over scored slots, accuracy, correct per target position) on the whole set."""
+    was_training = model.training
+    model.eval()
+    device = held.ids.device
+    correct = torch.zeros(held.n, device=device)
+    loss_sum = torch.zeros((), device=device)
+    for i in range(0, len(held), batch_size):
+        x = held.ids[i:i + batch_size].long()
+        answers = held.answers[i:i + batch_size]
+        with _autocast(device, autocast):
+            logits = slot_logits(model, x, targets.slots)
+        loss_sum += compute_loss(logits, targets.ids(answers), reduction="sum")
+        ok = (logits[:, 0].argmax(-1) == answers).float()
+        correct.index_add_(0, held.positions[i:i + batch_size], ok)  # no host sync
+    model.train(was_training)
+    correct_np = correct.cpu().numpy().astype(np.int64)
+    loss = loss_sum.item() / (len(held) * len(targets.slots))
+    return loss, correct_np.sum() / len(held), correct_np
+
+
+# === The run ===
+
+METRIC_COLUMNS = ["step", "examples_seen", "loss", "accuracy", "train_loss", "lr", "train_examples_per_s",
+                  "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
+POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
+
+
+class _Progress:
+    """A rich progress bar over steps (or nothing)."""
+
+    def __init__(self, enabled: bool, name: str, total: int, start: int):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task(name, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, **({"info": info} if info is not None else {}))
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(message, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train one run to the threshold (or max_steps) and return its summary.
+
+    A new run directory starts from scratch; an unfinished one resumes from its checkpoint; a
+    finished one is a UserError unless `overwrite`.
+    """
+    run = run_dir(cfg)
+    try:
+        state, summary = inspect_run(cfg, run)
+    except UserError:  # a damaged run, or another config: only --overwrite may replace it
+        if not (overwrite and (run / "config.yaml").exists()):
+            raise
+        state, summary = "finished", None
+    if state == "finished" and not overwrite:
+        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
+    if overwrite and run.exists() and state != "new":
+        state = "new"  # cleared below, once the model and data are known to load
+    found = latest_checkpoint(run) if state == "resume" else None
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = resolve_device(cfg.device)
+    autocast = resolve_precision(cfg.precision, device)
+    data = load_data(cfg)
+    bb = build_model(cfg, device, found[0] if found else None)
+    scan = set_scan_backend(bb, cfg.scan_backend, device)
+    if cfg.gradient_checkpointing:
+        bb.model.gradient_checkpointing_enable()
+    layout = TokenLayout.build(cfg.n, cfg.layout, bb.base_vocab, cfg.tokens, bb.eos_id)
+    targets = Targets.of(layout)
+    held = HeldOut(layout, data.heldout, device)
+    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed)
+    model = bb.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    cfg = cfg.model_copy(update={"out": run})
+    if state == "new":
+        if run.exists():
+            clear_run(run)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")  # first file of a run directory
+
+    rec: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
+                           "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+    if found is not None:
+        ckpt_state = found[1]
+        opt.load_state_dict(ckpt_state["optimizer"])
+        _set_rng_state(ckpt_state["rng"], device)
+        rec.update({k: ckpt_state[k] for k in rec})
+        rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
+        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)  # drop rows past the checkpoint
+        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+    elif state == "resume":  # killed before its first checkpoint: start again from step 0
+        rec["resumed_at"] = [0]
+
+    info = {"run": run_name(cfg), "device": str(device), "precision": "bf16" if autocast else "fp32",
+            "scan_backend": scan, "n_parameters": count_parameters(model), "seq_len": layout.seq_len,
+            "eval_size": len(held), "train_size": len(data.train)}
+    bar = _Progress(progress, info["run"], cfg.max_steps, rec["step"])
+    if found is not None:
+        bar.log(f"resuming {run} from step {rec['step']}")
+    t0 = time.monotonic() - rec["wall_seconds"]
+    step = rec["step"]
+    every = cfg.effective_eval_every
+    ckpt_every = cfg.checkpoint_every or every
+    last_ckpt = step
+    loss_acc = torch.zeros((), device=device)
+    loss_steps = 0
+    t_train = time.monotonic()
+
+    def summary_now(status: str, message: str = "") -> dict:
+        rows = rec["metrics"]
+        reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
+        return {
+            "status": status, "threshold": cfg.threshold,
+            "step_reached": reached["step"] if reached else None,
+            "examples_to_threshold": reached["examples_seen"] if reached else None,
+            "final_accuracy": rows[-1]["accuracy"] if rows else None,
+            "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
+            "final_step": rows[-1]["step"] if rows else 0,
+            "max_steps": cfg.max_steps, "wall_seconds": time.monotonic() - t0, "message": message,
+            "train_examples_per_s": _rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
+            "train_tokens_per_s": _rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
+            "eval_examples_per_s": _rate(rec["eval_examples"], rec["eval_seconds"]),
+            "eval_time_fraction": _rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
+            "resumed_at": rec["resumed_at"], **info,
+        }
+
+    def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
+        t = time.monotonic()
+        loss, acc, correct = evaluate(model, held, targets, cfg.eval_batch_size, autocast)
+        dt = time.monotonic() - t
+        rec["eval_seconds"] += dt
+        rec["eval_examples"] += len(held)
+        rec["metrics"].append({
+            "step": step, "examples_seen": step * cfg.batch_size, "loss": float(loss), "accuracy": float(acc),
+            "train_loss": train_loss, "lr": _lr_at(cfg, max(step - 1, 0)),
+            "train_examples_per_s": _rate(train_steps * cfg.batch_size, train_seconds),
+            "train_tokens_per_s": _rate(train_steps * cfg.batch_size * layout.seq_len, train_seconds),
+            "eval_examples_per_s": _rate(len(held), dt), "eval_seconds": dt,
+            "wall_seconds": time.monotonic() - t0,
+        })
+        rec["positions"].extend(
+            {"step": step, "position": p, "accuracy": float(correct[p] / held.counts[p]) if held.counts[p] else None,
+             "count": int(held.counts[p])} for p in range(cfg.n))
+        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)
+        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+        return float(acc)
+
+    def finish(status: str, message: str = "") -> dict:
+        bar.stop()
+        summary = summary_now(status, message)
+        write_json(run / "summary.json", summary)
+        return summary
+
+    def checkpoint() -> None:
+        rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
+        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "rng": _rng_state(device)})
+
+    def final_status() -> str | None:
+        last = rec["metrics"][-1]
+        if last["accuracy"] >= cfg.threshold:
+            return "reached"
+        return "not_reached" if last["step"] >= cfg.max_steps else None
+
+    try:
+        if not rec["metrics"]:
+            record_eval(0, None, 0.0, 0)
+            write_json(run / "summary.json", summary_now("running"))
+        status = final_status()
+        if status is not None:  # killed after its final checkpoint, before the summary
+            return finish(status)
+        bar.update(step, f"acc {rec['metrics'][-1]['accuracy']:.3f}")
+        since_eval = 0
+        while step < cfg.max_steps:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            x_np, answers_np = layout.encode(data.train, order.rows(step))
+            x = torch.from_numpy(x_np).to(device, non_blocking=True)
+            y = targets.ids(torch.from_numpy(answers_np).to(device, non_blocking=True))
+            with _autocast(device, autocast):
+                logits = slot_logits(model, x, targets.slots)
+            loss = compute_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            since_eval += 1
+            loss_acc += loss.detach()
+            loss_steps += 1
+            is_eval = step % every == 0 or step == cfg.max_steps
+            if step % _NAN_CHECK_EVERY == 0 or is_eval:
+                total = loss_acc.item()
+                if not math.isfinite(total):
+                    return finish("failed", f"training loss became {total} between steps {step - loss_steps + 1} "
+                                            f"and {step} (lr={cfg.lr:g}); the model diverged: try a lower lr")
+            bar.update(step)
+            if not is_eval:
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds = time.monotonic() - t_train
+            rec["train_seconds"] += train_seconds
+            rec["train_steps"] += since_eval
+            acc = record_eval(step, loss_acc.item() / loss_steps, train_seconds, since_eval)
+            loss_acc.zero_()
+            loss_steps = since_eval = 0
+            status = final_status()
+            bar.update(step, f"acc {acc:.3f}")
+            if status is not None:
+                checkpoint()  # the final model
+                return finish(status)
+            write_json(run / "summary.json", summary_now("running"))
+            if step - last_ckpt >= ckpt_every:
+                checkpoint()
+                last_ckpt = step
+            t_train = time.monotonic()
+        return finish(final_status() or "not_reached")
+    except BaseException:
+        bar.stop()  # a crash or Ctrl-C leaves the run `running`: the same command resumes it
+        raise
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of the update that produces step + 1: linear warmup, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+
+
+def _rate(amount: float, seconds: float) -> float | None:
+    return amount / seconds if seconds > 0 else None
+
+
+# === Entry point for sweep workers: python -m probes.train --json '{...}' ===
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m probes.train", description="Train one run.")
+    parser.add_argument("--json", required=True, help="TrainConfig as JSON")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        summary = train_run(validate(TrainConfig, json.loads(args.json)), overwrite=args.overwrite, progress=False)
+    except UserError as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    print(json.dumps(summary), flush=True)
+    return 1 if summary["status"] == "failed" else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,477 @@
+"""One VLM run: two-stage training with grounding evaluation, written to a run directory.
+
+    summary = train_vlm(VLMTrainConfig(model="mamba-tiny", connector="vss-l2", out="runs/vlm/x"))
+
+Stage 1 (steps 0 … stage1_steps) trains the connector only (lr `stage1_lr`, 1e-3 in the paper);
+stage 2 trains connector + LM (lr `lr`, 2e-5). Each stage has its own AdamW and its own schedule:
+linear warmup over `warmup` (3%) of the stage's steps, then cosine decay to 0 (Table 8). The
+encoder is always frozen. The loss is each sequence's mean over its answer tokens, averaged over
+the batch. Evaluation (step 0, every `eval_every` steps, at the end of each stage) decodes a box
+for every held-out example greedily and scores Acc@IoU≥0.5; training stops once it reaches
+`threshold`.
+
+The run directory has the text probe's format (SPEC §6; probes.train writes and checkpoints it),
+so `analysis/` reads VLM runs with the same loaders:
+
+    config.yaml        the VLMTrainConfig, written first
+    metrics.parquet    per evaluation: step, examples_seen, stage, loss (held-out, teacher-forced),
+                       accuracy (Acc@IoU≥0.5), parse_rate, mean_iou, train_loss, lr, throughput
+    positions.parquet  per evaluation × cell: step, position (3×3 cell of the target-box centre,
+                       row-major), accuracy, count
+    predictions/       step_NNNNNNN.parquet per evaluation: index, expression, target, prediction,
+                       parsed, iou, correct, position
+    summary.json       status, threshold, step_reached, examples_to_threshold, final_accuracy, ...
+    checkpoint/        the LM (save_pretrained) and state.pt (connector, optimizer, RNG, metrics)
+
+The same command resumes an unfinished run from its checkpoint; a finished run is an error unless
+`overwrite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from probes.config import save_config, validate
+from probes.errors import UserError
+from probes.train import (
+    BatchOrder,
+    describe_finished,
+    format_lr,
+    latest_checkpoint,
+    read_summary,
+    resolve_device,
+    resolve_precision,
+    save_checkpoint,
+    write_json,
+    write_parquet,
+)
+from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
+from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
+from probes.vlm.grounding import GRID, cell, format_box, score
+from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
+
+FINISHED = ("reached", "not_reached", "failed")
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend")  # how it runs, not what
+METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
+                  "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
+POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
+HELDOUT_SEED_OFFSET = 1_000_003
+
+# === Names, run directories ===
+
+
+def run_name(cfg: VLMTrainConfig) -> str:
+    """`mamba-tiny+siglip-tiny+vss-l2-bsm+task-agnostic+lr2e-5+s0`."""
+    def clean(name: str) -> str:
+        return "".join(c if c.isalnum() or c in "-._" else "_" for c in name.replace(":", "-"))
+
+    encoders = "+".join(clean(e) for e in cfg.encoders)
+    connector = cfg.connector + (f"-{cfg.scan}" if cfg.scan else "")
+    return f"{clean(cfg.model)}+{encoders}+{connector}+{cfg.layout}+lr{format_lr(cfg.lr)}+s{cfg.seed}"
+
+
+def run_dir(cfg: VLMTrainConfig) -> Path:
+    return Path(cfg.out) if cfg.out is not None else Path("runs") / "vlm" / run_name(cfg)
+
+
+def read_run_config(run: Path) -> VLMTrainConfig:
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run} holds no VLM run (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    return validate(VLMTrainConfig, data if isinstance(data, dict) else {})
+
+
+def inspect_run(cfg: VLMTrainConfig, run: Path) -> tuple[str, dict | None]:
+    """('new' | 'resume' | 'finished', summary) for `run`; a foreign directory or config is a UserError."""
+    if not run.exists():
+        return "new", None
+    if not run.is_dir():
+        raise UserError(f"{run} is a file, not a run directory")
+    if not (run / "config.yaml").is_file():
+        if any(run.iterdir()):
+            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
+        return "new", None
+    saved = read_run_config(run).model_dump(mode="json")
+    summary = read_summary(run)
+    if summary is not None and summary["status"] in FINISHED:
+        return "finished", summary
+    asked = cfg.model_dump(mode="json")
+    differing = [k for k in asked if k not in RESUMABLE_CHANGES and saved.get(k) != asked[k]]
+    if differing:
+        shown = ", ".join(f"{k}={saved.get(k)!r} there, {asked[k]!r} asked" for k in differing[:3])
+        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
+                        f"run the same config to resume it, or pass --overwrite")
+    return "resume", summary
+
+
+def clear_run(run: Path) -> None:
+    import shutil
+
+    for name in ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json"):
+        (run / name).unlink(missing_ok=True)
+    for name in ("checkpoint", "checkpoint.new", "checkpoint.old", "predictions"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
+# === Data ===
+
+
+def load_splits(cfg: VLMTrainConfig):
+    """(train, held-out) random-access splits of Examples."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        return (SyntheticScenes(d.seed, d.train_size, d.image_size, d.max_objects),
+                SyntheticScenes(d.seed + HELDOUT_SEED_OFFSET, d.eval_size, d.image_size, d.max_objects))
+    return (RecordSet(read_records(d.train_file, d.box_format)),
+            RecordSet(read_records(d.eval_file, d.box_format, limit=d.eval_size)))
+
+
+def collate(model: VLM, split, rows: np.ndarray | list[int]):
+    examples = [split[int(i)] for i in rows]
+    pixels = to_pixels([e.image for e in examples], model.image_size)
+    batch = make_batch(model.builder, pixels, [e.expression for e in examples], [e.box for e in examples],
+                       *model.grid)
+    return batch, examples
+
+
+# === Schedule ===
+
+
+def stage_of(cfg: VLMTrainConfig, step: int) -> int:
+    """Stage of the update that produces step + 1."""
+    return 1 if step < cfg.stage1_steps else 2
+
+
+def lr_at(cfg: VLMTrainConfig, step: int) -> float:
+    """Learning rate of the update that produces step + 1: per-stage warmup, then cosine to 0."""
+    if stage_of(cfg, step) == 1:
+        peak, start, length = cfg.stage1_lr, 0, cfg.stage1_steps
+    else:
+        peak, start, length = cfg.lr, cfg.stage1_steps, cfg.max_steps - cfg.stage1_steps
+    k = step - start
+    warm = math.ceil(cfg.warmup * length)
+    if k < warm:
+        return peak * (k + 1) / warm
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (k - warm) / max(1, length - warm)))
+
+
+def trainable(model: VLM, stage: int) -> list[torch.nn.Parameter]:
+    """Stage 1: the connector; stage 2: connector + LM. The encoders never train."""
+    model.lm.requires_grad_(stage == 2)
+    params = list(model.connector.parameters())
+    return params + (list(model.lm.parameters()) if stage == 2 else [])
+
+
+# === Evaluation ===
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: VLM, split, batch_size: int, device: torch.device, autocast: torch.dtype | None,
+             limit: int | None = None) -> tuple[pd.DataFrame, float]:
+    """(one row per example, mean teacher-forced answer loss): every example's greedy box, scored."""
+    was_training = model.training
+    model.eval()
+    n = len(split) if limit is None else min(limit, len(split))
+    max_new = max_answer_tokens(model.builder)
+    rows, loss_sum = [], 0.0
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        batch, examples = collate(model, split, idx)
+        batch = batch.to(device)
+        with _autocast(device, autocast):
+            _, per_seq = model.loss(batch)
+            texts = model.generate(batch.pixels, [e.expression for e in examples], max_new)
+        loss_sum += float(per_seq.sum())
+        for i, ex, text in zip(idx, examples, texts):
+            rows.append({"index": i, "expression": ex.expression, "target": format_box(ex.box),
+                         "prediction": text, **score(text, ex.box), "position": cell(ex.box)})
+    model.train(was_training)
+    return pd.DataFrame(rows), loss_sum / max(n, 1)
+
+
+def summarise(preds: pd.DataFrame) -> tuple[dict, list[dict]]:
+    """(accuracy, parse_rate, mean_iou) and per-cell accuracy rows of one evaluation."""
+    metrics = {"accuracy": float(preds["correct"].mean()), "parse_rate": float(preds["parsed"].mean()),
+               "mean_iou": float(preds["iou"].mean())}
+    cells = []
+    for p in range(GRID * GRID):
+        here = preds[preds["position"] == p]
+        cells.append({"position": p, "accuracy": float(here["correct"].mean()) if len(here) else None,
+                      "count": int(len(here))})
+    return metrics, cells
+
+
+# === The run ===
+
+
+def _scan_backends(model: VLM, backend: str) -> str:
+    """Give every Mamba layer (backbone and connector) the chosen selective scan, if probes.kernels can."""
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    parts = [m for m in (model.lm, model.connector) if any(isinstance(x, MambaMixer) for x in m.modules())]
+    if not parts:
+        return "none"
+    try:
+        from probes.kernels.mamba_mixer import set_scan_backend
+    except ImportError:
+        if backend not in ("auto", "reference"):
+            raise UserError(f"scan_backend {backend!r} needs probes.kernels.mamba_mixer, which is not "
+                            f"available (allowed here: auto, reference)") from None
+        return "transformers"
+    try:
+        return ",".join(sorted({str(set_scan_backend(m, backend)) for m in parts}))
+    except (ValueError, RuntimeError, ImportError) as err:  # unknown, or not available here
+        raise UserError(f"scan_backend {backend!r}: {err}") from None
+
+
+def _rate(amount: float, seconds: float) -> float | None:
+    return amount / seconds if seconds > 0 else None
+
+
+def _encoder_fingerprint(model: VLM) -> float:
+    return float(sum(p.detach().double().abs().sum() for p in model.encoders.parameters()))
+
+
+def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict] | None) -> VLM:
+    """A fresh VLM, or the one of checkpoint `found` (LM from save_pretrained, connector from state.pt)."""
+    model = build_vlm(cfg, device, lm_checkpoint=found[0] if found else None)
+    if found is not None:
+        state = found[1]
+        model.connector.load_state_dict(state["connector"])
+        if not math.isclose(_encoder_fingerprint(model), state["encoder_fingerprint"], rel_tol=1e-5):
+            raise UserError("the encoder rebuilt from the run's config differs from the one it was trained "
+                            "with (another transformers/timm version?); its features would not match")
+    return model
+
+
+def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Train one VLM run to the threshold (or max_steps); returns its summary."""
+    log = log or (lambda _msg: None)
+    run = run_dir(cfg)
+    state, summary = inspect_run(cfg, run)
+    if state == "finished" and not overwrite:
+        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
+    if overwrite and state != "new":
+        state = "new"
+    found = latest_checkpoint(run) if state == "resume" else None
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = resolve_device(cfg.device)
+    autocast = resolve_precision(cfg.precision, device)
+    train, held = load_splits(cfg)
+    model = load_vlm(cfg, device, found)
+    scan = _scan_backends(model, cfg.scan_backend)
+    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+
+    cfg = cfg.model_copy(update={"out": run})
+    if state == "new":
+        if run.exists():
+            clear_run(run)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")  # first file of a run directory
+
+    rec: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
+                           "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+    stage = stage_of(cfg, 0)
+    opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, 0), weight_decay=cfg.weight_decay)
+    if found is not None:
+        ckpt = found[1]
+        rec.update({k: ckpt[k] for k in rec})
+        rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
+        stage = stage_of(cfg, rec["step"])
+        opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, rec["step"]), weight_decay=cfg.weight_decay)
+        if ckpt["opt_stage"] == stage:
+            opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)  # drop rows past the checkpoint
+        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+        for f in (run / "predictions").glob("step_*.parquet"):
+            if int(f.stem[5:]) > rec["step"]:
+                f.unlink()
+        log(f"resuming {run} from step {rec['step']}")
+    elif state == "resume":  # killed before its first checkpoint: start again from step 0
+        for f in (run / "predictions").glob("step_*.parquet"):
+            f.unlink()
+    model.train()
+
+    info = {"kind": "vlm", "run": run_name(cfg), "device": str(device),
+            "precision": "bf16" if autocast else "fp32", "scan_backend": scan,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "n_trainable_stage1": sum(p.numel() for p in model.connector.parameters()),
+            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held)}
+    t0 = time.monotonic() - rec["wall_seconds"]
+    step = rec["step"]
+
+    def summary_now(status: str, message: str = "") -> dict:
+        rows = rec["metrics"]
+        reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
+        return {
+            "status": status, "threshold": cfg.threshold,
+            "step_reached": reached["step"] if reached else None,
+            "examples_to_threshold": reached["examples_seen"] if reached else None,
+            "final_accuracy": rows[-1]["accuracy"] if rows else None,
+            "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
+            "final_step": rows[-1]["step"] if rows else 0, "stage1_steps": cfg.stage1_steps,
+            "max_steps": cfg.max_steps, "wall_seconds": time.monotonic() - t0, "message": message,
+            "train_examples_per_s": _rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
+            "eval_examples_per_s": _rate(rec["eval_examples"], rec["eval_seconds"]),
+            "resumed_at": rec["resumed_at"], **info,
+        }
+
+    def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
+        t = time.monotonic()
+        preds, loss = evaluate(model, held, cfg.eval_batch_size, device, autocast)
+        dt = time.monotonic() - t
+        rec["eval_seconds"] += dt
+        rec["eval_examples"] += len(preds)
+        metrics, cells = summarise(preds)
+        rec["metrics"].append({
+            "step": step, "examples_seen": step * cfg.batch_size, "stage": stage_of(cfg, max(step - 1, 0)),
+            "loss": loss, **metrics, "train_loss": train_loss, "lr": lr_at(cfg, max(step - 1, 0)),
+            "train_examples_per_s": _rate(train_steps * cfg.batch_size, train_seconds),
+            "eval_examples_per_s": _rate(len(preds), dt), "eval_seconds": dt,
+            "wall_seconds": time.monotonic() - t0,
+        })
+        rec["positions"].extend({"step": step, **c} for c in cells)
+        (run / "predictions").mkdir(exist_ok=True)
+        write_parquet(run / "predictions" / f"step_{step:07d}.parquet", preds.to_dict("records"), list(preds.columns))
+        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)
+        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+        log(f"step {step:>6} stage {stage_of(cfg, max(step - 1, 0))}: Acc@0.5 {metrics['accuracy']:.3f}, "
+            f"parsed {metrics['parse_rate']:.0%}, mIoU {metrics['mean_iou']:.3f}, held-out loss {loss:.4f}")
+        return metrics["accuracy"]
+
+    def checkpoint() -> None:
+        rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
+        save_checkpoint(run, model.backbone, {
+            **rec, "connector": model.connector.state_dict(), "optimizer": opt.state_dict(),
+            "opt_stage": stage, "rng": torch.get_rng_state(), "encoder_fingerprint": _encoder_fingerprint(model)})
+
+    def finish(status: str, message: str = "") -> dict:
+        summary = summary_now(status, message)
+        write_json(run / "summary.json", summary)
+        return summary
+
+    def final_status() -> str | None:
+        last = rec["metrics"][-1]
+        if last["accuracy"] >= cfg.threshold:
+            return "reached"
+        return "not_reached" if last["step"] >= cfg.max_steps else None
+
+    if not rec["metrics"]:
+        record_eval(0, None, 0.0, 0)
+        write_json(run / "summary.json", summary_now("running"))
+    status = final_status()
+    if status is not None:  # reached at step 0, or killed after its final checkpoint
+        if found is None:
+            checkpoint()
+        return finish(status)
+    loss_sum, loss_steps, since_eval, t_train = 0.0, 0, 0, time.monotonic()
+    while step < cfg.max_steps:
+        if stage_of(cfg, step) != stage:  # stage 2 begins: the LM joins, with a fresh optimizer
+            stage = stage_of(cfg, step)
+            opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, step), weight_decay=cfg.weight_decay)
+            log(f"step {step:>6}: stage 2 (connector + LM, lr {cfg.lr:g})")
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        batch, _ = collate(model, train, order.rows(step))
+        batch = batch.to(device)
+        with _autocast(device, autocast):
+            loss, _ = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        step += 1
+        since_eval += 1
+        loss_sum += float(loss.detach())
+        loss_steps += 1
+        if not math.isfinite(loss_sum):
+            return finish("failed", f"training loss became {loss_sum} at step {step} (lr={lr_at(cfg, step - 1):g}); "
+                                    f"the model diverged: try a lower lr")
+        if not (step % cfg.eval_every == 0 or step == cfg.stage1_steps or step == cfg.max_steps):
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.monotonic() - t_train
+        rec["train_seconds"] += train_seconds
+        rec["train_steps"] += since_eval
+        record_eval(step, loss_sum / loss_steps, train_seconds, since_eval)
+        loss_sum, loss_steps, since_eval = 0.0, 0, 0
+        checkpoint()
+        status = final_status()
+        if status is not None:
+            return finish(status)
+        write_json(run / "summary.json", summary_now("running"))
+        t_train = time.monotonic()
+    return finish(final_status() or "not_reached")
+
+
+# === Evaluating a trained run ===
+
+
+def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Score a run's latest checkpoint on its held-out split (or on `eval_file`); writes predictions."""
+    log = log or (lambda _msg: None)
+    run = Path(ecfg.run)
+    cfg = read_run_config(run)
+    found = latest_checkpoint(run)
+    if found is None:
+        raise UserError(f"{run} has no checkpoint yet (train it with `probes vlm train`)")
+    device = resolve_device(ecfg.device)
+    autocast = resolve_precision(cfg.precision, device)
+    if ecfg.eval_file is not None:
+        split = RecordSet(read_records(ecfg.eval_file, ecfg.box_format, limit=ecfg.eval_size))
+        source = str(ecfg.eval_file)
+    else:
+        split = load_splits(cfg)[1]
+        source = "the run's held-out split"
+    model = load_vlm(cfg, device, found)
+    _scan_backends(model, cfg.scan_backend)
+    preds, loss = evaluate(model, split, ecfg.batch_size or cfg.eval_batch_size, device, autocast, ecfg.eval_size)
+    metrics, _ = summarise(preds)
+    out = Path(ecfg.out) if ecfg.out is not None else run / "eval" / "predictions.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_json(out, orient="records", lines=True)
+    result = {"run": str(run), "step": int(found[1]["step"]), "data": source, "n": len(preds),
+              "loss": loss, **metrics, "predictions": str(out)}
+    log(f"{run} at step {result['step']} on {source}: Acc@0.5 {metrics['accuracy']:.3f} (n={len(preds)}), "
+        f"parsed {metrics['parse_rate']:.0%}, mIoU {metrics['mean_iou']:.3f}; predictions in {out}")
+    return result
+
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "POSITION_COLUMNS",
+    "evaluate",
+    "evaluate_run",
+    "load_splits",
+    "load_vlm",
+    "lr_at",
+    "run_dir",
+    "run_name",
+    "stage_of",
+    "summarise",
+    "train_vlm",
+]

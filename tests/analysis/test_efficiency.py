@@ -1,0 +1,92 @@
+"""analysis.efficiency: steps / examples to threshold with censoring, and the per-position learning order."""
+
+import numpy as np
+from synthetic import write_run
+
+from analysis.efficiency import (
+    efficiency,
+    efficiency_summary,
+    first_reach,
+    half_reached,
+    learning_order,
+    learning_order_summary,
+)
+from analysis.load import load_positions, load_runs
+
+
+def test_efficiency_marks_runs_that_never_reached_threshold_as_censored(tmp_path):
+    write_run(tmp_path, name="fast", learn_at=30, batch_size=8)
+    write_run(tmp_path, name="never", learn_at=None, max_steps=100, batch_size=8)
+    eff = efficiency(load_runs(tmp_path)).set_index("run")
+    assert (
+        not eff.loc["fast", "censored"]
+        and eff.loc["fast", "steps"] == 30
+        and eff.loc["fast", "examples"] == 240
+    )
+    assert eff.loc["never", "censored"]
+    assert eff.loc["never", "steps"] == 100 and eff.loc["never", "examples"] == 800  # drawn at the budget
+
+
+def test_efficiency_leaves_out_running_and_failed_runs(tmp_path):
+    write_run(tmp_path, name="ok", learn_at=30)
+    write_run(tmp_path, name="crashed", learn_at=30, status="failed")
+    write_run(tmp_path, name="live", learn_at=30, status="running")
+    assert list(efficiency(load_runs(tmp_path))["run"]) == ["ok"]
+
+
+def test_summary_median_counts_censored_runs_at_the_budget_and_flags_a_censored_median(tmp_path):
+    for seed, learn_at in enumerate([20, None, None]):
+        write_run(tmp_path, model="mamba-tiny", seed=seed, learn_at=learn_at, max_steps=100)
+    row = efficiency_summary(efficiency(load_runs(tmp_path))).iloc[0]
+    assert (row["runs"], row["censored"], row["steps_median"]) == (3, 2, 100)
+    assert row["median_censored"]
+
+
+def test_first_reach_is_the_first_evaluation_at_or_above_threshold_and_nan_if_never(tmp_path):
+    write_run(tmp_path, n=3, learn_at={0: 20, 2: 50}, max_steps=60, eval_every=10, name="r")
+    fr = first_reach(load_positions(tmp_path)).set_index("position")
+    assert fr.loc[0, "step"] == 20 and fr.loc[2, "step"] == 50 and np.isnan(fr.loc[1, "step"])
+    assert fr.loc[2, "pct"] == 50 / 60 * 100
+
+
+def test_learning_order_makes_end_then_beginning_then_middle_visible(tmp_path):
+    n = 9  # thirds: positions 0-2 beginning, 3-5 middle, 6-8 end
+    learn_at = {p: 10 if p >= 6 else 30 if p < 3 else 60 for p in range(n)}
+    write_run(tmp_path, model="mamba-tiny", n=n, learn_at=learn_at, name="mamba")
+    write_run(tmp_path, model="pythia-tiny", n=n, learn_at=20, name="pythia")
+    summary = learning_order_summary(learning_order(load_positions(tmp_path))).set_index("model")
+    assert summary.loc["mamba-tiny", "order"] == "end → beginning → middle"
+    assert summary.loc["pythia-tiny", "order"] == "beginning = middle = end"  # uniform, as in the paper
+    assert (summary.loc["mamba-tiny", "end"], summary.loc["mamba-tiny", "middle"]) == (10.0, 60.0)
+
+
+def test_learning_order_takes_the_median_over_runs_counting_never_as_infinite(tmp_path):
+    for seed, step in enumerate([10, 30, None]):
+        write_run(
+            tmp_path,
+            n=2,
+            seed=seed,
+            learn_at={0: 10, 1: step} if step else {0: 10},
+            max_steps=50,
+            threshold=1.1,
+        )  # threshold above 1: runs never stop early
+    order = learning_order(load_positions(tmp_path), threshold=0.95).set_index("position")
+    assert order.loc[0, "step"] == 10 and order.loc[1, "step"] == 30
+    assert (order.loc[1, "runs"], order.loc[1, "reached_runs"]) == (3, 2)
+
+
+def test_half_reached_is_the_step_by_which_half_had_got_there():
+    assert half_reached([20, np.nan]) == 20
+    assert half_reached([10, 30, np.nan]) == 30
+    assert np.isnan(half_reached([10, np.nan, np.nan])) and np.isnan(half_reached([]))
+
+
+def test_a_one_evaluation_spike_counts_as_learned_only_under_the_first_rule(tmp_path):
+    """An early model that answers position 0 to every query scores 100% there for one evaluation."""
+    run = write_run(tmp_path, n=2, learn_at={0: 40, 1: 40}, max_steps=60, name="r")
+    positions = load_positions(run)
+    spike = (positions["step"] == 10) & (positions["position"] == 0)
+    positions.loc[spike, "accuracy"] = 1.0
+    stays = first_reach(positions).set_index("position")
+    first = first_reach(positions, rule="first").set_index("position")
+    assert first.loc[0, "step"] == 10 and stays.loc[0, "step"] == 40 and stays.loc[1, "step"] == 40

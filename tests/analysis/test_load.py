@@ -1,0 +1,138 @@
+"""analysis.load: run directories (any depth) → tidy runs / metrics / positions tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from synthetic import write_run
+
+from analysis.load import NoRunsError, find_runs, load, load_metrics, load_positions, load_runs, model_family
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_load_runs_finds_runs_at_any_depth(tmp_path):
+    write_run(tmp_path, model="pythia-tiny", name="a")
+    write_run(tmp_path / "sweep" / "suffix", model="mamba-tiny", name="b")
+    write_run(tmp_path / "x" / "y" / "z", model="mamba-tiny", layout="prefix", name="c")
+    runs = load_runs(tmp_path)
+    assert sorted(runs["run"]) == ["a", "sweep/suffix/b", "x/y/z/c"]
+    assert len(find_runs(tmp_path / "x", tmp_path / "x" / "y")) == 1  # no duplicates
+
+
+def test_a_run_directory_can_be_given_itself(tmp_path):
+    run = write_run(tmp_path, name="only")
+    assert list(load_runs(run)["run"]) == ["only"]
+
+
+def test_runs_table_has_config_fields_and_summary_as_columns(tmp_path):
+    write_run(tmp_path, model="mamba-tiny", n=6, layout="prefix", lr=3e-3, learn_at=30)
+    row = load_runs(tmp_path).iloc[0]
+    assert (row["model"], row["n"], row["layout"], row["lr"]) == ("mamba-tiny", 6, "prefix", 3e-3)
+    assert bool(row["tokens.eos_target"]) and row["tokens.answer_offset"] == 2  # nested keys, dotted
+    assert row["status"] == "reached" and row["step_reached"] == 30 and row["family"] == "mamba"
+
+
+def test_metrics_and_positions_are_tidy_with_run_columns_and_percent_of_training(tmp_path):
+    write_run(tmp_path, n=4, max_steps=100, eval_every=10, learn_at=None, name="r")
+    metrics, positions = load_metrics(tmp_path), load_positions(tmp_path)
+    assert list(metrics["step"]) == list(range(0, 101, 10))  # one row per evaluation, step 0 included
+    assert metrics["pct"].iloc[-1] == 100.0 and (metrics["model"] == "pythia-tiny").all()
+    assert len(positions) == 11 * 4 and set(positions["position"]) == {0, 1, 2, 3}
+    assert {"run", "model", "n", "layout", "lr", "step", "pct", "accuracy", "count"} <= set(positions.columns)
+
+
+def test_load_returns_all_three_tables_in_one_call(tmp_path):
+    write_run(tmp_path, name="a")
+    write_run(tmp_path, model="mamba-tiny", name="b")
+    tables = load(tmp_path)
+    assert len(tables.runs) == 2 and set(tables.metrics["run"]) == set(tables.positions["run"]) == {"a", "b"}
+
+
+def test_a_run_still_starting_is_running_and_has_no_rows(tmp_path):
+    write_run(tmp_path, name="done")
+    starting = tmp_path / "starting"
+    starting.mkdir()
+    (starting / "config.yaml").write_text("model: mamba-tiny\nn: 4\nmax_steps: 10\n")
+    pd.DataFrame({"step": [0], "examples_seen": [0], "loss": [1.0], "accuracy": [0.25]}).to_parquet(
+        starting / "metrics.parquet"
+    )
+    runs = load_runs(tmp_path).set_index("run")
+    assert runs.loc["starting", "status"] == "running"
+    assert set(load_positions(tmp_path)["run"]) == {"done"}
+
+
+def test_a_half_written_table_is_skipped_with_a_warning(tmp_path):
+    write_run(tmp_path, name="good")
+    bad = write_run(tmp_path, name="bad")
+    (bad / "metrics.parquet").write_bytes(b"not parquet")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert set(load_metrics(tmp_path)["run"]) == {"good"}
+
+
+def test_directories_without_runs_are_one_clear_error(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "config.yaml").write_text("model: x\n")
+    with pytest.raises(NoRunsError, match="no run directories under"):
+        load_runs(tmp_path)
+    with pytest.raises(NoRunsError, match="no such directory"):
+        load_runs(tmp_path / "missing")
+
+
+def test_summary_fields_win_over_config_fields_of_the_same_name(tmp_path):
+    run = write_run(tmp_path, max_steps=100, name="r")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "max_steps": 50}))
+    assert load_runs(tmp_path)["max_steps"].iloc[0] == 50
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("pythia-1.4b", "pythia"),
+        ("mamba-tiny", "mamba"),
+        ("hf:state-spaces/mamba-130m-hf", "mamba"),
+        ("hf:gpt2", "other"),
+    ],
+)
+def test_model_family_is_read_from_the_name(name, family):
+    assert model_family(name) == family
+
+
+def test_analysis_never_imports_training_code_or_torch():
+    code = (
+        "import sys, analysis, analysis.load, analysis.efficiency, analysis.plots; "
+        "bad = [m for m in ('torch', 'probes.train', 'probes.sweep', 'probes.backbones', 'transformers')"
+        " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# === Runs made by the real training code ===
+
+
+def test_real_runs_load_into_tidy_tables_with_one_row_per_evaluation(real_runs):
+    runs, metrics, positions = load(real_runs)
+    assert len(runs) == 8 and set(runs["model"]) == {"pythia-tiny", "mamba-tiny"}
+    assert set(runs["layout"]) == {"suffix", "prefix"} and set(runs["lr"]) == {1e-3, 3e-3}
+    assert set(runs["status"]) <= {"reached", "not_reached"}
+    for run, m in metrics.groupby("run"):
+        assert m["step"].iloc[0] == 0 and m["step"].is_monotonic_increasing  # step 0 is logged
+        p = positions[positions["run"] == run]
+        assert len(p) == len(m) * 6 and set(p["step"]) == set(m["step"])  # every evaluation × position
+    assert metrics["pct"].between(0, 100).all()
+    assert (metrics["examples_seen"] == metrics["step"] * metrics["batch_size"]).all()
+
+
+def test_real_runs_summary_agrees_with_their_metrics(real_runs):
+    runs, metrics = load_runs(real_runs), load_metrics(real_runs)
+    for _, run in runs.iterrows():
+        m = metrics[metrics["run"] == run["run"]]
+        passed = m[m["accuracy"] >= run["threshold"]]
+        assert (run["status"] == "reached") == (len(passed) > 0)
+        if len(passed):
+            assert run["step_reached"] == passed["step"].iloc[0] == m["step"].iloc[-1]  # stopped there

@@ -1,0 +1,158 @@
+"""analysis.plots and `probes plot`: one Figure per kind, PNG + PDF, clear errors."""
+
+import pytest
+from matplotlib.figure import Figure
+from synthetic import write_run
+
+from analysis.load import load
+from analysis.plots import (
+    PlotConfig,
+    model_palette,
+    plot_curves,
+    plot_efficiency,
+    plot_heatmap,
+    plot_learning_order,
+    plot_runs,
+    save_figure,
+)
+from cli import app
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """2 models × 2 layouts × 2 N × 2 lrs of hand-written runs; one Mamba run never gets there."""
+    root = tmp_path_factory.mktemp("grid")
+    for model in ("pythia-tiny", "mamba-tiny"):
+        for layout in ("suffix", "prefix"):
+            for n in (4, 8):
+                for lr in (1e-3, 3e-3):
+                    learn_at = 10 * n if model == "mamba-tiny" else 5 * n
+                    never = model == "mamba-tiny" and layout == "suffix" and n == 8 and lr == 1e-3
+                    write_run(
+                        root / layout,
+                        model=model,
+                        layout=layout,
+                        n=n,
+                        lr=lr,
+                        learn_at=None if never else learn_at,
+                        max_steps=120,
+                    )
+    return root
+
+
+def test_every_figure_function_returns_a_figure_with_a_panel_per_facet(grid):
+    tables = load(grid)
+    curves = plot_curves(tables.metrics)
+    assert isinstance(curves, Figure) and len(curves.axes) == 2 * 2  # layouts × N
+    heat = plot_heatmap(tables.positions)
+    assert len([ax for ax in heat.axes if ax.get_label() != "<colorbar>"]) == 4 * 2  # (layout × N) × models
+    assert len(plot_efficiency(tables.runs).axes) == 2 * 2  # (steps, examples) × layouts
+    assert len(plot_learning_order(tables.positions).axes) == 2 * 2
+
+
+def test_curves_draw_one_line_per_run_and_a_dashed_threshold(grid):
+    fig = plot_curves(load(grid).metrics)
+    ax = fig.axes[0]  # suffix, N = 4: 2 models × 2 lrs
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(ax.get_lines()) - len(dashed) == 4
+    assert [ln.get_ydata()[0] for ln in dashed] == [0.95]
+
+
+def test_efficiency_draws_censored_runs_as_open_triangles_at_the_budget(grid):
+    fig = plot_efficiency(load(grid).runs)
+    steps_suffix = fig.axes[0]
+    triangles = [ln for ln in steps_suffix.get_lines() if ln.get_marker() == "^" and len(ln.get_xdata())]
+    assert len(triangles) == 1 and list(triangles[0].get_ydata()) == [120]
+    assert triangles[0].get_markerfacecolor() == "none"
+    assert any("never reached" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_colours_are_per_model_family():
+    pal = model_palette(["mamba-1.4b", "pythia-160m", "pythia-1.4b", "mamba-130m"])
+    blues = [pal["pythia-160m"], pal["pythia-1.4b"]]
+    assert all(int(c[5:7], 16) > int(c[1:3], 16) for c in blues)  # more blue than red
+    assert all(int(c[1:3], 16) > int(c[5:7], 16) for c in (pal["mamba-130m"], pal["mamba-1.4b"]))
+    assert len(set(pal.values())) == 4
+
+
+def test_save_figure_writes_png_and_pdf(grid, tmp_path):
+    paths = save_figure(plot_curves(load(grid).metrics), tmp_path, "curves")
+    assert [p.name for p in paths] == ["curves.png", "curves.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_plot_runs_writes_every_kind(grid, tmp_path):
+    written = plot_runs(grid, out=tmp_path, formats=["png"])
+    assert sorted(p.name for p in written) == [
+        "curves.png",
+        "efficiency.png",
+        "heatmap.png",
+        "learning_order.png",
+    ]
+
+
+def test_probes_plot_command_writes_the_kind_asked_for(grid, tmp_path, cli_runner):
+    res = cli_runner.invoke(app, ["plot", str(grid), "--kind", "heatmap", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heatmap.pdf", "heatmap.png"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{empty}"], "no run directories under"),
+        (["{empty}/missing"], "no such directory"),
+        (["{grid}", "--kind", "pie"], "kind"),
+    ],
+)
+def test_probes_plot_on_an_empty_or_wrong_directory_is_one_line_and_nonzero(
+    args, message, grid, tmp_path, cli_runner
+):
+    args = [a.format(empty=tmp_path, grid=grid) for a in args]
+    res = cli_runner.invoke(app, ["plot", *args, "--out", str(tmp_path / "figs")])
+    assert res.exit_code == 2
+    assert message in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_plot_config_rejects_unknown_keys(tmp_path, cli_runner, grid):
+    cfg = tmp_path / "plot.yaml"
+    cfg.write_text("kind: curves\ncolour: red\n")
+    res = cli_runner.invoke(app, ["plot", str(grid), "--config", str(cfg)])
+    assert res.exit_code == 2 and "unknown config key 'colour'" in res.output
+    assert PlotConfig().kind == "all"
+
+
+def test_probes_plot_draws_every_figure_from_real_runs(real_runs, tmp_path, cli_runner):
+    res = cli_runner.invoke(app, ["plot", str(real_runs), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")
+    )
+    assert all((tmp_path / n).stat().st_size > 5_000 for n in names)
+
+
+def test_probes_plot_only_draws_the_selected_runs_with_a_prefix(grid, tmp_path, cli_runner):
+    res = cli_runner.invoke(
+        app,
+        [
+            "plot",
+            str(grid),
+            "--only",
+            "n=8",
+            "--only",
+            "layout=suffix",
+            "--kind",
+            "curves",
+            "--prefix",
+            "n8-",
+            "--format",
+            "png",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["n8-curves.png"]
+    res = cli_runner.invoke(app, ["plot", str(grid), "--only", "n=3", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "no run matches n=3" in res.output

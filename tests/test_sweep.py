@@ -1,0 +1,157 @@
+"""probes.sweep / `probes sweep`: grid expansion, skip finished, resume unfinished, several at once."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli import app
+from probes.config import SweepConfig, TrainConfig, load_config
+from probes.errors import UserError
+from probes.sweep import BACKENDS, expand_grid, plan, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 8, "train_size": 120, "eval_size": 30, "device": "cpu"}
+
+
+def small_sweep(tmp_path, **kw) -> SweepConfig:
+    base = {"model": ["pythia-tiny"], "n": [6], "lr": [1e-3], "init": ["default", "mean"], "seed": [0, 1],
+            "train": FAST, "out": str(tmp_path / "sweep")}
+    return SweepConfig(**{**base, **kw})
+
+
+def test_the_default_grid_is_the_papers_3_lr_by_3_init(tmp_path):
+    cfgs = expand_grid(SweepConfig(out=tmp_path))
+    assert len(cfgs) == 9
+    assert {(c.lr, c.init) for c in cfgs} == {(lr, i) for lr in (1e-5, 5e-5, 1e-4) for i in ("default", "mean", "normal")}
+    assert all(isinstance(c, TrainConfig) and c.out.parent == tmp_path for c in cfgs)
+    assert cfgs[0].out.name == "pythia-160m+suffix+n50+lr1e-5+default+s0"
+
+
+def test_the_grid_is_the_product_of_its_keys_with_shared_settings(tmp_path):
+    sweep = SweepConfig(model=["pythia-tiny", "mamba-tiny"], n=[8, 16], layout=["suffix", "prefix"], lr=1e-3,
+                        init="mean", seed=[0, 1, 2], train={"max_steps": 10}, out=tmp_path)
+    cfgs = expand_grid(sweep)
+    assert len(cfgs) == 2 * 2 * 2 * 1 * 1 * 3 and len({c.out for c in cfgs}) == len(cfgs)
+    assert all(c.max_steps == 10 and c.lr == 1e-3 and c.init == "mean" for c in cfgs)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lr": [1e-4, 1e-4]}, "lr lists a value twice"),
+    ({"model": ["pythia-tiny", "bert"]}, "unknown model 'bert'"),
+    ({"init": ["default", "zeros"]}, "init.1: Input should be 'default', 'mean' or 'normal'"),
+    ({"lr": [1e-4, 0]}, "lr: Input should be greater than 0"),
+    ({"train": {"lr": 1e-3}}, "train.lr is set by the grid"),
+    ({"train": {"max_step": 10}}, "unknown config key 'train.max_step'"),
+    ({"models": ["pythia-tiny"]}, "unknown config key 'models'"),
+])
+def test_bad_sweep_configs_are_one_line_errors(data, message):
+    with pytest.raises(UserError) as err:
+        load_config(SweepConfig, None, data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_example_configs_are_valid():
+    ci = load_config(SweepConfig, ROOT / "configs" / "ci-tiny.yaml")
+    assert len(expand_grid(ci)) == 4
+    paper = load_config(SweepConfig, ROOT / "configs" / "sweep-paper.yaml")
+    assert len(expand_grid(paper)) == 2 * 3 * 2 * 9
+    load_config(TrainConfig, ROOT / "configs" / "train-tiny.yaml")
+
+
+def test_the_local_backend_is_registered_and_unknown_backends_are_refused(tmp_path):
+    assert "local" in BACKENDS
+    with pytest.raises(UserError, match=r"unknown sweep backend 'slurm' \(known: local"):
+        run_sweep(small_sweep(tmp_path), backend="slurm", progress=False)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """4 tiny runs, 2 at a time, each in its own process."""
+    sweep = small_sweep(tmp_path_factory.mktemp("s"))
+    return sweep, run_sweep(sweep, jobs=2, progress=False, threads=1)
+
+
+def test_a_sweep_writes_one_finished_run_directory_per_grid_point(swept):
+    sweep, results = swept
+    assert [r["run"] for r in results] == [c.out.name for c in expand_grid(sweep)]
+    assert {r["status"] for r in results} == {"not_reached"} and {r["action"] for r in results} == {"new"}
+    for r in results:
+        run = Path(r["dir"])
+        assert {"config.yaml", "metrics.parquet", "positions.parquet", "summary.json", "checkpoint"} <= {
+            p.name for p in run.iterdir()}
+    assert json.loads((Path(sweep.out) / "sweep.json").read_text()) == results
+
+
+def test_a_sweep_run_equals_the_same_run_trained_alone(swept, tmp_path):
+    import pandas as pd
+
+    from probes.train import train_run
+
+    sweep, results = swept
+    cfg = expand_grid(sweep)[0]
+    train_run(cfg.model_copy(update={"out": tmp_path / "alone"}), progress=False)
+    a = pd.read_parquet(Path(results[0]["dir"]) / "metrics.parquet")[["step", "loss", "accuracy"]]
+    b = pd.read_parquet(tmp_path / "alone" / "metrics.parquet")[["step", "loss", "accuracy"]]
+    pd.testing.assert_frame_equal(a, b, rtol=1e-4)  # thread counts differ: equal up to rounding
+
+
+def test_running_a_sweep_again_skips_its_finished_runs(swept):
+    sweep, first = swept
+    again = run_sweep(sweep, jobs=2, progress=False)
+    assert [r["action"] for r in again] == ["skipped"] * 4
+    assert [r["status"] for r in again] == [r["status"] for r in first]
+
+
+def test_an_unfinished_run_in_a_sweep_is_resumed(swept):
+    sweep, _ = swept
+    run = Path(expand_grid(sweep)[1].out)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # as if killed at the end
+    todo, skipped = plan(expand_grid(sweep))
+    assert [(j.dir, j.action) for j in todo] == [(run, "resume")] and len(skipped) == 3
+    results = run_sweep(sweep, progress=False, threads=1)
+    assert results[1]["action"] == "resume" and results[1]["status"] == "not_reached"
+    assert json.loads((run / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
+
+
+def test_a_failing_run_is_reported_and_the_sweep_carries_on(tmp_path):
+    sweep = small_sweep(tmp_path, model=["pythia-tiny", f"hf:{tmp_path}/no-model"], init=["default"], seed=[0])
+    results = run_sweep(sweep, jobs=2, progress=False, threads=1)
+    ok, bad = results
+    assert ok["status"] == "not_reached"
+    assert bad["status"] == "failed" and "train.log" in bad["message"]
+    assert "no model there" in (Path(bad["dir"]) / "train.log").read_text()
+
+
+def test_probes_sweep_combines_a_config_file_with_flags(tmp_path, cli_runner):
+    (tmp_path / "s.yaml").write_text("model: pythia-tiny\nn: 6\nlr: [1.0e-3, 2.0e-3]\ninit: mean\n"
+                                     "train: {max_steps: 100}\n")
+    r = cli_runner.invoke(app, ["sweep", "--config", str(tmp_path / "s.yaml"), "--lr", "5e-4", "--seed", "0",
+                                "--seed", "1", "--set", "max_steps=4", "--set", "eval_every=2",
+                                *[f"--set={k}={v}" for k, v in FAST.items() if k not in ("max_steps", "eval_every")],
+                                "--out", str(tmp_path / "o"), "--jobs", "2", "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "2 runs: 0 reached, 2 not_reached, 0 failed" in r.stdout
+    names = sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir())
+    assert names == ["pythia-tiny+suffix+n6+lr5e-4+mean+s0", "pythia-tiny+suffix+n6+lr5e-4+mean+s1"]
+    cfg = load_config(TrainConfig, tmp_path / "o" / names[0] / "config.yaml")
+    assert cfg.max_steps == 4
+
+
+def test_probes_sweep_dry_run_lists_runs_and_what_would_happen(swept, cli_runner):
+    sweep, _ = swept
+    r = cli_runner.invoke(app, ["sweep", "--model", "pythia-tiny", "--n", "6", "--lr", "1e-3", "--init", "default",
+                                "--init", "mean", "--seed", "0", "--seed", "1", "--seed", "2", "--out", str(sweep.out),
+                                *[f"--set={k}={v}" for k, v in FAST.items()], "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert sum(line.endswith("skip (not_reached)") for line in lines) == 4
+    assert sum(line.endswith("  new") for line in lines) == 2
+
+
+def test_probes_sweep_bad_input_is_one_line(tmp_path, cli_runner):
+    r = cli_runner.invoke(app, ["sweep", "--model", "gpt-9", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown model 'gpt-9'" in r.output and len(r.output.strip().splitlines()) == 1
+    r = cli_runner.invoke(app, ["sweep", "--set", "max_steps", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is not KEY=VALUE" in r.output

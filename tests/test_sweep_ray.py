@@ -1,0 +1,114 @@
+"""`probes sweep --backend ray`: a local Ray instance runs tiny runs into ordinary run directories,
+skips finished ones, and survives a worker killed mid-run without losing or repeating evaluations."""
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from probes.config import SweepConfig, TrainConfig  # noqa: E402
+from probes.errors import UserError  # noqa: E402
+from probes.sweep import expand_grid, run_sweep  # noqa: E402
+from probes.sweep_ray import WORKER_PID_FILE, connect  # noqa: E402
+from probes.train import train_run  # noqa: E402
+
+TINY = {"max_steps": 20, "eval_every": 10, "train_size": 160, "eval_size": 32, "batch_size": 16}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    connect(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def sweep(tmp_path, **kw) -> SweepConfig:
+    grid = {"model": "pythia-tiny", "n": 4, "lr": [1e-3, 2e-3], "init": "default", "seed": 0}
+    return SweepConfig(**{**grid, "train": TINY, "out": tmp_path / "sweep", "backend": "ray", **kw})
+
+
+def test_ray_backend_writes_the_same_run_directories_as_the_local_backend(tmp_path):
+    cfg = sweep(tmp_path)
+    results = run_sweep(cfg, progress=False)
+    assert [r["status"] for r in results] == ["not_reached", "not_reached"]
+    for run in expand_grid(cfg):
+        files = {p.name for p in Path(run.out).iterdir()}
+        assert {"config.yaml", "metrics.parquet", "positions.parquet", "summary.json", "checkpoint"} <= files
+        assert pd.read_parquet(Path(run.out) / "metrics.parquet")["step"].tolist() == [0, 10, 20]
+
+
+def test_ray_backend_skips_finished_runs(tmp_path):
+    cfg = sweep(tmp_path, lr=[1e-3])
+    run_sweep(cfg, progress=False)
+    summary = Path(expand_grid(cfg)[0].out) / "summary.json"
+    before = summary.stat().st_mtime_ns
+    results = run_sweep(cfg, progress=False)
+    assert results[0]["action"] == "skipped"
+    assert summary.stat().st_mtime_ns == before
+
+
+def test_a_killed_worker_is_retried_and_resumes_without_lost_or_duplicated_evaluations(tmp_path):
+    settings = {**TINY, "max_steps": 120, "eval_every": 10, "threshold": 1.0}
+    cfg = sweep(tmp_path, lr=[1e-3], train=settings)
+    run = Path(expand_grid(cfg)[0].out)
+    done = threading.Thread(target=run_sweep, args=(cfg,), kwargs={"progress": False})
+    done.start()
+    first_pid = _wait_for_progress(run, min_evaluations=3)
+    os.kill(first_pid, signal.SIGKILL)
+    done.join(timeout=600)
+    assert not done.is_alive()
+
+    assert int((run / WORKER_PID_FILE).read_text()) != first_pid  # another worker took over
+    resumed = pd.read_parquet(run / "metrics.parquet")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray worker: the same reductions, the same floats
+    try:
+        reference = train_run(TrainConfig(**{**expand_grid(cfg)[0].model_dump(), "out": tmp_path / "ref"}),
+                              progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    uninterrupted = pd.read_parquet(tmp_path / "ref" / "metrics.parquet")
+    assert resumed["step"].tolist() == list(range(0, 121, 10))  # none lost, none twice
+    assert resumed["accuracy"].tolist() == uninterrupted["accuracy"].tolist()
+    assert resumed["loss"].tolist() == uninterrupted["loss"].tolist()
+    assert reference["status"] == "not_reached"
+
+
+def _wait_for_progress(run: Path, min_evaluations: int, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rows = len(pd.read_parquet(run / "metrics.parquet"))
+            if rows >= min_evaluations and (run / "checkpoint").exists():
+                return int((run / WORKER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{run} made no progress in {timeout} s")
+
+
+def test_an_unreachable_address_is_one_line_error(tmp_path):
+    ray.shutdown()
+    try:
+        with pytest.raises(UserError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+            connect("127.0.0.1:1")
+        with pytest.raises(UserError, match="is not HOST:PORT"):
+            connect("nonsense")
+    finally:
+        connect(None, num_cpus=2)
+
+
+def test_missing_ray_names_the_extra_to_install(monkeypatch):
+    from probes import sweep_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r"pip install 'probes\[ray\]'"):
+        sweep_ray.import_ray()

@@ -1,0 +1,384 @@
+"""probes.train / `probes train`: one run, its run directory, early stop, exact resume, bad input."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cli import app
+from probes import train as train_mod
+from probes.config import TrainConfig, load_config
+from probes.errors import UserError
+from probes.train import BatchOrder, format_lr, run_name, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ["train_examples_per_s", "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    base = {"model": "pythia-tiny", "n": 6, "lr": 1e-3, "max_steps": 20, "eval_every": 5, "batch_size": 16,
+            "train_size": 600, "eval_size": 60, "out": str(tmp_path / "run"), "device": "cpu"}
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(run) -> pd.DataFrame:
+    return pd.read_parquet(Path(run) / "metrics.parquet")
+
+
+def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in TIMING if c in frame])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A short pythia-tiny run that ends at max_steps."""
+    cfg = tiny(tmp_path_factory.mktemp("finished"))
+    return cfg, train_run(cfg, progress=False)
+
+
+# === Names and config ===
+
+
+def test_run_directory_names_come_from_the_grid_values():
+    cfg = TrainConfig(model="pythia-160m", n=200, lr=1e-4, init="mean", seed=0)
+    assert run_name(cfg) == "pythia-160m+suffix+n200+lr1e-4+mean+s0"
+    assert [format_lr(x) for x in (1e-5, 5e-5, 2.5e-4, 1e-3)] == ["1e-5", "5e-5", "2.5e-4", "1e-3"]
+    assert run_name(TrainConfig(model="hf:/data/my model", n=8)).startswith("hf-data_my_model+suffix+n8")
+
+
+def test_train_config_survives_dump_validate_and_yaml(tmp_path):
+    cfg = tiny(tmp_path, tokens={"eos_target": False})
+    assert TrainConfig.model_validate(cfg.model_dump()) == cfg
+    from probes.config import save_config
+
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(TrainConfig, tmp_path / "c.yaml") == cfg
+
+
+def test_evaluations_default_to_every_one_percent_of_max_steps():
+    assert TrainConfig(max_steps=78_000).effective_eval_every == 780
+    assert TrainConfig(max_steps=50).effective_eval_every == 1
+    assert TrainConfig(max_steps=78_000, eval_every=100).effective_eval_every == 100
+
+
+def test_batch_order_is_a_function_of_seed_and_step_and_covers_each_epoch():
+    a, b = BatchOrder(100, 16, seed=3), BatchOrder(100, 16, seed=3)
+    assert np.array_equal(a.rows(11), b.rows(11))  # no state: any step, any order
+    assert not np.array_equal(a.rows(0), BatchOrder(100, 16, seed=4).rows(0))
+    epoch = np.concatenate([a.rows(s) for s in range(25)])[:400]  # 4 epochs of 100
+    for e in range(4):
+        assert sorted(epoch[e * 100:(e + 1) * 100]) == list(range(100))
+
+
+# === The run directory ===
+
+
+def test_a_run_writes_the_spec_files(finished):
+    cfg, summary = finished
+    run = Path(cfg.out)
+    assert {"config.yaml", "metrics.parquet", "positions.parquet", "summary.json", "checkpoint"} <= {
+        p.name for p in run.iterdir()}
+    assert TrainConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())) == cfg
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (run / "checkpoint" / "config.json").exists() and (run / "checkpoint" / "state.pt").exists()
+
+
+def test_metrics_have_one_row_per_evaluation_including_step_0(finished):
+    cfg, _ = finished
+    m = metrics(cfg.out)
+    assert list(m.step) == [0, 5, 10, 15, 20]
+    assert list(m.examples_seen) == [0, 80, 160, 240, 320]
+    assert {"step", "examples_seen", "loss", "accuracy", "train_loss", "lr", *TIMING} <= set(m.columns)
+    assert m.accuracy.between(0, 1).all() and np.isfinite(m.loss).all()
+    assert m.train_loss.isna().tolist() == [True, False, False, False, False]  # nothing trained at step 0
+    assert (m.train_examples_per_s[1:] > 0).all() and (m.eval_examples_per_s > 0).all()
+
+
+def test_positions_have_one_row_per_evaluation_and_target_position(finished):
+    cfg, _ = finished
+    pos = pd.read_parquet(Path(cfg.out) / "positions.parquet")
+    assert list(pos.columns) == ["step", "position", "accuracy", "count"]
+    assert len(pos) == 5 * cfg.n
+    assert (pos.groupby("step")["count"].sum() == cfg.eval_size).all()  # the WHOLE held-out set
+    assert set(pos["count"]) == {cfg.eval_size // cfg.n}  # balanced targets
+    m = metrics(cfg.out).set_index("step")
+    weighted = (pos.accuracy * pos["count"]).groupby(pos.step).sum() / cfg.eval_size
+    np.testing.assert_allclose(weighted.values, m.accuracy.values)
+
+
+def test_summary_reports_the_outcome_and_throughput(finished):
+    _, s = finished
+    assert s["status"] == "not_reached" and s["step_reached"] is None and s["examples_to_threshold"] is None
+    assert s["threshold"] == 0.95 and s["max_steps"] == 20 and s["final_step"] == 20
+    assert s["final_accuracy"] == pytest.approx(s["final_accuracy"]) and s["wall_seconds"] > 0
+    assert s["train_examples_per_s"] > 0 and s["eval_examples_per_s"] > 0 and s["device"] == "cpu"
+
+
+def test_the_final_checkpoint_loads_with_from_pretrained(finished):
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = finished
+    model = AutoModelForCausalLM.from_pretrained(Path(cfg.out) / "checkpoint")
+    assert model.get_input_embeddings().num_embeddings == 1024 + cfg.n + 2
+
+
+def test_training_stops_at_the_first_evaluation_over_the_threshold(tmp_path):
+    cfg = tiny(tmp_path, threshold=0.3, max_steps=400, eval_every=10)
+    s = train_run(cfg, progress=False)
+    m = metrics(cfg.out)
+    first = int(m.step[m.accuracy >= 0.3].iloc[0])
+    assert s["status"] == "reached" and s["step_reached"] == first == m.step.iloc[-1]
+    assert s["examples_to_threshold"] == first * cfg.batch_size
+    assert (m.accuracy.iloc[:-1] < 0.3).all()
+
+
+def test_evaluation_and_training_compute_logits_only_at_the_scored_slots(tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.slot_logits
+
+    def spy(model, input_ids, slots):
+        seen.append(list(slots))
+        head = model.get_output_embeddings()
+        handle = head.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[1:-1])))
+        try:
+            return real(model, input_ids, slots)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(train_mod, "slot_logits", spy)
+    train_run(tiny(tmp_path, max_steps=2, eval_every=1), progress=False)
+    assert set(map(tuple, seen)) == {(7, 8), (2,)}  # suffix n=6: q at 7 predicts the answer, answer at 8 eos
+
+
+def test_answer_only_scores_the_answer_slot_alone(tmp_path):
+    cfg = tiny(tmp_path, max_steps=5, tokens={"eos_target": False})
+    train_run(cfg, progress=False)
+    with_eos = tiny(tmp_path / "b", max_steps=5)
+    train_run(with_eos, progress=False)
+    assert metrics(cfg.out).loss.iloc[0] != metrics(with_eos.out).loss.iloc[0]
+
+
+def test_a_dataset_directory_can_feed_the_run(tmp_path, cli_runner):
+    r = cli_runner.invoke(app, ["generate", "--n", "6", "--train-size", "300", "--eval-size", "60",
+                                "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    cfg = tiny(tmp_path, data_dir=str(tmp_path / "d"), max_steps=5)
+    s = train_run(cfg, progress=False)
+    assert s["train_size"] == 300 and s["eval_size"] == 60
+
+
+def test_mamba_runs_record_their_scan_backend(tmp_path):
+    s = train_run(tiny(tmp_path, model="mamba-tiny", max_steps=2, eval_every=2), progress=False)
+    assert s["status"] == "not_reached" and s["scan_backend"] in ("reference", "transformers")
+
+
+# === Nothing is lost ===
+
+
+def test_a_nan_loss_stops_the_run_as_failed(tmp_path, monkeypatch):
+    real = train_mod.compute_loss
+    monkeypatch.setattr(train_mod, "compute_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    cfg = tiny(tmp_path)
+    s = train_run(cfg, progress=False)
+    assert s["status"] == "failed" and "nan" in s["message"] and "lower lr" in s["message"]
+    assert json.loads((Path(cfg.out) / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_finished_run_is_never_overwritten_silently(finished):
+    cfg, _ = finished
+    before = (Path(cfg.out) / "metrics.parquet").read_bytes()
+    with pytest.raises(UserError, match="holds a finished run .*pass --overwrite"):
+        train_run(cfg, progress=False)
+    assert (Path(cfg.out) / "metrics.parquet").read_bytes() == before
+
+
+def test_overwrite_starts_a_finished_run_again(tmp_path):
+    cfg = tiny(tmp_path, max_steps=5)
+    first = train_run(cfg, progress=False)
+    before = without_timing(metrics(cfg.out))
+    again = train_run(cfg, overwrite=True, progress=False)
+    assert again["status"] == first["status"] and again["resumed_at"] == []
+    pd.testing.assert_frame_equal(before, without_timing(metrics(cfg.out)))  # same seed, same run
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    _interrupt_after_checkpoints(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, progress=False)
+    with pytest.raises(UserError, match=r"different config \(lr=0.001 there, 0.002 asked\)"):
+        train_run(cfg.model_copy(update={"lr": 2e-3}), progress=False)
+
+
+def _interrupt_after_checkpoints(monkeypatch, k: int) -> None:
+    real, calls = train_mod.save_checkpoint, []
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+
+
+@pytest.mark.parametrize("model", ["pythia-tiny", "mamba-tiny"])
+def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, model):
+    kw = {"model": model, "max_steps": 12 if model == "mamba-tiny" else 20,
+          "eval_every": 3 if model == "mamba-tiny" else 5}
+    whole = tiny(tmp_path / "whole", **kw)
+    train_run(whole, progress=False)
+    parts = tiny(tmp_path / "parts", **kw)
+    with monkeypatch.context() as m:
+        _interrupt_after_checkpoints(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(parts, progress=False)
+    assert json.loads((Path(parts.out) / "summary.json").read_text())["status"] == "running"
+    s = train_run(parts, progress=False)
+    assert s["resumed_at"] == [2 * kw["eval_every"]]
+    pd.testing.assert_frame_equal(without_timing(metrics(whole.out)), without_timing(metrics(parts.out)))
+    pd.testing.assert_frame_equal(pd.read_parquet(Path(whole.out) / "positions.parquet"),
+                                  pd.read_parquet(Path(parts.out) / "positions.parquet"))
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "train", "--model", "pythia-tiny", "--n", "6", "--lr", "1e-3",
+            "--max-steps", "150", "--eval-every", "10", "--batch-size", "16", "--train-size", "600",
+            "--eval-size", "60", "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out), *extra]
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+    whole = subprocess.run(_train_cmd(tmp_path / "whole"), check=False, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = run / "checkpoint" / "state.pt"
+        if state.exists():
+            with contextlib.suppress(Exception):  # being replaced right now: look again
+                if torch.load(state, weights_only=True)["step"] >= 30:
+                    break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = pd.read_parquet(run / "metrics.parquet").step.max()
+    assert killed_at < 150 and json.loads((run / "summary.json").read_text())["status"] == "running"
+
+    again = subprocess.run(_train_cmd(run), check=False, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_at"] and summary["resumed_at"][0] >= 30
+    pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "whole")), without_timing(metrics(run)))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "positions.parquet"),
+                                  pd.read_parquet(run / "positions.parquet"))
+    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
+
+
+# === `probes train` ===
+
+
+SMALL = ["--model", "pythia-tiny", "--n", "6", "--max-steps", "4", "--eval-every", "2", "--train-size", "120",
+         "--eval-size", "30", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+
+
+def test_probes_train_prints_one_result_line_and_a_config_file_combines_with_flags(tmp_path, cli_runner):
+    (tmp_path / "c.yaml").write_text("model: mamba-tiny\nn: 9\nlr: 0.002\nlayout: prefix\n")
+    r = cli_runner.invoke(app, ["train", "--config", str(tmp_path / "c.yaml"), *SMALL, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "did not reach 0.95 in 4 steps" in r.stdout
+    cfg = load_config(TrainConfig, tmp_path / "r" / "config.yaml")
+    assert (cfg.model, cfg.n, cfg.lr, cfg.layout) == ("pythia-tiny", 6, 0.002, "prefix")  # flags win
+
+
+def test_probes_train_answer_only_and_grad_clip_flags_reach_the_config(tmp_path, cli_runner):
+    r = cli_runner.invoke(app, ["train", *SMALL, "--answer-only", "--grad-clip", "0", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(TrainConfig, tmp_path / "r" / "config.yaml")
+    assert cfg.tokens.eos_target is False and cfg.grad_clip is None
+
+
+def test_probes_train_on_a_finished_run_exits_non_zero_unless_overwrite(tmp_path, cli_runner):
+    args = ["train", *SMALL, "--out", str(tmp_path / "r")]
+    assert cli_runner.invoke(app, args).exit_code == 0
+    r = cli_runner.invoke(app, args)
+    assert r.exit_code == 2 and "finished run" in r.output and len(r.output.strip().splitlines()) == 1
+    assert cli_runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_probes_train_exits_1_when_the_run_fails(tmp_path, cli_runner, monkeypatch):
+    real = train_mod.compute_loss
+    monkeypatch.setattr(train_mod, "compute_loss", lambda *a, **k: real(*a, **k) * float("inf"))
+    r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "failed: training loss became" in r.stdout
+
+
+def _damage(path: Path, what: str) -> None:
+    if what == "config":
+        (path / "config.yaml").write_text("model: [unclosed\n")
+    elif what == "summary":
+        (path / "summary.json").write_text("{not json")
+    else:
+        summary = json.loads((path / "summary.json").read_text())
+        (path / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+        (path / "checkpoint" / "state.pt").write_bytes(b"garbage")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "gpt-9"], "unknown model 'gpt-9' (known: pythia-tiny, pythia-14m"),
+    (["--lr", "-1e-3"], "lr: Input should be greater than 0"),
+    (["--lr", "inf"], "lr: Input should be a finite number"),
+    (["--init", "zeros"], "init: Input should be 'default', 'mean' or 'normal'"),
+    (["--layout", "middle"], "layout: Input should be 'suffix' or 'prefix'"),
+    (["--threshold", "1.5"], "threshold: Input should be less than or equal to 1"),
+    (["--device", "tpu"], "device: String should match pattern"),
+    (["--data-dir", "{tmp}/missing"], "no dataset at"),
+    (["--model", "hf:{tmp}/no-such-model"], "no model there"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, cli_runner, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "r"), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing written for a run that cannot start
+
+
+def test_a_corrupt_dataset_is_one_line_and_a_non_zero_exit(tmp_path, cli_runner):
+    assert cli_runner.invoke(app, ["generate", "--n", "6", "--train-size", "60", "--eval-size", "30",
+                                   "--out", str(tmp_path / "d")]).exit_code == 0
+    (tmp_path / "d" / "heldout.npz").write_bytes(b"not a zip")
+    r = cli_runner.invoke(app, ["train", *SMALL, "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "missing or damaged" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path, cli_runner):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "holds no run" in r.output
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("what, message", [("config", "config.yaml is damaged"),
+                                           ("summary", "summary.json is damaged"),
+                                           ("checkpoint", "only damaged checkpoints")])
+def test_a_corrupt_run_directory_is_one_line_and_a_non_zero_exit(tmp_path, cli_runner, what, message):
+    args = ["train", *SMALL, "--out", str(tmp_path / "r")]
+    assert cli_runner.invoke(app, args).exit_code == 0
+    _damage(tmp_path / "r", what)
+    r = cli_runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
+    assert cli_runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
