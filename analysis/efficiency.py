@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_THRESHOLD = 0.95
-GROUP = ("model", "n", "layout")
+GROUP = ("model", "label", "n", "layout")
 REGIONS = ("beginning", "middle", "end")
 RULES = ("stays", "first")
 Rule = Literal["stays", "first"]
-_RUN_COLS = ("run", "model", "family", "n", "layout", "lr", "init", "seed")
+_RUN_COLS = ("run", "model", "label", "family", "n", "layout", "lr", "init", "seed")
 
 
 def _present(df: pd.DataFrame, cols) -> list[str]:
@@ -123,6 +123,9 @@ def first_reach(
         raise ValueError(f"unknown rule {rule!r} (allowed: {', '.join(RULES)})")
     keys = ["run", "position"]
     pos = positions.assign(_thr=_threshold(positions, threshold).to_numpy()).sort_values([*keys, "step"])
+    if "n" not in pos or pos["n"].isna().any():  # e.g. VLM runs: positions are image cells
+        counted = pos.groupby("run")["position"].transform("max") + 1
+        pos["n"] = pos["n"].fillna(counted) if "n" in pos else counted
     ok = (pos["accuracy"] >= pos["_thr"]).astype(int)
     if rule == "stays":  # ok here and at every later evaluation: reversed running minimum
         ok = ok.iloc[::-1].groupby([pos["run"].iloc[::-1], pos["position"].iloc[::-1]]).cummin().iloc[::-1]

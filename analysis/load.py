@@ -181,7 +181,8 @@ def model_order(models: Iterable[str]) -> list[str]:
 
 def load_runs(*paths: PathLike) -> pd.DataFrame:
     """One row per run: `run`, `run_dir`, the flattened config, then the summary's fields
-    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...) and `family`.
+    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...), `family` (pythia,
+    mamba, other) and `label` (the model; for a VLM run model+connector/scan: figures colour by it).
     Where summary and config share a key (`threshold`, `max_steps`), the summary wins: it records
     what the run did."""
     dirs = _resolve(paths)
@@ -197,6 +198,7 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
         if col not in runs:
             runs[col] = None
     runs["family"] = runs["model"].map(model_family) if "family" not in runs else runs["family"]
+    runs["label"] = [_label(row) for row in runs.to_dict("records")]
     for col in (
         "step_reached",
         "examples_to_threshold",
@@ -208,9 +210,22 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     ):
         if col in runs:
             runs[col] = pd.to_numeric(runs[col], errors="coerce")
-    first = ["run", "model", "family", "n", "layout", "lr", "init", "seed", "status"]
+    first = ["run", "model", "label", "family", "n", "layout", "lr", "init", "seed", "status"]
     cols = [c for c in first if c in runs] + [c for c in runs if c not in first]
     return runs[cols].reset_index(drop=True)
+
+
+def _label(row: dict[str, Any]) -> str:
+    """What the figures colour by: the model, plus the connector (and scan) of a VLM run
+    (`mamba-tiny+vss-l2/csm`), so different architectures on one backbone stay apart."""
+    label = str(row.get("model"))
+    connector = row.get("connector")
+    if isinstance(connector, str) and connector:
+        label += f"+{connector}"
+        scan = row.get("scan")
+        if isinstance(scan, str) and scan:
+            label += f"/{scan}"
+    return label
 
 
 def _unreserved(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -244,7 +259,7 @@ def _per_run_table(paths: tuple, filename: str) -> pd.DataFrame:
     data = data.merge(runs[run_cols], on="run", how="left", validate="many_to_one")
     if "step" in data and "max_steps" in data:
         data["pct"] = data["step"] / data["max_steps"] * 100.0
-    lead = ["run", "model", "n", "layout", "lr", "init", "seed", "step", "pct"]
+    lead = ["run", "model", "label", "n", "layout", "lr", "init", "seed", "step", "pct"]
     cols = [c for c in lead if c in data] + [c for c in data if c not in lead]
     return data[cols]
 

@@ -181,9 +181,9 @@ def plot_curves(
 ) -> Figure:
     """Held-out accuracy vs % of training steps, one line per run (colour = model, line style =
     learning rate), a dashed line at the threshold, one panel per N (columns) and layout (rows)."""
-    _need(metrics, ["run", "model", x, y], "learning curves")
+    _need(metrics, ["run", "label", x, y], "learning curves")
     rows, cols = _facets(metrics, row, col)
-    palette = model_palette(metrics["model"])
+    palette = model_palette(metrics["label"])
     has_lr = "lr" in metrics and metrics["lr"].notna().any()
     styles = lr_styles(metrics["lr"]) if has_lr else {}
     with style():
@@ -197,7 +197,7 @@ def plot_curves(
                     ax.plot(
                         g[x],
                         g[y],
-                        color=palette[first["model"]],
+                        color=palette[first["label"]],
                         linewidth=1.6,
                         alpha=0.9,
                         linestyle=styles.get(first["lr"], "-") if has_lr else "-",
@@ -234,7 +234,7 @@ def plot_curves(
 # === Fig. 7 / 12: per-position heatmaps ===
 
 
-def representative_runs(positions: pd.DataFrame, by=("model", "n", "layout")) -> list[str]:
+def representative_runs(positions: pd.DataFrame, by=("label", "n", "layout")) -> list[str]:
     """Per group, the run with the median steps to threshold (never reached counts as +∞)."""
     by = [b for b in by if b in positions]
     per_run = positions.drop_duplicates("run")
@@ -273,18 +273,18 @@ def plot_heatmap(
     """x = evaluation step (% of training), y = target position (1-based, 1 at the bottom),
     colour = held-out accuracy; one panel per model (columns) and N × layout (rows). Each panel
     runs to its own last evaluation, so a run that learned fast has a short x axis (as Fig. 7)."""
-    _need(positions, ["run", "model", "step", "position", "accuracy", "pct"], "per-position heatmap")
+    _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "per-position heatmap")
     rows_a, rows_b = _facets(positions, row, col)
     panels = [(a, b) for a in rows_a for b in rows_b]
     panels = [p for p in panels if len(_select(positions, **_eq(row, p[0], col, p[1])))]
-    models = model_order(positions["model"])
+    models = model_order(positions["label"])
     with style():
         fig, axes = _grid(len(panels), len(models), 3.6, 2.9)
         mesh = None
         for i, (a, b) in enumerate(panels):
             for j, model in enumerate(models):
                 ax = axes[i, j]
-                sub = _select(positions, model=model, **_eq(row, a, col, b))
+                sub = _select(positions, label=model, **_eq(row, a, col, b))
                 if not len(sub):
                     ax.set_axis_off()
                     continue
@@ -363,7 +363,7 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
     eff = eff.assign(n=pd.to_numeric(eff["n"], errors="coerce")) if "n" in eff else eff.assign(n=1)
     summary = efficiency_summary(eff)
     layouts, _ = _facets(eff, "layout", None)
-    models = model_order(eff["model"])
+    models = model_order(eff["label"])
     palette = model_palette(models)
     ns = sorted(pd.unique(eff["n"].dropna()))
     gap = float(np.diff(np.log2(ns)).min()) if len(ns) > 1 else 1.0  # closest Ns, in log2 units
@@ -378,7 +378,7 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
                 sub = _select(eff, layout=layout)
                 summ = _select(summary, layout=layout) if "layout" in summary else summary
                 for model in models:
-                    colour, g = palette[model], sub[sub["model"] == model]
+                    colour, g = palette[model], sub[sub["label"] == model]
                     if not len(g):
                         continue
                     jitter = rng.uniform(-spread, spread, len(g))
@@ -394,7 +394,7 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
                         markeredgewidth=0,
                     )
                     ax.plot(xs[~done], g[measure].to_numpy(float)[~done], color=colour, **CENSORED_MARKER)
-                    s = summ[summ["model"] == model].sort_values("n")
+                    s = summ[summ["label"] == model].sort_values("n")
                     sx = s["n"].to_numpy(float) * 2 ** offsets[model]
                     ax.plot(sx, s[f"{measure}_median"], "-", color=colour, linewidth=2)
                     open_ = s["median_censored"].to_numpy(bool)
@@ -475,11 +475,11 @@ def plot_learning_order(
     by half of a group's runs, one line per model, one panel per N × layout. Positions never
     learned are open triangles at 100%. Each panel names the order in which the context's thirds
     were learned."""
-    _need(positions, ["run", "model", "step", "position", "accuracy", "pct"], "learning order")
+    _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "learning order")
     order = learning_order(positions, threshold, rule=rule)
     summary = learning_order_summary(order)
     rows, cols = _facets(order, "layout", "n")
-    palette = model_palette(order["model"])
+    palette = model_palette(order["label"])
     with style():
         fig, axes = _grid(len(rows), len(cols), 4.4, 3.0, sharey=True)
         for i, layout in enumerate(rows):
@@ -487,13 +487,13 @@ def plot_learning_order(
                 ax = axes[i, j]
                 sub = _select(order, **_eq("layout", layout, "n", n))
                 notes = []
-                for model in model_order(sub["model"]):
-                    g = sub[sub["model"] == model].sort_values("position")
+                for model in model_order(sub["label"]):
+                    g = sub[sub["label"] == model].sort_values("position")
                     colour = palette[model]
                     ax.plot(g["position1"], g["pct"], "-o", color=colour, markersize=3.5, linewidth=1.6)
                     never = g[g["pct"].isna()]
                     ax.plot(never["position1"], np.full(len(never), 100.0), color=colour, **CENSORED_MARKER)
-                    s = _select(summary, model=model, **_eq("layout", layout, "n", n))
+                    s = _select(summary, label=model, **_eq("layout", layout, "n", n))
                     if len(s):
                         notes.append(f"{model}: {s['order'].iloc[0]}")
                 ax.grid(axis="x", visible=False)
