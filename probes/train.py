@@ -243,18 +243,22 @@ def new_token_names(n: int) -> list[str]:
     return [f"<s_{i}>" for i in range(n)] + ["<out>", "<sep>"]
 
 
-def set_scan_backend(bb: Backbone, backend: str, device: torch.device) -> str | None:
-    """Pick the Mamba selective scan (probes.kernels); the name chosen, None for other families."""
-    if bb.family != "mamba":
-        return None
+def choose_scan_backend(model: torch.nn.Module, backend: str) -> str:
+    """Give every Mamba mixer in `model` the chosen selective scan (probes.kernels); the name chosen.
+
+    A backend this machine cannot run (triton without CUDA, mamba-ssm not installed) is a UserError.
+    """
+    from probes.kernels.mamba_mixer import set_scan_backend
+
     try:
-        from probes.kernels.mamba_mixer import set_scan_backend as _set
-    except ImportError:
-        if backend not in ("auto", "reference"):
-            raise UserError(f"scan_backend {backend!r} needs probes.kernels.mamba_mixer, which is not "
-                            f"available (allowed here: auto, reference)") from None
-        return "transformers"  # transformers' own MambaMixer: reference PyTorch path without mamba-ssm
-    return _set(bb.model, backend)
+        return set_scan_backend(model, backend)
+    except (ValueError, RuntimeError, ImportError) as err:
+        raise UserError(f"scan_backend {backend!r}: {err}") from None
+
+
+def set_scan_backend(bb: Backbone, backend: str) -> str | None:
+    """Pick the Mamba selective scan; the name chosen, None for other families."""
+    return choose_scan_backend(bb.model, backend) if bb.family == "mamba" else None
 
 
 def build_model(cfg: TrainConfig, device: torch.device, checkpoint: Path | None) -> Backbone:
@@ -463,7 +467,7 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
     autocast = resolve_precision(cfg.precision, device)
     data = load_data(cfg)
     bb = build_model(cfg, device, found[0] if found else None)
-    scan = set_scan_backend(bb, cfg.scan_backend, device)
+    scan = set_scan_backend(bb, cfg.scan_backend)
     if cfg.gradient_checkpointing:
         bb.model.gradient_checkpointing_enable()
     layout = TokenLayout.build(cfg.n, cfg.layout, bb.base_vocab, cfg.tokens, bb.eos_id)

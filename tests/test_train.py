@@ -179,7 +179,17 @@ def test_a_dataset_directory_can_feed_the_run(tmp_path, cli_runner):
 
 def test_mamba_runs_record_their_scan_backend(tmp_path):
     s = train_run(tiny(tmp_path, model="mamba-tiny", max_steps=2, eval_every=2), progress=False)
-    assert s["status"] == "not_reached" and s["scan_backend"] in ("reference", "transformers")
+    assert s["status"] == "not_reached" and s["scan_backend"] == "reference"
+
+
+def test_a_scan_backend_this_machine_cannot_run_is_a_one_line_error(tmp_path, cli_runner, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = cli_runner.invoke(app, ["train", "--model", "mamba-tiny", "--n", "4", "--train-size", "40",
+                                "--eval-size", "8", "--max-steps", "2", "--scan-backend", "triton",
+                                "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "scan_backend 'triton'" in r.output and "CUDA" in r.output, r.output
+    assert r.output.strip().count("\n") == 0
 
 
 # === Nothing is lost ===

@@ -45,6 +45,7 @@ from probes.config import save_config, validate
 from probes.errors import UserError
 from probes.train import (
     BatchOrder,
+    choose_scan_backend,
     describe_finished,
     format_lr,
     latest_checkpoint,
@@ -229,17 +230,7 @@ def _scan_backends(model: VLM, backend: str) -> str:
     parts = [m for m in (model.lm, model.connector) if any(isinstance(x, MambaMixer) for x in m.modules())]
     if not parts:
         return "none"
-    try:
-        from probes.kernels.mamba_mixer import set_scan_backend
-    except ImportError:
-        if backend not in ("auto", "reference"):
-            raise UserError(f"scan_backend {backend!r} needs probes.kernels.mamba_mixer, which is not "
-                            f"available (allowed here: auto, reference)") from None
-        return "transformers"
-    try:
-        return ",".join(sorted({str(set_scan_backend(m, backend)) for m in parts}))
-    except (ValueError, RuntimeError, ImportError) as err:  # unknown, or not available here
-        raise UserError(f"scan_backend {backend!r}: {err}") from None
+    return ",".join(sorted({choose_scan_backend(m, backend) for m in parts}))
 
 
 def _rate(amount: float, seconds: float) -> float | None:
