@@ -172,12 +172,36 @@ def describe_finished(run: Path, summary: dict) -> str:
     return f"{run} holds a finished run ({detail})"
 
 
-def clear_run(run: Path) -> None:
+def clear_run(run: Path, extra_dirs: tuple[str, ...] = ()) -> None:
     """Remove what a run wrote (and nothing else) so that it can start again."""
     for name in ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json"):
         (run / name).unlink(missing_ok=True)
-    for name in ("checkpoint", "checkpoint.new", "checkpoint.old"):
+    for name in ("checkpoint", "checkpoint.new", "checkpoint.old", *extra_dirs):
         shutil.rmtree(run / name, ignore_errors=True)
+
+
+def start_run_dir(run: Path, cfg, state: str, extra_dirs: tuple[str, ...] = ()) -> None:
+    """A new run starts in an emptied directory whose first file is config.yaml."""
+    if state == "new":
+        if run.exists():
+            clear_run(run, extra_dirs)
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+
+
+def new_record() -> dict[str, Any]:
+    """What a run accumulates and its checkpoint carries: step, timings, metrics and positions rows."""
+    return {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
+            "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+
+
+def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_columns: list[str]) -> None:
+    """Continue `rec` from a checkpoint; rows written after that checkpoint are dropped from disk
+    (they are computed again, so no evaluation is lost or counted twice)."""
+    rec.update({k: ckpt_state[k] for k in rec})
+    rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
+    write_parquet(run / "metrics.parquet", rec["metrics"], metric_columns)
+    write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
 
 
 # === Data ===
@@ -479,22 +503,13 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     cfg = cfg.model_copy(update={"out": run})
-    if state == "new":
-        if run.exists():
-            clear_run(run)
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")  # first file of a run directory
-
-    rec: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
-                           "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+    start_run_dir(run, cfg, state)
+    rec = new_record()
     if found is not None:
         ckpt_state = found[1]
         opt.load_state_dict(ckpt_state["optimizer"])
         _set_rng_state(ckpt_state["rng"], device)
-        rec.update({k: ckpt_state[k] for k in rec})
-        rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
-        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)  # drop rows past the checkpoint
-        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+        restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         rec["resumed_at"] = [0]
 

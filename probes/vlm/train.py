@@ -34,25 +34,28 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from probes.config import save_config, validate
+from probes.config import validate
 from probes.errors import UserError
 from probes.train import (
+    POSITION_COLUMNS,
     BatchOrder,
     choose_scan_backend,
     describe_finished,
     format_lr,
     latest_checkpoint,
+    new_record,
     read_summary,
     resolve_device,
     resolve_precision,
+    restore_record,
     save_checkpoint,
+    start_run_dir,
     write_json,
     write_parquet,
 )
@@ -65,7 +68,6 @@ FINISHED = ("reached", "not_reached", "failed")
 RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend")  # how it runs, not what
 METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                   "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
-POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
 HELDOUT_SEED_OFFSET = 1_000_003
 
 # === Names, run directories ===
@@ -117,15 +119,6 @@ def inspect_run(cfg: VLMTrainConfig, run: Path) -> tuple[str, dict | None]:
         raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
                         f"run the same config to resume it, or pass --overwrite")
     return "resume", summary
-
-
-def clear_run(run: Path) -> None:
-    import shutil
-
-    for name in ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json"):
-        (run / name).unlink(missing_ok=True)
-    for name in ("checkpoint", "checkpoint.new", "checkpoint.old", "predictions"):
-        shutil.rmtree(run / name, ignore_errors=True)
 
 
 # === Data ===
@@ -275,27 +268,18 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
     order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
 
     cfg = cfg.model_copy(update={"out": run})
-    if state == "new":
-        if run.exists():
-            clear_run(run)
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")  # first file of a run directory
-
-    rec: dict[str, Any] = {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
-                           "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+    start_run_dir(run, cfg, state, extra_dirs=("predictions",))
+    rec = new_record()
     stage = stage_of(cfg, 0)
     opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, 0), weight_decay=cfg.weight_decay)
     if found is not None:
         ckpt = found[1]
-        rec.update({k: ckpt[k] for k in rec})
-        rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
+        restore_record(rec, ckpt, run, METRIC_COLUMNS)
         stage = stage_of(cfg, rec["step"])
         opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, rec["step"]), weight_decay=cfg.weight_decay)
         if ckpt["opt_stage"] == stage:
             opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
-        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)  # drop rows past the checkpoint
-        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
         for f in (run / "predictions").glob("step_*.parquet"):
             if int(f.stem[5:]) > rec["step"]:
                 f.unlink()
