@@ -204,6 +204,24 @@ def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_colu
     write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
 
 
+def run_summary(rec: dict[str, Any], cfg, status: str, message: str, wall_seconds: float) -> dict:
+    """summary.json fields every run has (SPEC §6), from the record of its evaluations."""
+    rows = rec["metrics"]
+    reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
+    return {
+        "status": status, "threshold": cfg.threshold,
+        "step_reached": reached["step"] if reached else None,
+        "examples_to_threshold": reached["examples_seen"] if reached else None,
+        "final_accuracy": rows[-1]["accuracy"] if rows else None,
+        "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
+        "final_step": rows[-1]["step"] if rows else 0,
+        "max_steps": cfg.max_steps, "wall_seconds": wall_seconds, "message": message,
+        "train_examples_per_s": rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
+        "eval_examples_per_s": rate(rec["eval_examples"], rec["eval_seconds"]),
+        "resumed_at": rec["resumed_at"],
+    }
+
+
 # === Data ===
 
 
@@ -529,21 +547,11 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
     t_train = time.monotonic()
 
     def summary_now(status: str, message: str = "") -> dict:
-        rows = rec["metrics"]
-        reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
         return {
-            "status": status, "threshold": cfg.threshold,
-            "step_reached": reached["step"] if reached else None,
-            "examples_to_threshold": reached["examples_seen"] if reached else None,
-            "final_accuracy": rows[-1]["accuracy"] if rows else None,
-            "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
-            "final_step": rows[-1]["step"] if rows else 0,
-            "max_steps": cfg.max_steps, "wall_seconds": time.monotonic() - t0, "message": message,
-            "train_examples_per_s": _rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
-            "train_tokens_per_s": _rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
-            "eval_examples_per_s": _rate(rec["eval_examples"], rec["eval_seconds"]),
-            "eval_time_fraction": _rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
-            "resumed_at": rec["resumed_at"], **info,
+            **run_summary(rec, cfg, status, message, time.monotonic() - t0),
+            "train_tokens_per_s": rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
+            "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
+            **info,
         }
 
     def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
@@ -555,9 +563,9 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
         rec["metrics"].append({
             "step": step, "examples_seen": step * cfg.batch_size, "loss": float(loss), "accuracy": float(acc),
             "train_loss": train_loss, "lr": _lr_at(cfg, max(step - 1, 0)),
-            "train_examples_per_s": _rate(train_steps * cfg.batch_size, train_seconds),
-            "train_tokens_per_s": _rate(train_steps * cfg.batch_size * layout.seq_len, train_seconds),
-            "eval_examples_per_s": _rate(len(held), dt), "eval_seconds": dt,
+            "train_examples_per_s": rate(train_steps * cfg.batch_size, train_seconds),
+            "train_tokens_per_s": rate(train_steps * cfg.batch_size * layout.seq_len, train_seconds),
+            "eval_examples_per_s": rate(len(held), dt), "eval_seconds": dt,
             "wall_seconds": time.monotonic() - t0,
         })
         rec["positions"].extend(
@@ -648,7 +656,7 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
-def _rate(amount: float, seconds: float) -> float | None:
+def rate(amount: float, seconds: float) -> float | None:
     return amount / seconds if seconds > 0 else None
 
 

@@ -50,10 +50,12 @@ from probes.train import (
     format_lr,
     latest_checkpoint,
     new_record,
+    rate,
     read_summary,
     resolve_device,
     resolve_precision,
     restore_record,
+    run_summary,
     save_checkpoint,
     start_run_dir,
     write_json,
@@ -226,10 +228,6 @@ def _scan_backends(model: VLM, backend: str) -> str:
     return ",".join(sorted({choose_scan_backend(m, backend) for m in parts}))
 
 
-def _rate(amount: float, seconds: float) -> float | None:
-    return amount / seconds if seconds > 0 else None
-
-
 def _encoder_fingerprint(model: VLM) -> float:
     return float(sum(p.detach().double().abs().sum() for p in model.encoders.parameters()))
 
@@ -298,20 +296,8 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
     step = rec["step"]
 
     def summary_now(status: str, message: str = "") -> dict:
-        rows = rec["metrics"]
-        reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
-        return {
-            "status": status, "threshold": cfg.threshold,
-            "step_reached": reached["step"] if reached else None,
-            "examples_to_threshold": reached["examples_seen"] if reached else None,
-            "final_accuracy": rows[-1]["accuracy"] if rows else None,
-            "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
-            "final_step": rows[-1]["step"] if rows else 0, "stage1_steps": cfg.stage1_steps,
-            "max_steps": cfg.max_steps, "wall_seconds": time.monotonic() - t0, "message": message,
-            "train_examples_per_s": _rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
-            "eval_examples_per_s": _rate(rec["eval_examples"], rec["eval_seconds"]),
-            "resumed_at": rec["resumed_at"], **info,
-        }
+        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0),
+                "stage1_steps": cfg.stage1_steps, **info}
 
     def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
         t = time.monotonic()
@@ -323,8 +309,8 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
         rec["metrics"].append({
             "step": step, "examples_seen": step * cfg.batch_size, "stage": stage_of(cfg, max(step - 1, 0)),
             "loss": loss, **metrics, "train_loss": train_loss, "lr": lr_at(cfg, max(step - 1, 0)),
-            "train_examples_per_s": _rate(train_steps * cfg.batch_size, train_seconds),
-            "eval_examples_per_s": _rate(len(preds), dt), "eval_seconds": dt,
+            "train_examples_per_s": rate(train_steps * cfg.batch_size, train_seconds),
+            "eval_examples_per_s": rate(len(preds), dt), "eval_seconds": dt,
             "wall_seconds": time.monotonic() - t0,
         })
         rec["positions"].extend({"step": step, **c} for c in cells)
