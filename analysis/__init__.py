@@ -1,1 +1,6 @@
-"""Analysis of run directories: tidy loaders and the paper's figures (never imports training code)."""
+"""Analysis of run directories: tidy loaders and the paper's figures (never imports training code).
+
+    analysis.load        run directories (any depth) → runs / metrics / positions DataFrames
+    analysis.efficiency  steps / examples to threshold (censored runs), per-position learning order
+    analysis.plots       curves, heatmaps, efficiency and learning-order figures; `probes plot`
+"""

@@ -301,7 +301,7 @@ def plot_heatmap(
                     shading="flat",
                     rasterized=True,
                 )
-                ax.set_xlim(max(_edges(xs)[0], 0.0), _edges(xs)[-1])
+                ax.set_xlim(max(_edges(xs)[0], 0.0), min(_edges(xs)[-1], 100.0))
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
                 ax.yaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))

@@ -39,3 +39,12 @@ def test_quick_replaces_only_the_settings_not_given():
 def test_demo_rejects_an_unknown_layout_in_one_line(tmp_path, cli_runner):
     res = cli_runner.invoke(app, ["demo", "--quick", "--layout", "middle", "--out", str(tmp_path)])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "layouts" in res.output
+
+
+def test_a_finished_run_of_other_settings_is_not_silently_reused(tmp_path, cli_runner):
+    out = str(tmp_path / "demo")
+    args = ["demo", "--quick", "--out", out, "--model", "pythia-tiny", "--layout", "suffix"]
+    assert cli_runner.invoke(app, args).exit_code == 0
+    res = cli_runner.invoke(app, [*args, "--max-steps", "20"])
+    assert res.exit_code == 2 and "max_steps: 40 there, 20 asked" in res.output
+    assert cli_runner.invoke(app, [*args, "--max-steps", "20", "--overwrite"]).exit_code == 0

@@ -49,8 +49,12 @@ def make_fixture_runs(tmp_path_factory) -> Path:
 
     from probes.train import train_run
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threads cost more than they give on a shared 2-core box
-    for cfg in fixture_configs(root):
-        train_run(cfg, overwrite=True, progress=False)
+    try:
+        for cfg in fixture_configs(root):
+            train_run(cfg, overwrite=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     done.write_text("ok\n")
     return root
