@@ -209,6 +209,14 @@ def sweep(
     seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
+    address: Optional[str] = typer.Option(None, help="Ray backend: cluster HOST:PORT, ray://HOST:PORT or auto "
+                                          "[default: a new local Ray instance]."),
+    cpus_per_run: float = typer.Option(SweepConfig.model_fields["cpus_per_run"].default,
+                                       help="Ray backend: CPUs reserved per run."),
+    gpus_per_run: float = typer.Option(SweepConfig.model_fields["gpus_per_run"].default,
+                                       help="Ray backend: GPUs reserved per run (0.25 packs four runs on a GPU)."),
+    retries: int = typer.Option(SweepConfig.model_fields["retries"].default,
+                                help="Ray backend: times a run whose worker died is started again."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
     dry_run: bool = typer.Option(False, help="List the runs and what would happen to each, then stop."),
@@ -219,7 +227,8 @@ def sweep(
 
     from probes.sweep import expand_grid, plan, run_sweep
 
-    given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed")})
+    given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
+                                             "address", "cpus_per_run", "gpus_per_run", "retries")})
     if "out" in given:
         given["out"] = str(given["out"])
     for item in set_ or []:

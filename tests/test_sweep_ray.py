@@ -95,13 +95,20 @@ def _wait_for_progress(run: Path, min_evaluations: int, timeout: float = 300) ->
     raise AssertionError(f"{run} made no progress in {timeout} s")
 
 
-def test_an_unreachable_address_is_one_line_error(tmp_path):
+def test_an_unreachable_address_is_one_line_error(tmp_path, cli_runner):
+    from cli import app
+
     ray.shutdown()
     try:
         with pytest.raises(UserError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
             connect("127.0.0.1:1")
         with pytest.raises(UserError, match="is not HOST:PORT"):
             connect("nonsense")
+        r = cli_runner.invoke(app, ["sweep", "--backend", "ray", "--address", "127.0.0.1:1", "--model", "pythia-tiny",
+                                    "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=2",
+                                    "--out", str(tmp_path / "s")])
+        assert r.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in r.output
+        assert r.output.strip().count("\n") == 0, r.output
     finally:
         connect(None, num_cpus=2)
 
