@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import Field
 
-from probes.config import Config, DataConfig, Layout, TrainConfig
+from probes.config import Config, DataConfig, Layout, TrainConfig, validate
 from probes.errors import UserError
 
 # A smoke-test scale: every file and figure is made, no run gets near the threshold.
@@ -72,21 +72,12 @@ def train_configs(cfg: DemoConfig) -> list[TrainConfig]:
 
     configs = []
     for n, layout, model in itertools.product(cfg.n, cfg.layouts, cfg.models):
-        tc = TrainConfig(
-            model=model,
-            n=n,
-            layout=layout,
-            lr=cfg.lr,
-            seed=cfg.seed,
-            max_steps=cfg.max_steps,
-            eval_every=cfg.eval_every,
-            batch_size=cfg.batch_size,
-            threshold=cfg.threshold,
-            data_dir=data_dir(cfg, layout, n),
-            train_size=cfg.train_size,
-            eval_size=cfg.eval_size,
+        tc = validate(TrainConfig, dict(
+            model=model, n=n, layout=layout, lr=cfg.lr, seed=cfg.seed, max_steps=cfg.max_steps,
+            eval_every=cfg.eval_every, batch_size=cfg.batch_size, threshold=cfg.threshold,
+            data_dir=data_dir(cfg, layout, n), train_size=cfg.train_size, eval_size=cfg.eval_size,
             data_seed=cfg.seed,
-        )
+        ))  # a bad demo setting (n=1, an unknown model) is a one-line UserError
         configs.append(tc.model_copy(update={"out": Path(cfg.out) / "runs" / run_name(tc)}))
     return configs
 

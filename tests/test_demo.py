@@ -3,6 +3,8 @@
 CI runs the reduced `--quick` scale (40 steps a run); the full default is timed in the README.
 """
 
+import pytest
+
 from cli import app
 from probes.demo import QUICK, DemoConfig
 
@@ -48,3 +50,12 @@ def test_a_finished_run_of_other_settings_is_not_silently_reused(tmp_path, cli_r
     res = cli_runner.invoke(app, [*args, "--max-steps", "20"])
     assert res.exit_code == 2 and "max_steps: 40 there, 20 asked" in res.output
     assert cli_runner.invoke(app, [*args, "--max-steps", "20", "--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "1"], "n: Input should be greater than or equal to 2 (got 1)"),
+    (["--model", "gpt9"], "unknown model 'gpt9'"),
+])
+def test_bad_demo_settings_are_one_line_errors(cli_runner, tmp_path, args, message):
+    r = cli_runner.invoke(app, ["demo", *args, "--out", str(tmp_path / "demo")])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
