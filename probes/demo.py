@@ -114,23 +114,17 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False, progress: bool = True, co
 
 def _check_finished(tc: TrainConfig, summary: dict) -> None:
     """A finished run of other settings (say an earlier --max-steps) is not silently reused."""
-    from probes.train import config_differences, read_run_config
+    from probes.rundir import config_differences, config_value, read_config
+    from probes.train import RESUMABLE_CHANGES
 
-    saved = read_run_config(Path(tc.out))
-    differing = config_differences(saved, tc) if saved is not None else []
+    saved = read_config(Path(tc.out), TrainConfig)
+    differing = config_differences(saved, tc, RESUMABLE_CHANGES) if saved is not None else []
     if differing:
         key = differing[0]
         raise UserError(
-            f"{tc.out} holds a finished run with other settings ({key}: {_value(saved, key)!r} there, "
-            f"{_value(tc, key)!r} asked); pass --overwrite or choose another --out"
+            f"{tc.out} holds a finished run with other settings ({key}: {config_value(saved, key)!r} there, "
+            f"{config_value(tc, key)!r} asked); pass --overwrite or choose another --out"
         )
-
-
-def _value(cfg: TrainConfig, dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return str(value) if isinstance(value, Path) else value
 
 
 def _run_demo(cfg: DemoConfig, overwrite: bool, progress: bool, console) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from pathlib import Path
 import probes
 from probes.config import GRID_KEYS, SweepConfig, TrainConfig, validate
 from probes.errors import UserError
-from probes.train import LOG_FILE, inspect_run, read_summary, run_name
+from probes.rundir import LOG_FILE, read_summary
+from probes.train import inspect_run, run_name
 
 
 @dataclass

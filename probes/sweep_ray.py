@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from probes.errors import UserError
+from probes.rundir import WORKER_PID_FILE, clear_run, read_summary
 from probes.sweep import Job, _Display, _result
-from probes.train import WORKER_PID_FILE, clear_run, read_summary
 
 
 def import_ray():

@@ -6,7 +6,7 @@ The loop evaluates the WHOLE held-out set at step 0 and every `eval_every` steps
 `max_steps`), logs accuracy per target position, and stops as soon as accuracy >= `threshold`.
 Only the 1–2 scored slots ever reach the LM head (`slot_logits`), in training and in evaluation.
 
-Run directory (files are replaced atomically, so a SIGKILL never leaves half a file):
+The run directory (probes.rundir: format, lifecycle, atomic writes, checkpoints):
 
     config.yaml        the TrainConfig, written first
     metrics.parquet    one row per evaluation: step, examples_seen, loss, accuracy, train_loss, lr,
@@ -25,35 +25,41 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes import tasks
+from probes import rundir, tasks
 from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
-from probes.config import TrainConfig, save_config, validate
+from probes.config import TrainConfig, validate
 from probes.errors import UserError
+from probes.rundir import (
+    POSITION_COLUMNS,
+    describe_finished,
+    latest_checkpoint,
+    new_record,
+    rate,
+    restore_record,
+    rng_state,
+    run_summary,
+    save_checkpoint,
+    set_rng_state,
+    start_run_dir,
+    write_json,
+    write_parquet,
+)
 from probes.tasks import Dataset, TokenLayout
 
-STATUSES = ("running", "reached", "not_reached", "failed")
-FINISHED = ("reached", "not_reached", "failed")
 # Settings that may differ when a run resumes: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend")
-LOG_FILE = "train.log"  # written by sweep workers; a directory holding only it is still fresh
-WORKER_PID_FILE = "worker.pid"  # written by Ray workers (probes.sweep_ray), likewise
-WORKER_FILES = (LOG_FILE, WORKER_PID_FILE)
 _NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host sync each)
 
 
-# === Names and files ===
+# === Names ===
 
 
 def format_lr(lr: float) -> str:
@@ -74,152 +80,10 @@ def run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.out) if cfg.out is not None else Path("runs") / run_name(cfg)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=columns)
-    _atomic(path, lambda p: frame.to_parquet(p, index=False))
-
-
-def read_summary(run: Path) -> dict | None:
-    """summary.json of a run directory, None when there is none; a damaged one is a UserError."""
-    path = Path(run) / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-        if summary.get("status") not in STATUSES:
-            raise ValueError(f"status {summary.get('status')!r}")
-        return summary
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"{path} is damaged ({err}); pass --overwrite to start the run again") from None
-
-
-def read_run_config(run: Path) -> TrainConfig | None:
-    path = Path(run) / "config.yaml"
-    if not path.exists():
-        return None
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-        return TrainConfig.model_validate(data)
-    except Exception as err:  # noqa: BLE001 - any damage means the same thing to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is damaged ({first}); pass --overwrite to start the run again") from None
-
-
-def config_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
-    """Keys (dotted) whose values differ, ignoring settings a resumed run may change."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
-    return [k for k in fa if k not in RESUMABLE_CHANGES and fa[k] != fb.get(k)]
-
-
 def inspect_run(cfg: TrainConfig, run: Path | None = None) -> tuple[str, dict | None]:
-    """('new' | 'resume' | 'finished', summary) for the run directory of `cfg`.
-
-    A directory that is not a run, or holds a run with a different config, is a UserError.
-    """
-    run = Path(run) if run is not None else run_dir(cfg)
-    if not run.exists():
-        return "new", None
-    if not run.is_dir():
-        raise UserError(f"{run} is a file, not a run directory")
-    saved = read_run_config(run)
-    if saved is None:
-        if any(p.name not in WORKER_FILES for p in run.iterdir()):
-            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
-        return "new", None
-    summary = read_summary(run)
-    if summary is not None and summary["status"] in FINISHED:
-        return "finished", summary
-    differing = config_differences(saved, cfg)
-    if differing:
-        shown = ", ".join(f"{k}={_get(saved, k)!r} there, {_get(cfg, k)!r} asked" for k in differing[:3])
-        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
-                        f"run the same config to resume it, or pass --overwrite")
-    return "resume", summary
-
-
-def _get(cfg: TrainConfig, dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return str(value) if isinstance(value, Path) else value
-
-
-def describe_finished(run: Path, summary: dict) -> str:
-    status = summary["status"]
-    detail = {"reached": f"reached {summary.get('threshold')} at step {summary.get('step_reached')}",
-              "not_reached": f"did not reach {summary.get('threshold')} in {summary.get('max_steps')} steps",
-              "failed": f"failed: {summary.get('message')}"}[status]
-    return f"{run} holds a finished run ({detail})"
-
-
-def clear_run(run: Path, extra_dirs: tuple[str, ...] = ()) -> None:
-    """Remove what a run wrote (and nothing else) so that it can start again."""
-    for name in ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json"):
-        (run / name).unlink(missing_ok=True)
-    for name in ("checkpoint", "checkpoint.new", "checkpoint.old", *extra_dirs):
-        shutil.rmtree(run / name, ignore_errors=True)
-
-
-def start_run_dir(run: Path, cfg, state: str, extra_dirs: tuple[str, ...] = ()) -> None:
-    """A new run starts in an emptied directory whose first file is config.yaml."""
-    if state == "new":
-        if run.exists():
-            clear_run(run, extra_dirs)
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
-
-
-def new_record() -> dict[str, Any]:
-    """What a run accumulates and its checkpoint carries: step, timings, metrics and positions rows."""
-    return {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
-            "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
-
-
-def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_columns: list[str]) -> None:
-    """Continue `rec` from a checkpoint; rows written after that checkpoint are dropped from disk
-    (they are computed again, so no evaluation is lost or counted twice)."""
-    rec.update({k: ckpt_state[k] for k in rec})
-    rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
-    write_parquet(run / "metrics.parquet", rec["metrics"], metric_columns)
-    write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
-
-
-def run_summary(rec: dict[str, Any], cfg, status: str, message: str, wall_seconds: float) -> dict:
-    """summary.json fields every run has (SPEC §6), from the record of its evaluations."""
-    rows = rec["metrics"]
-    reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
-    return {
-        "status": status, "threshold": cfg.threshold,
-        "step_reached": reached["step"] if reached else None,
-        "examples_to_threshold": reached["examples_seen"] if reached else None,
-        "final_accuracy": rows[-1]["accuracy"] if rows else None,
-        "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
-        "final_step": rows[-1]["step"] if rows else 0,
-        "max_steps": cfg.max_steps, "wall_seconds": wall_seconds, "message": message,
-        "train_examples_per_s": rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
-        "eval_examples_per_s": rate(rec["eval_examples"], rec["eval_seconds"]),
-        "resumed_at": rec["resumed_at"],
-    }
+    """('new' | 'resume' | 'finished', summary) of a text run: rundir.inspect_run in `run` (default
+    run_dir(cfg)), where only the RESUMABLE_CHANGES settings may differ on resume."""
+    return rundir.inspect_run(cfg, Path(run) if run is not None else run_dir(cfg), RESUMABLE_CHANGES)
 
 
 # === Data ===
@@ -323,63 +187,6 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpoint: Path | None)
     return Backbone(cfg.model, family, model, tokenizer, list(names))
 
 
-# === Checkpoints ===
-
-
-def _checkpoint_dirs(run: Path) -> list[Path]:
-    return [run / "checkpoint", run / "checkpoint.new", run / "checkpoint.old"]
-
-
-def latest_checkpoint(run: Path) -> tuple[Path, dict] | None:
-    """(directory, state) of the most advanced complete checkpoint, or None.
-
-    state.pt is written last, so a directory with a readable one is complete. A swap interrupted
-    by a kill leaves checkpoint.new or checkpoint.old complete: both are considered.
-    """
-    found, damaged = [], []
-    for path in _checkpoint_dirs(run):
-        if not (path / "state.pt").exists():
-            continue
-        try:
-            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-            found.append((state["step"], path, state))
-        except Exception as err:  # noqa: BLE001 - damaged file: try the others
-            damaged.append(f"{path.name}: {type(err).__name__}")
-    if not found:
-        if damaged:
-            raise UserError(f"{run} has only damaged checkpoints ({'; '.join(damaged)}); "
-                            f"pass --overwrite to start the run again")
-        return None
-    _, path, state = max(found, key=lambda t: t[0])
-    return path, state
-
-
-def save_checkpoint(run: Path, bb: Backbone, state: dict) -> None:
-    """Write checkpoint.new completely, then swap it in for checkpoint/."""
-    current, new, old = _checkpoint_dirs(run)
-    shutil.rmtree(new, ignore_errors=True)
-    bb.model.save_pretrained(new)
-    if bb.tokenizer is not None:
-        bb.tokenizer.save_pretrained(new)
-    _atomic(new / "state.pt", lambda p: torch.save(state, p))
-    shutil.rmtree(old, ignore_errors=True)
-    if current.exists():
-        os.replace(current, old)
-    os.replace(new, current)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _rng_state(device: torch.device) -> dict:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 # === Loss and evaluation ===
 
 
@@ -452,7 +259,6 @@ def evaluate(model: torch.nn.Module, held: HeldOut, targets: Targets, batch_size
 
 METRIC_COLUMNS = ["step", "examples_seen", "loss", "accuracy", "train_loss", "lr", "train_examples_per_s",
                   "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
-POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
 
 
 class _Progress:
@@ -526,7 +332,7 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
     if found is not None:
         ckpt_state = found[1]
         opt.load_state_dict(ckpt_state["optimizer"])
-        _set_rng_state(ckpt_state["rng"], device)
+        set_rng_state(ckpt_state["rng"], device)
         restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         rec["resumed_at"] = [0]
@@ -583,7 +389,7 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
 
     def checkpoint() -> None:
         rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
-        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "rng": _rng_state(device)})
+        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "rng": rng_state(device)})
 
     def final_status() -> str | None:
         last = rec["metrics"][-1]
@@ -654,10 +460,6 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of the update that produces step + 1: linear warmup, then constant."""
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
-
-
-def rate(amount: float, seconds: float) -> float | None:
-    return amount / seconds if seconds > 0 else None
 
 
 # === Entry point for sweep workers: python -m probes.train --json '{...}' ===

@@ -10,7 +10,7 @@ the batch. Evaluation (step 0, every `eval_every` steps, at the end of each stag
 for every held-out example greedily and scores Acc@IoU≥0.5; training stops once it reaches
 `threshold`.
 
-The run directory has the text probe's format (SPEC §6; probes.train writes and checkpoints it),
+The run directory has the text probe's format (SPEC §6; probes.rundir writes and checkpoints it),
 so `analysis/` reads VLM runs with the same loaders:
 
     config.yaml        the VLMTrainConfig, written first
@@ -42,18 +42,14 @@ import yaml
 
 from probes.config import validate
 from probes.errors import UserError
-from probes.train import (
+from probes.rundir import (
+    FINISHED,
     POSITION_COLUMNS,
-    BatchOrder,
-    choose_scan_backend,
     describe_finished,
-    format_lr,
     latest_checkpoint,
     new_record,
     rate,
     read_summary,
-    resolve_device,
-    resolve_precision,
     restore_record,
     run_summary,
     save_checkpoint,
@@ -61,12 +57,12 @@ from probes.train import (
     write_json,
     write_parquet,
 )
+from probes.train import BatchOrder, choose_scan_backend, format_lr, resolve_device, resolve_precision
 from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
 from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
 from probes.vlm.grounding import GRID, cell, format_box, score
 from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
 
-FINISHED = ("reached", "not_reached", "failed")
 RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend")  # how it runs, not what
 METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                   "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from probes.errors import UserError
-from probes.train import latest_checkpoint, resolve_device
+from probes.rundir import latest_checkpoint
+from probes.train import resolve_device
 from probes.vlm.config import VLMTrainConfig
 from probes.vlm.model import build_vlm
 from probes.vlm.train import METRIC_COLUMNS, lr_at, stage_of, train_vlm
