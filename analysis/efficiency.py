@@ -13,6 +13,10 @@
   by which half of them had got there, NaN if fewer did), with the position's region (beginning /
   middle / end third of the context); `learning_order_summary` orders the regions by when they were learned:
   the paper's Mamba order is "end → beginning → middle" (Fig. 7).
+
+A VLM run (`analysis.load.run_kind`) has no N: its positions are the 9 cells of a 3×3 grid over the
+image, row-major, so its thirds (beginning / middle / end) are the image's top, middle and bottom
+rows; its groups are per model (+ connector: `label`) × layout.
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from analysis.load import VLM_GRID, is_vlm
+
 DEFAULT_THRESHOLD = 0.95
 GROUP = ("model", "label", "n", "layout")
 REGIONS = ("beginning", "middle", "end")
 RULES = ("stays", "first")
 Rule = Literal["stays", "first"]
-_RUN_COLS = ("run", "model", "label", "family", "n", "layout", "lr", "init", "seed")
+_RUN_COLS = (
+    "run",
+    "kind",
+    "model",
+    "label",
+    "family",
+    "n",
+    "encoder",
+    "connector",
+    "scan",
+    "layout",
+    "lr",
+    "init",
+    "seed",
+)
 
 
 def _present(df: pd.DataFrame, cols) -> list[str]:
@@ -123,9 +143,6 @@ def first_reach(
         raise ValueError(f"unknown rule {rule!r} (allowed: {', '.join(RULES)})")
     keys = ["run", "position"]
     pos = positions.assign(_thr=_threshold(positions, threshold).to_numpy()).sort_values([*keys, "step"])
-    if "n" not in pos or pos["n"].isna().any():  # e.g. VLM runs: positions are image cells
-        counted = pos.groupby("run")["position"].transform("max") + 1
-        pos["n"] = pos["n"].fillna(counted) if "n" in pos else counted
     ok = (pos["accuracy"] >= pos["_thr"]).astype(int)
     if rule == "stays":  # ok here and at every later evaluation: reversed running minimum
         ok = ok.iloc[::-1].groupby([pos["run"].iloc[::-1], pos["position"].iloc[::-1]]).cummin().iloc[::-1]
@@ -136,9 +153,16 @@ def first_reach(
     out["threshold"] = pos.groupby("run")["_thr"].first().reindex(out["run"]).to_numpy()
     out["pct"] = out["step"] / out["max_steps"] * 100.0 if "max_steps" in out else np.nan
     out["position1"] = out["position"] + 1
-    if "n" in out:
-        out["region"] = region_of(out["position"], out["n"])
+    out["region"] = region_of(out["position"], _positions_per_run(out))
     return out.sort_values(keys).reset_index(drop=True)
+
+
+def _positions_per_run(df: pd.DataFrame) -> pd.Series:
+    """How many positions each row's run has: N for a text run, the 9 image cells for a VLM run
+    (whose thirds, in row-major order, are the image's top, middle and bottom rows)."""
+    n = pd.to_numeric(df["n"], errors="coerce") if "n" in df else pd.Series(np.nan, index=df.index)
+    n = n.where(~is_vlm(df), VLM_GRID * VLM_GRID)
+    return n.fillna(df.groupby("run")["position"].transform("max") + 1)  # no N given: count them
 
 
 def learning_order(
@@ -156,10 +180,10 @@ def learning_order(
         pct=("pct", half_reached),
         runs=("run", "nunique"),
         reached_runs=("step", "count"),
+        region=("region", "first"),
     ).reset_index()
     out["position1"] = out["position"] + 1
-    if "n" in out:
-        out["region"] = region_of(out["position"], out["n"])
+    out["region"] = pd.Categorical(out.pop("region"), categories=list(REGIONS))
     return out
 
 

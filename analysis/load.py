@@ -4,6 +4,12 @@ A run directory (SPEC §6) holds `config.yaml`, `summary.json`, `metrics.parquet
 `positions.parquet`; a directory is a run iff it holds `config.yaml` and `summary.json` or
 `metrics.parquet`. Runs are found at any depth under the paths given.
 
+Two kinds of run share that format, told apart by `run_kind` (the runs table's `kind` column):
+`text` (`probes train`: config keys model, n, layout, lr, init, seed; `position` is the target's
+position 0..N-1 in the context) and `vlm` (`probes vlm train`: config keys model, encoder,
+connector, scan, layout, lr, seed, no `n`; `position` is the row-major cell, 0..8, of a 3×3 grid
+over the image that holds the target box's centre).
+
     runs = load_runs("runs/")            # one row per run: flattened config + summary
     metrics = load_metrics("runs/")      # one row per run × evaluation
     positions = load_positions("runs/")  # one row per run × evaluation × target position
@@ -33,6 +39,9 @@ from probes.errors import UserError
 CONFIG, SUMMARY, METRICS, POSITIONS = "config.yaml", "summary.json", "metrics.parquet", "positions.parquet"
 STATUSES = ("running", "reached", "not_reached", "failed")
 GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
+TEXT, VLM = "text", "vlm"  # the values of the runs table's `kind` column
+VLM_CONFIG_KEYS = ("encoder", "connector")  # config keys only a VLM run has
+VLM_GRID = 3  # a VLM run's positions are the cells of a VLM_GRID × VLM_GRID grid (probes.vlm.grounding.GRID)
 _SKIP_DIRS = {"checkpoint", "checkpoints", "__pycache__", ".git", ".ipynb_checkpoints"}
 
 PathLike = str | os.PathLike
@@ -176,13 +185,51 @@ def model_order(models: Iterable[str]) -> list[str]:
     return sorted(set(models), key=lambda m: (rank[model_family(m)], model_size(m), str(m)))
 
 
+# === Kinds of run ===
+
+
+def run_kind(record: dict[str, Any]) -> str:
+    """`"vlm"` for a VLM run (`probes vlm train`), else `"text"`; from one run's flattened config
+    and summary (a row of `load_runs`). A VLM run's summary says `kind: vlm`; one still starting
+    has no summary yet, but only a VLM run's config names an `encoder` or a `connector`."""
+    if record.get("kind") in (TEXT, VLM):
+        return record["kind"]
+    return VLM if any(_given(record.get(key)) for key in VLM_CONFIG_KEYS) else TEXT
+
+
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def is_vlm(table: pd.DataFrame) -> pd.Series:
+    """Per row of a table of `load_runs`, `load_metrics` or `load_positions` (or one built by
+    hand with the runs' columns): True where the row belongs to a VLM run."""
+    if "kind" in table:
+        return table["kind"].eq(VLM)
+    return pd.Series([run_kind(r) == VLM for r in table.to_dict("records")], index=table.index, dtype=bool)
+
+
+def kind_of(table: pd.DataFrame) -> str:
+    """The one kind of run (`"text"` or `"vlm"`) in a table of `load_runs`, `load_metrics` or
+    `load_positions`; a `UserError` if it mixes both (figures of the two differ: select one with
+    `table[table.kind == "vlm"]`). An empty table is `"text"`."""
+    vlm = is_vlm(table)
+    if vlm.any() and not vlm.all():
+        raise UserError(
+            "the table mixes text-probe and VLM runs, whose figures differ: "
+            "select one kind (e.g. table[table.kind == 'vlm'], or `probes plot --only kind=vlm`)"
+        )
+    return VLM if len(vlm) and vlm.all() else TEXT
+
+
 # === Tables ===
 
 
 def load_runs(*paths: PathLike) -> pd.DataFrame:
     """One row per run: `run`, `run_dir`, the flattened config, then the summary's fields
-    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...), `family` (pythia,
-    mamba, other) and `label` (the model; for a VLM run model+connector/scan: figures colour by it).
+    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...), `kind` (text or vlm:
+    `run_kind`), `family` (pythia, mamba, other) and `label` (the model; for a VLM run
+    model+connector/scan: figures colour by it).
     Where summary and config share a key (`threshold`, `max_steps`), the summary wins: it records
     what the run did."""
     dirs = _resolve(paths)
@@ -197,6 +244,7 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     for col in ("model", "status", "step_reached", "examples_to_threshold", "max_steps", "threshold"):
         if col not in runs:
             runs[col] = None
+    runs["kind"] = [run_kind(row) for row in runs.to_dict("records")]
     runs["family"] = runs["model"].map(model_family) if "family" not in runs else runs["family"]
     runs["label"] = [_label(row) for row in runs.to_dict("records")]
     for col in (
@@ -210,7 +258,7 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     ):
         if col in runs:
             runs[col] = pd.to_numeric(runs[col], errors="coerce")
-    first = ["run", "model", "label", "family", "n", "layout", "lr", "init", "seed", "status"]
+    first = ["run", "kind", "model", "label", "family", "n", "layout", "lr", "init", "seed", "status"]
     cols = [c for c in first if c in runs] + [c for c in runs if c not in first]
     return runs[cols].reset_index(drop=True)
 

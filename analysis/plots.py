@@ -9,6 +9,11 @@ nothing global changes and no display is needed); `save_figure` writes it as PNG
     plot_learning_order(positions)  % of training at which each position first passes the threshold
     plot_runs(DIR, out=FIGDIR)    all of them for the runs under DIR, as `probes plot` does
 
+VLM runs (`analysis.load.run_kind`) have no N and their positions are the 3 × 3 image cells of the
+target's centre, so the same calls draw their own figures: `plot_vlm_heatmap` (accuracy per cell as
+the image's grid at 25 / 50 / 100% of training), `plot_vlm_efficiency` (x = prompt layout) and
+`plot_vlm_learning_order` (when each cell is learned, as the image's grid); curves are the same.
+
 Colour is per model (Pythia blues, Mamba oranges, darker = larger), line style per learning rate,
 the threshold is a dashed grey line, and % of training is `step / max_steps * 100`.
 """
@@ -16,6 +21,7 @@ the threshold is a dashed grey line, and % of training is `step / max_steps * 10
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +44,13 @@ from pydantic import Field
 
 from analysis.efficiency import efficiency, efficiency_summary, learning_order, learning_order_summary
 from analysis.load import (
+    TEXT,
+    VLM,
+    VLM_GRID,
     NoRunsError,
     Tables,
+    is_vlm,
+    kind_of,
     load_metrics,
     load_positions,
     load_runs,
@@ -51,7 +62,7 @@ from probes.errors import UserError
 
 KINDS = ("curves", "heatmap", "efficiency")
 Kind = Literal["curves", "heatmap", "efficiency", "all"]
-LAYOUT_ORDER = ("suffix", "prefix")
+LAYOUT_ORDER = ("suffix", "prefix", "task-agnostic", "task-aware", "query-first")  # text, then VLM
 _FAMILY_SHADES = {  # light → dark; the largest model of a family gets the darkest shade
     "pythia": ("#6baed6", "#08306b", "#2171b5"),
     "mamba": ("#fdae6b", "#a63603", "#e6550d"),
@@ -67,6 +78,7 @@ CENSORED_MARKER = {
     "linestyle": "none",
 }
 CENSORED_LABEL = "never reached (drawn at the budget)"
+STAGE1_STYLE = {"color": "0.45", "linestyle": "-.", "linewidth": 0.9, "zorder": 1.5}
 
 
 # === Style ===
@@ -182,6 +194,7 @@ def plot_curves(
     """Held-out accuracy vs % of training steps, one line per run (colour = model, line style =
     learning rate), a dashed line at the threshold, one panel per N (columns) and layout (rows)."""
     _need(metrics, ["run", "label", x, y], "learning curves")
+    vlm = bool(is_vlm(metrics).all())  # VLM runs: accuracy is Acc@IoU≥0.5, training has 2 stages
     rows, cols = _facets(metrics, row, col)
     palette = model_palette(metrics["label"])
     has_lr = "lr" in metrics and metrics["lr"].notna().any()
@@ -219,16 +232,31 @@ def plot_curves(
                     ax.set_xlim(0, 100)
                     ax.xaxis.set_major_formatter(PercentFormatter(100, decimals=0))
                 ax.set_xlabel(("% of training steps" if x == "pct" else x) if i == len(rows) - 1 else "")
-                ax.set_ylabel("held-out accuracy" if j == 0 else "")
+                ax.set_ylabel(
+                    (_ACC_VLM if vlm and y == "accuracy" else "held-out accuracy") if j == 0 else ""
+                )
+                if vlm and x == "pct":
+                    for v in _stage1_pcts(sub)[:3]:
+                        ax.axvline(v, **STAGE1_STYLE)
         handles = [Line2D([], [], color=c, linewidth=2.5, label=m) for m, c in palette.items()]
         if has_lr and len(styles) > 0:
             handles += [
                 Line2D([], [], color="0.2", linestyle=s, label=f"lr {fmt_lr(v)}") for v, s in styles.items()
             ]
         handles.append(Line2D([], [], label="threshold", **THRESHOLD_STYLE))
+        if vlm and x == "pct" and _stage1_pcts(metrics):
+            handles.append(Line2D([], [], label="end of stage 1 (connector only)", **STAGE1_STYLE))
         _legend(fig, handles)
         fig.suptitle("Held-out accuracy during training (one line per run)")
     return fig
+
+
+def _stage1_pcts(df: pd.DataFrame) -> list[float]:
+    """Where stage 1 of VLM runs ends, in % of training (`stage1_steps / max_steps * 100`)."""
+    if "stage1_steps" not in df or "max_steps" not in df:
+        return []
+    pct = pd.to_numeric(df["stage1_steps"], errors="coerce") / pd.to_numeric(df["max_steps"], errors="coerce")
+    return sorted(v for v in pd.unique((pct * 100).dropna()) if 0 < v < 100)
 
 
 # === Fig. 7 / 12: per-position heatmaps ===
@@ -272,8 +300,11 @@ def plot_heatmap(
 ) -> Figure:
     """x = evaluation step (% of training), y = target position (1-based, 1 at the bottom),
     colour = held-out accuracy; one panel per model (columns) and N × layout (rows). Each panel
-    runs to its own last evaluation, so a run that learned fast has a short x axis (as Fig. 7)."""
+    runs to its own last evaluation, so a run that learned fast has a short x axis (as Fig. 7).
+    VLM runs, whose positions are image cells, get `plot_vlm_heatmap` (3 × 3 image grids)."""
     _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "per-position heatmap")
+    if kind_of(positions) == VLM:
+        return plot_vlm_heatmap(positions, aggregate=aggregate, cmap=cmap)
     rows_a, rows_b = _facets(positions, row, col)
     panels = [(a, b) for a in rows_a for b in rows_b]
     panels = [p for p in panels if len(_select(positions, **_eq(row, p[0], col, p[1])))]
@@ -328,6 +359,218 @@ def plot_heatmap(
     return fig
 
 
+# === VLM runs: accuracy per image cell ===
+
+VLM_SNAPSHOTS = (25.0, 50.0, 100.0)  # % of training at which plot_vlm_heatmap shows the image grid
+_CELL_COLS = ("left", "centre", "right")
+_CELL_ROWS = ("top", "middle", "bottom")
+_ROW_OF_REGION = {"beginning": "top", "middle": "middle", "end": "bottom"}  # thirds of the cells, row-major
+_ACC_VLM = "held-out Acc@IoU≥0.5"
+
+
+def cell_snapshots(positions: pd.DataFrame, at: Sequence[float] = VLM_SNAPSHOTS) -> pd.DataFrame:
+    """Per run × snapshot (`at`, % of training) × cell: the positions rows of the run's first
+    evaluation at or after `at` % of training, or of its last one if it stopped before (a run
+    that reached the threshold early keeps its last accuracies, as `heatmap_matrix` does)."""
+    evals = positions[["run", "step", "pct"]].drop_duplicates(["run", "step"]).sort_values(["run", "step"])
+    picks = []
+    for run, g in evals.groupby("run", sort=False):
+        pct = g["pct"].to_numpy(float)
+        for target in at:
+            later = np.flatnonzero(pct >= float(target) - 1e-9)
+            picks.append(
+                {"run": run, "at": float(target), "step": g["step"].iloc[later[0] if len(later) else -1]}
+            )
+    return pd.DataFrame(picks).merge(positions, on=["run", "step"], how="left")
+
+
+def cell_grid(accuracy: pd.Series) -> np.ndarray:
+    """Accuracy per cell (a Series indexed by `position`, row-major) → the image's 3 × 3 grid
+    (row 0 at the top); NaN where a cell had no evaluation examples."""
+    values = pd.to_numeric(accuracy, errors="coerce").groupby(level=0).mean()
+    return values.reindex(range(VLM_GRID * VLM_GRID)).to_numpy(float).reshape(VLM_GRID, VLM_GRID)
+
+
+def _vlm_groups(df: pd.DataFrame) -> list[tuple]:
+    """(label, layout) pairs present, models in `model_order`, layouts in LAYOUT_ORDER."""
+    layouts, _ = _facets(df, "layout", None)
+    groups = []
+    for label in model_order(df["label"]):
+        for layout in layouts:
+            if len(_select(df, label=label, **_eq("layout", layout, None, None))):
+                groups.append((label, layout))
+    return groups
+
+
+def _draw_cells(ax, grid: np.ndarray, cmap, vmin: float, vmax: float, fmt, missing: np.ndarray | None = None):
+    """One 3 × 3 image grid: coloured cells, each with its value written in it (`fmt`), or where
+    it is NaN the text of `missing` ("–" by default), axes in image terms."""
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, origin="upper")
+    for (r, c), v in np.ndenumerate(grid):
+        rgba = image.cmap(image.norm(v)) if np.isfinite(v) else image.cmap.get_bad()
+        light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.55
+        text = fmt(v) if np.isfinite(v) else ("–" if missing is None else missing[r, c])
+        ax.text(
+            c,
+            r,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8 if len(text) < 5 else 7.5,
+            color="0.1" if light else "white",
+        )
+    ax.set_xticks(range(VLM_GRID), _CELL_COLS, fontsize=7)
+    ax.set_yticks(range(VLM_GRID), _CELL_ROWS, fontsize=7)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    return image
+
+
+def _cmap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="0.88")
+
+
+def _steps_text(sub: pd.DataFrame, target: float) -> str:
+    """Which evaluation a snapshot shows: "step 40 (33%)"; "…, last)" where the run had stopped
+    before `target` % of training (it reached the threshold); a step range for a mean over runs."""
+    steps = sorted(pd.unique(sub["step"].dropna()))
+    if not steps:
+        return "no evaluation"
+    if len(steps) > 1:
+        return f"steps {human(steps[0])}–{human(steps[-1])}"
+    pct = sub["pct"].dropna()
+    if not len(pct):
+        return f"step {human(steps[0])}"
+    last = ", last" if pct.iloc[0] < float(target) - 1e-9 else ""
+    return f"step {human(steps[0])} ({pct.iloc[0]:.0f}%{last})"
+
+
+def plot_vlm_heatmap(
+    positions: pd.DataFrame,
+    aggregate: str = "representative",
+    cmap: str = "viridis",
+    at: Sequence[float] = VLM_SNAPSHOTS,
+) -> Figure:
+    """The per-position heatmap of VLM runs, whose positions are the 3 × 3 image cells of the
+    target box's centre: held-out Acc@IoU≥0.5 per cell, drawn as the image's grid (top left =
+    top left of the image), at 25 / 50 / 100% of training (`at`; columns: the first evaluation
+    at or after it, the last one for a run that stopped earlier), one row per model (+ connector)
+    × layout: the group's median run (`aggregate="representative"`) or the mean over its runs.
+    A cell with no evaluation examples is grey."""
+    _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "per-cell heatmap")
+    if aggregate not in ("representative", "mean"):
+        raise UserError(f"unknown heatmap aggregate '{aggregate}' (allowed: representative, mean)")
+    snaps = cell_snapshots(positions, at)
+    groups = _vlm_groups(positions)
+    colours = _cmap(cmap)
+    with style():
+        fig, axes = _grid(len(groups), len(at), 2.4, 2.3)
+        image = None
+        for i, (label, layout) in enumerate(groups):
+            group = _select(positions, label=label, **_eq("layout", layout, None, None))
+            runs = group["run"].nunique()
+            shown = (
+                [representative_runs(group, by=())[0]]
+                if aggregate == "representative"
+                else list(group["run"].unique())
+            )
+            what = (
+                (f"median run of {runs}" if aggregate == "representative" else f"mean of {runs} runs")
+                if runs > 1
+                else ""
+            )
+            for j, target in enumerate(at):
+                ax = axes[i, j]
+                sub = snaps[snaps["run"].isin(shown) & (snaps["at"] == float(target))]
+                grid = cell_grid(sub.set_index("position")["accuracy"])
+                image = _draw_cells(ax, grid, colours, 0.0, 1.0, lambda v: f"{v:.0%}")
+                header = f"{target:g}% of training\n" if i == 0 else ""
+                ax.set_title(header + _steps_text(sub, target), fontsize=9)
+                if j == 0:
+                    name = f"{label}\n{layout}" if layout is not None else str(label)
+                    ax.set_ylabel(name + (f"\n({what})" if what else ""), fontsize=9)
+                else:
+                    ax.set_yticklabels([])
+                if i < len(groups) - 1:
+                    ax.set_xticklabels([])
+        if image is not None:
+            fig.colorbar(image, ax=axes.ravel().tolist(), label=_ACC_VLM, shrink=_shrink(len(groups)))
+        fig.suptitle("Accuracy per image cell of the target's centre during training")
+    return fig
+
+
+def plot_vlm_learning_order(
+    positions: pd.DataFrame, threshold: float | None = None, rule: str = "stays", cmap: str = "plasma_r"
+) -> Figure:
+    """The learning order of VLM runs: per image cell of the target's centre (3 × 3, as in the
+    image), the % of training at which half of a group's runs had learned it (accuracy stays
+    ≥ the threshold from then on with `rule` "stays", first passes it with "first"); "never"
+    where fewer did, "–" where the cell had no evaluation examples. One panel per model
+    (+ connector, rows) × layout (columns); each names the order in which the image's rows
+    (top, middle, bottom: the thirds of the row-major cells) were learned."""
+    _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "learning order")
+    order = learning_order(positions, threshold, rule=rule)
+    summary = learning_order_summary(order)
+    labels = model_order(order["label"])
+    layouts, _ = _facets(order, "layout", None)
+    colours = _cmap(cmap)
+    with style():
+        fig, axes = _grid(len(labels), len(layouts), 2.6, 2.5)
+        image = None
+        for i, label in enumerate(labels):
+            for j, layout in enumerate(layouts):
+                ax = axes[i, j]
+                where = {"label": label, **_eq("layout", layout, None, None)}
+                sub = _select(order, **where)
+                if not len(sub):
+                    ax.set_axis_off()
+                    continue
+                examples = _select(positions, **where).groupby("position")["accuracy"].count()
+                missing = np.where(cell_grid(examples) > 0, "never", "–")  # never learned / no examples
+                grid = cell_grid(sub.set_index("position")["pct"])
+                image = _draw_cells(ax, grid, colours, 0.0, 100.0, lambda v: f"{v:.0f}%", missing)
+                runs = int(sub["runs"].max())
+                s = _select(summary, **where)
+                header = f"{layout}\n" if i == 0 and layout is not None else ""
+                note = _rows_order(s["order"].iloc[0]) if len(s) else ""
+                ax.set_title(header + note + (f" ({runs} runs)" if runs > 1 else ""), fontsize=9)
+                ax.set_ylabel(str(label) if j == 0 else "", fontsize=9)
+                if j:
+                    ax.set_yticklabels([])
+        if image is not None:
+            fig.colorbar(
+                image,
+                ax=axes.ravel().tolist(),
+                label="% of training when learned" + (" (for good)" if rule == "stays" else " (first)"),
+                shrink=_shrink(len(labels)),
+                format=PercentFormatter(100, decimals=0),
+            )
+        fig.suptitle(
+            "Learning order: when each image cell of the target's centre is learned\n"
+            + (
+                "(stays above the threshold from then on)"
+                if rule == "stays"
+                else "(first passes the threshold)"
+            )
+        )
+    return fig
+
+
+def _shrink(rows: int) -> float:
+    """Colour bar length for a figure of `rows` rows of 3 × 3 grids: not taller than ~2 rows."""
+    return 0.9 if rows <= 2 else max(0.25, 1.8 / rows)
+
+
+def _rows_order(order: str) -> str:
+    """A `learning_order_summary` order in image terms (the thirds of the row-major cells are the
+    image's rows): "end → beginning; never: middle" → "rows: bottom → top; never: middle"."""
+    if order == "never: " + ", ".join(_ROW_OF_REGION):
+        return "no row learned"
+    return "rows: " + re.sub(r"\b(beginning|end)\b", lambda m: _ROW_OF_REGION[m.group(1)], order)
+
+
 def _eq(row, a, col, b) -> dict:
     return {k: v for k, v in ((row, a), (col, b)) if k is not None and v is not None}
 
@@ -356,10 +599,13 @@ def _log2_offsets(models: list[str], width: float) -> dict[str, float]:
 def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "examples")) -> Figure:
     """Steps (top) and examples (bottom) to reach the threshold vs N, one panel per layout, log
     scales. Each run is a small dot (spread over seeds, learning rates, inits), the line joins the
-    per-model medians; a run that never reached the threshold is an open triangle at its budget."""
+    per-model medians; a run that never reached the threshold is an open triangle at its budget.
+    VLM runs have no N: their figure is `plot_vlm_efficiency` (x = prompt layout)."""
     eff = efficiency(runs)
     if not len(eff):
         raise NoRunsError("no finished runs (status reached / not_reached) to measure efficiency on")
+    if kind_of(eff) == VLM:
+        return plot_vlm_efficiency(runs, measures)
     eff = eff.assign(n=pd.to_numeric(eff["n"], errors="coerce")) if "n" in eff else eff.assign(n=1)
     summary = efficiency_summary(eff)
     layouts, _ = _facets(eff, "layout", None)
@@ -383,35 +629,11 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
                         continue
                     jitter = rng.uniform(-spread, spread, len(g))
                     xs = g["n"].to_numpy(float) * 2 ** (offsets[model] + jitter)
-                    done = ~g["censored"].to_numpy()
-                    ax.plot(
-                        xs[done],
-                        g[measure].to_numpy(float)[done],
-                        "o",
-                        color=colour,
-                        alpha=0.55,
-                        markersize=4.5,
-                        markeredgewidth=0,
-                    )
-                    ax.plot(xs[~done], g[measure].to_numpy(float)[~done], color=colour, **CENSORED_MARKER)
+                    _efficiency_runs(ax, xs, g, measure, colour)
                     s = summ[summ["label"] == model].sort_values("n")
                     sx = s["n"].to_numpy(float) * 2 ** offsets[model]
-                    ax.plot(sx, s[f"{measure}_median"], "-", color=colour, linewidth=2)
-                    open_ = s["median_censored"].to_numpy(bool)
-                    med = s[f"{measure}_median"].to_numpy(float)
-                    ax.plot(sx[~open_], med[~open_], "D", color=colour, markersize=6, markeredgecolor="white")
-                    ax.plot(
-                        sx[open_],
-                        med[open_],
-                        "D",
-                        color=colour,
-                        markersize=6,
-                        markerfacecolor="none",
-                        markeredgewidth=1.5,
-                    )  # most runs censored: the median is a lower bound
-                budgets = pd.unique(sub[f"budget_{measure}"].dropna())
-                for budget in budgets[:3]:
-                    ax.axhline(budget, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
+                    _efficiency_medians(ax, sx, s, measure, colour, line=True)
+                _efficiency_budgets(ax, sub, measure)
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 _log_axis(ax.yaxis)
@@ -425,27 +647,133 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
                 ax.set_title(_panel_title(layout) if i == 0 else "")
                 ax.set_xlabel("context length N" if i == len(measures) - 1 else "")
                 ax.set_ylabel(f"{measure} to threshold" if j == 0 else "")
-        handles = [
-            Line2D([], [], color=c, marker="D", linewidth=2, label=f"{m} (median)")
-            for m, c in palette.items()
-        ]
-        handles += [
-            Line2D([], [], color="0.4", marker="o", linestyle="none", alpha=0.6, label="one run"),
-            Line2D([], [], color="0.3", label=CENSORED_LABEL, **CENSORED_MARKER),
-            Line2D(
-                [],
-                [],
-                color="0.3",
-                marker="D",
-                markerfacecolor="none",
-                linestyle="none",
-                label="median ≥ (most runs censored)",
-            ),
-            Line2D([], [], color="0.6", linestyle=":", label="budget (max steps)"),
-        ]
-        _legend(fig, handles)
+        _legend(fig, _efficiency_handles(palette, line=True))
         fig.suptitle("Sample efficiency: training needed to reach the threshold")
     return fig
+
+
+def plot_vlm_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "examples")) -> Figure:
+    """The sample-efficiency figure of VLM runs, which have no N: steps (top) and examples (bottom)
+    to reach the threshold (Acc@IoU≥0.5) per prompt layout (x: task-agnostic, task-aware,
+    query-first), colour = model + connector, log scale. Each run is a small dot, each model's
+    median a diamond (open when most of its runs never got there), a run that never reached the
+    threshold an open triangle at its budget; steps count both stages, and a dash-dotted line marks
+    the end of stage 1 (connector only)."""
+    eff = efficiency(runs)
+    if not len(eff):
+        raise NoRunsError("no finished runs (status reached / not_reached) to measure efficiency on")
+    if "layout" not in eff or eff["layout"].isna().all():
+        eff = eff.assign(layout="default")
+    summary = efficiency_summary(eff)
+    layouts, _ = _facets(eff, "layout", None)
+    models = model_order(eff["label"])
+    palette = model_palette(models)
+    width = 0.7  # of each layout's slot, shared by its models
+    offsets = {m: (k - (len(models) - 1) / 2) * width / len(models) for k, m in enumerate(models)}
+    spread = min(0.05, 0.2 * width / len(models))  # jitter of single runs around their model's position
+    stage1 = pd.to_numeric(runs.get("stage1_steps", pd.Series(dtype=float)), errors="coerce")
+    stage1 = sorted(v for v in pd.unique(stage1.dropna()) if v > 0)
+    rng = np.random.default_rng(0)
+    with style():
+        fig, axes = _grid(len(measures), 1, max(4.6, 1.6 * len(layouts) + 1.0), 3.0, sharex=True)
+        for i, measure in enumerate(measures):
+            ax = axes[i, 0]
+            for x, layout in enumerate(layouts):
+                sub, summ = _select(eff, layout=layout), _select(summary, layout=layout)
+                for model in models:
+                    colour, g = palette[model], sub[sub["label"] == model]
+                    if not len(g):
+                        continue
+                    xs = x + offsets[model] + rng.uniform(-spread, spread, len(g))
+                    _efficiency_runs(ax, xs, g, measure, colour)
+                    s = summ[summ["label"] == model]
+                    _efficiency_medians(
+                        ax, np.full(len(s), x + offsets[model]), s, measure, colour, line=False
+                    )
+            _efficiency_budgets(ax, eff, measure)
+            lines = stage1[:3] if measure == "steps" else []
+            for v in lines:
+                ax.axhline(v, **STAGE1_STYLE)
+            ax.set_yscale("log")
+            shown = np.concatenate(
+                [eff[measure].to_numpy(float), eff[f"budget_{measure}"].to_numpy(float), lines]
+            )
+            shown = shown[np.isfinite(shown) & (shown > 0)]
+            if len(shown):  # room around the points and lines, which may sit at the very edges
+                ax.set_ylim(shown.min() / 1.4, shown.max() * 1.4)
+            _log_axis(ax.yaxis)
+            ax.set_xticks(range(len(layouts)), [str(v) for v in layouts])
+            ax.set_xlim(-0.5, len(layouts) - 0.5)
+            ax.grid(axis="x", visible=False)
+            ax.set_xlabel("prompt layout" if i == len(measures) - 1 else "")
+            ax.set_ylabel(f"{measure} to threshold")
+        handles = _efficiency_handles(palette, line=False)
+        if stage1:
+            handles.append(Line2D([], [], label="end of stage 1 (connector only)", **STAGE1_STYLE))
+        _legend(fig, handles)
+        fig.suptitle("Sample efficiency (VLM): training needed to reach\nthe threshold (Acc@IoU≥0.5)")
+    return fig
+
+
+def _efficiency_runs(ax, xs: np.ndarray, g: pd.DataFrame, measure: str, colour: str) -> None:
+    """One dot per run that reached the threshold, an open triangle at its budget per one that did not."""
+    done = ~g["censored"].to_numpy()
+    ax.plot(
+        xs[done],
+        g[measure].to_numpy(float)[done],
+        "o",
+        color=colour,
+        alpha=0.55,
+        markersize=4.5,
+        markeredgewidth=0,
+    )
+    ax.plot(xs[~done], g[measure].to_numpy(float)[~done], color=colour, **CENSORED_MARKER)
+
+
+def _efficiency_medians(ax, sx: np.ndarray, s: pd.DataFrame, measure: str, colour: str, line: bool) -> None:
+    """The group medians of `efficiency_summary` as diamonds (joined by a line if `line`); open
+    where most of the group's runs were censored."""
+    if line:
+        ax.plot(sx, s[f"{measure}_median"], "-", color=colour, linewidth=2)
+    open_ = s["median_censored"].to_numpy(bool)
+    med = s[f"{measure}_median"].to_numpy(float)
+    ax.plot(sx[~open_], med[~open_], "D", color=colour, markersize=6, markeredgecolor="white")
+    ax.plot(
+        sx[open_],
+        med[open_],
+        "D",
+        color=colour,
+        markersize=6,
+        markerfacecolor="none",
+        markeredgewidth=1.5,
+    )  # most runs censored: the median is a lower bound
+
+
+def _efficiency_budgets(ax, eff: pd.DataFrame, measure: str) -> None:
+    for budget in pd.unique(eff[f"budget_{measure}"].dropna())[:3]:
+        ax.axhline(budget, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
+
+
+def _efficiency_handles(palette: dict[str, str], line: bool) -> list:
+    handles = [
+        Line2D([], [], color=c, marker="D", linewidth=2 if line else 0, label=f"{m} (median)")
+        for m, c in palette.items()
+    ]
+    handles += [
+        Line2D([], [], color="0.4", marker="o", linestyle="none", alpha=0.6, label="one run"),
+        Line2D([], [], color="0.3", label=CENSORED_LABEL, **CENSORED_MARKER),
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            marker="D",
+            markerfacecolor="none",
+            linestyle="none",
+            label="median ≥ (most runs censored)",
+        ),
+        Line2D([], [], color="0.6", linestyle=":", label="budget (max steps)"),
+    ]
+    return handles
 
 
 def _int_formatter():
@@ -474,8 +802,10 @@ def plot_learning_order(
     "stays", the default; the first time with "first"; see `analysis.efficiency.first_reach`),
     by half of a group's runs, one line per model, one panel per N × layout. Positions never
     learned are open triangles at 100%. Each panel names the order in which the context's thirds
-    were learned."""
+    were learned. VLM runs, whose positions are image cells, get `plot_vlm_learning_order`."""
     _need(positions, ["run", "label", "step", "position", "accuracy", "pct"], "learning order")
+    if kind_of(positions) == VLM:
+        return plot_vlm_learning_order(positions, threshold, rule)
     order = learning_order(positions, threshold, rule=rule)
     summary = learning_order_summary(order)
     rows, cols = _facets(order, "layout", "n")
@@ -641,12 +971,24 @@ def plot_runs(
     order_rule: str = "stays",
 ) -> list[Path]:
     """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
-    as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files."""
+    as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
+    Text-probe and VLM runs are drawn apart; where both are present the VLM figures are named
+    `prefix` + vlm-curves.* and so on."""
     kinds = KINDS if kind == "all" else (kind,)
     if any(k not in KINDS for k in kinds):
         raise UserError(f"unknown figure kind '{kind}' (allowed: {', '.join(KINDS)}, all)")
     runs = select_runs(load_runs(*paths), only)
-    tables = Tables(runs, load_metrics(runs), load_positions(runs))
+    run_kinds = [k for k in (TEXT, VLM) if runs["kind"].eq(k).any()]
+    written = []
+    for run_kind in run_kinds:  # text-probe and VLM runs under one DIR: each kind its own figures
+        name = prefix + ("vlm-" if run_kind == VLM and len(run_kinds) > 1 else "")
+        selected = runs[runs["kind"] == run_kind]
+        tables = Tables(selected, load_metrics(selected), load_positions(selected))
+        written += _draw(tables, kinds, out, name, formats, dpi, threshold, heatmap, order_rule)
+    return written
+
+
+def _draw(tables: Tables, kinds, out, prefix, formats, dpi, threshold, heatmap, order_rule) -> list[Path]:
     figures = []
     if "curves" in kinds:
         figures.append(("curves", lambda: plot_curves(tables.metrics, threshold)))

@@ -83,3 +83,69 @@ def write_run(
     }
     (run / "summary.json").write_text(json.dumps(summary))
     return run
+
+
+VLM_CELLS = 9  # a VLM run's positions: the 3 × 3 image cells of the target's centre, row-major
+
+
+def write_vlm_run(
+    root: Path,
+    model: str = "pythia-tiny",
+    connector: str = "mlp",
+    scan: str | None = None,
+    layout: str = "task-agnostic",
+    lr: float = 1e-3,
+    seed: int = 0,
+    max_steps: int = 100,
+    stage1_steps: int = 20,
+    eval_every: int = 10,
+    batch_size: int = 8,
+    threshold: float = 0.9,
+    learn_at: dict[int, int] | int | None = 40,
+    empty_cells: tuple[int, ...] = (),
+    name: str | None = None,
+    summary: bool = True,
+) -> Path:
+    """A finished VLM run (`probes vlm train`'s format: no `n`, an encoder and a connector,
+    positions = image cells 0..8). `learn_at` as in `write_run`, per cell; `empty_cells` had no
+    evaluation examples (accuracy None, count 0, as the real writer leaves them); `summary=False`
+    leaves a run still starting (no summary.json: only its config says it is a VLM run)."""
+    name = name or f"{model}+siglip-tiny+{connector}+{layout}+lr{lr:g}+s{seed}"
+    run = write_run(
+        root,
+        model=model,
+        n=VLM_CELLS,
+        layout=layout,
+        lr=lr,
+        seed=seed,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        batch_size=batch_size,
+        threshold=threshold,
+        learn_at=learn_at,
+        name=name,
+    )
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("n", "init", "tokens"):
+        del cfg[key]
+    cfg.update(
+        encoder="siglip-tiny",
+        connector=connector,
+        scan=scan,
+        stage1_steps=stage1_steps,
+        data={"kind": "synthetic", "image_size": 32, "seed": 0},
+    )
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    positions = pd.read_parquet(run / "positions.parquet")
+    empty = positions["position"].isin(list(empty_cells))
+    positions["accuracy"] = positions["accuracy"].astype(object).where(~empty, None)
+    positions.loc[empty, "count"] = 0
+    positions["accuracy"] = positions["accuracy"].astype(float)
+    positions.to_parquet(run / "positions.parquet")
+    if summary:
+        data = json.loads((run / "summary.json").read_text())
+        data.update(kind="vlm", stage1_steps=stage1_steps, final_step=max_steps)
+        (run / "summary.json").write_text(json.dumps(data))
+    else:
+        (run / "summary.json").unlink()
+    return run

@@ -1,7 +1,7 @@
 """analysis.efficiency: steps / examples to threshold with censoring, and the per-position learning order."""
 
 import numpy as np
-from synthetic import write_run
+from synthetic import write_run, write_vlm_run
 
 from analysis.efficiency import (
     efficiency,
@@ -90,3 +90,19 @@ def test_a_one_evaluation_spike_counts_as_learned_only_under_the_first_rule(tmp_
     stays = first_reach(positions).set_index("position")
     first = first_reach(positions, rule="first").set_index("position")
     assert first.loc[0, "step"] == 10 and stays.loc[0, "step"] == 40 and stays.loc[1, "step"] == 40
+
+
+def test_vlm_runs_learning_order_has_no_n_and_its_thirds_are_the_image_rows(tmp_path):
+    """A VLM run has no N: its positions are the 9 image cells, row-major (0-2 the top row)."""
+    learn_at = {p: 20 if p >= 6 else 40 if p < 3 else 60 for p in range(9)}  # bottom, top, middle
+    write_vlm_run(tmp_path, model="mamba-tiny", learn_at=learn_at, name="vlm")
+    fr = first_reach(load_positions(tmp_path))
+    assert "n" not in fr  # not a made-up N = 9
+    assert fr["region"].tolist() == ["beginning"] * 3 + ["middle"] * 3 + ["end"] * 3
+    order = learning_order(load_positions(tmp_path))
+    assert "n" not in order and order["region"].tolist() == fr["region"].tolist()
+    summary = learning_order_summary(order)
+    assert summary["order"].tolist() == ["end → beginning → middle"]
+    assert efficiency_summary(efficiency(load_runs(tmp_path)))[["label", "layout"]].values.tolist() == [
+        ["mamba-tiny+mlp", "task-agnostic"]
+    ]

@@ -7,9 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from synthetic import write_run
+from synthetic import write_run, write_vlm_run
 
-from analysis.load import NoRunsError, find_runs, load, load_metrics, load_positions, load_runs, model_family
+from analysis.load import (
+    VLM_GRID,
+    NoRunsError,
+    find_runs,
+    is_vlm,
+    kind_of,
+    load,
+    load_metrics,
+    load_positions,
+    load_runs,
+    model_family,
+)
+from probes.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,6 +112,31 @@ def test_summary_fields_win_over_config_fields_of_the_same_name(tmp_path):
 )
 def test_model_family_is_read_from_the_name(name, family):
     assert model_family(name) == family
+
+
+def test_text_and_vlm_runs_are_told_apart_in_the_kind_column(tmp_path):
+    write_run(tmp_path / "text", name="t")
+    write_vlm_run(tmp_path / "vlm", name="v")
+    write_vlm_run(tmp_path / "vlm", name="starting", summary=False)  # no summary yet: its config says so
+    runs = load_runs(tmp_path).set_index("run")
+    assert runs["kind"].to_dict() == {"text/t": "text", "vlm/starting": "vlm", "vlm/v": "vlm"}
+    assert runs.loc["vlm/starting", "status"] == "running"
+    positions = load_positions(tmp_path)
+    assert is_vlm(positions).tolist() == positions["run"].str.startswith("vlm/").tolist()  # inherited
+    assert (
+        kind_of(load_metrics(tmp_path / "vlm")) == "vlm"
+        and kind_of(load_metrics(tmp_path / "text")) == "text"
+    )
+    with pytest.raises(UserError, match="mixes text-probe and VLM runs"):
+        kind_of(positions)
+    by_hand = positions.drop(columns="kind")  # a table without the column: read from the run's config keys
+    assert is_vlm(by_hand).equals(is_vlm(positions))
+
+
+def test_the_vlm_grid_is_the_training_codes():
+    from probes.vlm.grounding import GRID
+
+    assert VLM_GRID == GRID
 
 
 def test_analysis_never_imports_training_code_or_torch():

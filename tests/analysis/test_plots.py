@@ -1,9 +1,8 @@
 """analysis.plots and `probes plot`: one Figure per kind, PNG + PDF, clear errors."""
 
 import pytest
-import yaml
 from matplotlib.figure import Figure
-from synthetic import write_run
+from synthetic import write_run, write_vlm_run
 
 from analysis.load import load
 from analysis.plots import (
@@ -160,16 +159,21 @@ def test_probes_plot_only_draws_the_selected_runs_with_a_prefix(grid, tmp_path, 
 
 
 def test_vlm_runs_without_n_are_drawn_apart_per_connector(tmp_path):
-    """VLM runs share the run-directory format but have no N; positions are image cells."""
+    """VLM runs share the run-directory format but have no N; positions are image cells
+    (their own figures: tests/analysis/test_vlm_plots.py)."""
     for connector, scan in (("mlp", None), ("vss-l2", "csm")):
-        run = write_run(tmp_path, model="mamba-tiny", n=9, name=connector, learn_at=30)
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        del cfg["n"]
-        cfg.update(layout="task-aware", connector=connector, scan=scan, encoder="siglip-tiny")
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        write_vlm_run(
+            tmp_path,
+            model="mamba-tiny",
+            connector=connector,
+            scan=scan,
+            layout="task-aware",
+            name=connector,
+            learn_at=30,
+        )
     tables = load(tmp_path)
     assert sorted(tables.runs["label"]) == ["mamba-tiny+mlp", "mamba-tiny+vss-l2/csm"]
     written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"])
     assert len(written) == 4
     heat = plot_heatmap(tables.positions)
-    assert len([ax for ax in heat.axes if ax.get_label() != "<colorbar>"]) == 2  # one panel per connector
+    assert len([ax for ax in heat.axes if ax.get_label() != "<colorbar>"]) == 2 * 3  # connectors × snapshots

@@ -73,6 +73,18 @@ def test_the_analysis_package_reads_vlm_runs(pythia_run):
     assert set(tables.positions["position"]) == set(range(9))
 
 
+def test_probes_plot_draws_a_real_vlm_run_as_image_cells_and_layouts(pythia_run, tmp_path):
+    plots = pytest.importorskip("analysis.plots")
+    run, _ = pythia_run
+    written = plots.plot_runs(run, out=tmp_path, formats=["png"])
+    assert sorted(p.name for p in written) == ["curves.png", "efficiency.png", "heatmap.png", "learning_order.png"]
+    tables = pytest.importorskip("analysis.load").load(run)
+    heat = plots.plot_heatmap(tables.positions)
+    assert all(ax.images[0].get_array().shape == (3, 3) for ax in heat.axes if ax.get_label() != "<colorbar>")
+    eff = plots.plot_efficiency(tables.runs).axes[-1]
+    assert [t.get_text() for t in eff.get_xticklabels()] == ["task-agnostic"] and eff.get_xlabel() == "prompt layout"
+
+
 def test_stage_one_trains_the_connector_only(tmp_path):
     cfg = tiny(tmp_path / "r", max_steps=3, stage1_steps=3, eval_every=3,
                data={**TINY_DATA, "eval_size": 4})
