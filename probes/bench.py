@@ -6,7 +6,7 @@
               profile: list[str] | None = None) -> pandas.DataFrame
 
 (`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc]`: a
-BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | reference; default
+BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | torch | reference; default
 auto), a batch size for that row only, and `gc` for gradient checkpointing. Example:
 `["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"]`.
 

@@ -150,7 +150,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 # === Training and sweeps ===
 
 Init = Literal["default", "mean", "normal"]  # same choices as probes.backbones.INITS
-ScanBackend = Literal["auto", "triton", "mamba-ssm", "reference"]
+ScanBackend = Literal["auto", "triton", "mamba-ssm", "torch", "reference"]
 Precision = Literal["auto", "bf16", "fp32"]
 GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
 
@@ -194,7 +194,7 @@ class TrainConfig(Config):
     # execution (may change when a run resumes)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
-    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | reference")
+    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | torch | reference")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")

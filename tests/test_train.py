@@ -179,7 +179,7 @@ def test_a_dataset_directory_can_feed_the_run(tmp_path, cli_runner):
 
 def test_mamba_runs_record_their_scan_backend(tmp_path):
     s = train_run(tiny(tmp_path, model="mamba-tiny", max_steps=2, eval_every=2), progress=False)
-    assert s["status"] == "not_reached" and s["scan_backend"] == "reference"
+    assert s["status"] == "not_reached" and s["scan_backend"] == "torch"  # the CPU default
 
 
 def test_a_scan_backend_this_machine_cannot_run_is_a_one_line_error(tmp_path, cli_runner, monkeypatch):

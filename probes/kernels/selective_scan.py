@@ -99,11 +99,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
     h = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(L):
-        h = dA[:, :, t] * h + dBu[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, dim=2)
+    hs = []
+    # unbind, not dA[:, :, t]: the backward of indexing writes a full-size gradient per step (O(L^2))
+    for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):
+        h = dA_t * h + dBu_t
+        hs.append(h)
+    y = torch.einsum("bdln,bnl->bdl", torch.stack(hs, dim=2), C)
     out = y if D is None else y + u * D.float()[None, :, None]
     if z is not None:
         out = out * F.silu(z.float())
@@ -163,6 +164,26 @@ if HAS_TRITON:
                          other=0.0)
         return u, dt, Bt, Ct, z, dout, h0
 
+    @triton.jit
+    def _index_tiles(DIM, NS, DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        """This program's index tiles, shared by the forward and backward kernels.
+
+        k3 (K, 1, 1) and k2 (K, 1): time within a chunk; n2 (1, N): state; d3 (1, DH, DL) channels of
+        the (K, DH, DL) input tiles and md3 their mask; ds (DH, 1, DL) and ns (1, N, 1) index the
+        (DH, N, DL) tiles of A and the state, mds their mask.
+        """
+        BLOCK_D: tl.constexpr = DH * DL
+        pid_d = tl.program_id(0)
+        k3 = tl.arange(0, CHUNK)[:, None, None]
+        d3 = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[None, :, None]
+        md3 = d3 < DIM
+        k2 = tl.arange(0, CHUNK)[:, None]
+        n2 = tl.arange(0, BLOCK_N)[None, :]
+        ds = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[:, None, None]
+        ns = tl.arange(0, BLOCK_N)[None, :, None]
+        mds = (ds < DIM) & (ns < NS)
+        return k3, d3, md3, k2, n2, ds, ns, mds
+
     # Layout. Compute tiles are 4D, (CHUNK, DH, N, DL): a program (one warp) owns
     # BLOCK_D = DH * DL channels; Triton's default layout puts lanes on DL, then on N, and keeps
     # CHUNK and DH inside each thread. Sums over N or over channels are then mostly in-thread, and
@@ -178,18 +199,8 @@ if HAS_TRITON:
         WRITE_OUT: tl.constexpr, WRITE_LAST: tl.constexpr, WRITE_CHUNKS: tl.constexpr,
         DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        BLOCK_D: tl.constexpr = DH * DL
-        pid_d = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        k3 = tl.arange(0, CHUNK)[:, None, None]
-        d3 = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[None, :, None]
-        md3 = d3 < DIM  # (1, DH, DL)
-        k2 = tl.arange(0, CHUNK)[:, None]
-        n2 = tl.arange(0, BLOCK_N)[None, :]
-        # (DH, N, DL) index tiles for A and the state
-        ds = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[:, None, None]
-        ns = tl.arange(0, BLOCK_N)[None, :, None]
-        mds = (ds < DIM) & (ns < NS)
+        k3, d3, md3, k2, n2, ds, ns, mds = _index_tiles(DIM, NS, DH, DL, BLOCK_N, CHUNK)
         A2 = tl.load(A_ptr + ds * sA_d + ns * sA_n, mask=mds, other=0.0)
         A2 = (A2.to(tl.float32) * 1.4426950408889634)[None, :, :, :]  # exp(x A) = exp2(x A log2 e)
         if HAS_D:
@@ -262,21 +273,11 @@ if HAS_TRITON:
         WRITE_OUT: tl.constexpr, BC_MODE: tl.constexpr,
         DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
     ):
-        BLOCK_D: tl.constexpr = DH * DL
         pid_d = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        k3 = tl.arange(0, CHUNK)[:, None, None]
-        d3 = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[None, :, None]
-        md3 = d3 < DIM
+        k3, d3, md3, k2, n2, ds, ns, mds = _index_tiles(DIM, NS, DH, DL, BLOCK_N, CHUNK)
         # (K, N, DL) index tiles for BC_MODE 2 (one dB/dC slot per lane)
-        kq = tl.arange(0, CHUNK)[:, None, None]
-        nq = tl.arange(0, BLOCK_N)[None, :, None]
-        lq = tl.arange(0, DL)[None, None, :]
-        k2 = tl.arange(0, CHUNK)[:, None]
-        n2 = tl.arange(0, BLOCK_N)[None, :]
-        ds = pid_d * BLOCK_D + tl.arange(0, DL)[None, None, :] * DH + tl.arange(0, DH)[:, None, None]
-        ns = tl.arange(0, BLOCK_N)[None, :, None]
-        mds = (ds < DIM) & (ns < NS)
+        kq, nq, lq = k3, ns, tl.arange(0, DL)[None, None, :]
         A = tl.load(A_ptr + ds * sA_d + ns * sA_n, mask=mds, other=0.0).to(tl.float32)[None, :, :, :]
         A2 = A * 1.4426950408889634
         if HAS_D:

@@ -91,7 +91,7 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/vlm/<run name>]."),
     device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option(_T["precision"].default, help="auto | bf16 | fp32."),
-    scan_backend: str = typer.Option(_T["scan_backend"].default, help="auto | triton | mamba-ssm | reference."),
+    scan_backend: str = typer.Option(_T["scan_backend"].default, help="auto | triton | mamba-ssm | torch | reference."),
     data: str = typer.Option(_D["kind"].default, "--data", help="synthetic | refcoco."),
     train_size: int = typer.Option(_D["train_size"].default, help="Synthetic training scenes."),
     eval_size: int = typer.Option(_D["eval_size"].default, help="Held-out scenes (refcoco: records at most)."),

@@ -75,7 +75,7 @@ class VLMTrainConfig(Config):
     out: Path | None = Field(None, description="run directory (None: runs/vlm/<run name>)")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
-    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | reference")
+    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | torch | reference")
     data: VLMDataConfig = Field(default_factory=VLMDataConfig)
 
     @model_validator(mode="after")

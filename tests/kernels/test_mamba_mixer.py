@@ -117,11 +117,45 @@ def test_mamba_ssm_backend_with_a_stand_in_module(tiny_tiles, device, monkeypatc
     assert train_losses(fast, ids, 2, device) == pytest.approx(train_losses(ref, ids, 2, device), rel=1e-4)
 
 
+def test_torch_backend_trains_like_transformers_reference():
+    """The plain-PyTorch mixer (the CPU default): same losses, logits and gradients as transformers'
+    own forward, on CPU without Triton, and it leaves the weights' format alone."""
+    from probes.kernels import set_scan_backend
+
+    ref = tiny_mamba(seed=8, hidden=8)
+    fast = copy.deepcopy(ref)
+    assert set_scan_backend(fast, "torch") == "torch"
+    ids = torch.randint(0, 64, (3, 11), generator=torch.Generator().manual_seed(9))
+    fast(ids, labels=ids).loss.backward()
+    ref(ids, labels=ids).loss.backward()
+    for (name, a), b in zip(fast.named_parameters(), ref.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    assert train_losses(fast, ids, 3, "cpu") == pytest.approx(train_losses(ref, ids, 3, "cpu"), rel=1e-4)
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+
+
+def test_selective_scan_ref_matches_a_step_by_step_recurrence():
+    from probes.kernels import selective_scan_ref
+
+    g = torch.Generator().manual_seed(0)
+    b, d, n, L = 2, 3, 4, 5
+    u, delta, z = (torch.randn(b, d, L, generator=g) for _ in range(3))
+    A, Bm, C = -torch.rand(d, n, generator=g), torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g)
+    D = torch.randn(d, generator=g)
+    out, last = selective_scan_ref(u, delta, A, Bm, C, D, z, return_last_state=True)
+    h = torch.zeros(b, d, n)
+    for t in range(L):
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * Bm[:, None, :, t] * u[:, :, t, None]
+        y = (h * C[:, None, :, t]).sum(-1) + D * u[:, :, t]
+        assert torch.allclose(out[:, :, t], y * torch.nn.functional.silu(z[:, :, t]), atol=1e-5)
+    assert torch.allclose(last, h, atol=1e-6)
+
+
 def test_backend_errors(monkeypatch):
     from probes.kernels import mamba_mixer, set_scan_backend
 
     model = tiny_mamba()
-    with pytest.raises(ValueError, match="allowed: auto, triton, mamba-ssm, reference"):
+    with pytest.raises(ValueError, match="allowed: auto, triton, mamba-ssm, torch, reference"):
         set_scan_backend(model, "cuda")
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # makes the import fail
     with pytest.raises(ImportError, match="mamba-ssm"):
@@ -131,7 +165,7 @@ def test_backend_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA"):
         set_scan_backend(model, "triton")
     monkeypatch.setattr(mamba_mixer.importlib.util, "find_spec", lambda name: None)
-    assert set_scan_backend(model, "auto") == "reference"
+    assert set_scan_backend(model, "auto") == "torch"
 
 
 # === CUDA ===
