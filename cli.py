@@ -155,7 +155,7 @@ def train(
     device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
     scan_backend: str = typer.Option(_T["scan_backend"].default, help="Mamba scan: auto | triton | mamba-ssm | "
-                                     "reference."),
+                                     "torch | reference."),
     gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in backward (less memory)."),
     eval_batch_size: int = typer.Option(_T["eval_batch_size"].default, help="Held-out examples per forward pass."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: every "
