@@ -265,7 +265,7 @@ def plot(
                                       help="Directories holding run directories (at any depth)."),
     kind: str = typer.Option("all", help="curves | heatmap | efficiency | all."),
     out: Path = typer.Option(Path("figures"), help="Output directory for PNG and PDF files."),
-    threshold: Optional[float] = typer.Option(None, help="Threshold line and learning order "
+    threshold: Optional[float] = typer.Option(None, help="Threshold line, steps to threshold and learning order "
                                               "[default: each run's own]."),
     formats: str = typer.Option("png,pdf", "--format", help="Comma-separated file formats: png, pdf, svg."),
     heatmap: str = typer.Option("representative", help="Heatmap of each group's median run "

@@ -2,6 +2,7 @@
 
 * `efficiency(runs)`: steps and examples to the threshold, one row per finished run; a run that
   never reached it is *censored* at its budget (`max_steps`, `max_steps × batch_size`).
+  `efficiency(runs, metrics, threshold=0.5)` measures them at another threshold, from the metrics.
 * `efficiency_summary(eff)`: per model × N × layout: runs, how many censored, median / min / max.
   The median is the lower median (the step by which half of the runs had got there), censored runs
   counted at their budget; `median_censored` says when it is a censored run (then it is a lower bound).
@@ -76,26 +77,54 @@ def _threshold(df: pd.DataFrame, threshold: float | None) -> pd.Series:
 # === Steps / examples to threshold ===
 
 
-def efficiency(runs: pd.DataFrame) -> pd.DataFrame:
+def efficiency(
+    runs: pd.DataFrame, metrics: pd.DataFrame | None = None, threshold: float | None = None
+) -> pd.DataFrame:
     """One row per finished run (status reached / not_reached; running and failed runs are left
     out): `steps`, `examples`, `pct` (of the run's budget), `censored` (never reached: the values
-    are the budget), `budget_steps`, `budget_examples`, plus the run's grid columns."""
+    are the budget), `budget_steps`, `budget_examples`, `threshold`, plus the run's grid columns.
+
+    By default "reached" is the run's own verdict at its own threshold. With `threshold` (and the
+    `metrics` table) it is the first evaluation whose held-out accuracy is ≥ `threshold`; a run
+    that never got there is censored at its last evaluation (its budget, unless it stopped early
+    at its own, lower threshold)."""
     done = runs[runs["status"].isin(["reached", "not_reached"])].copy()
-    censored = done["status"].eq("not_reached")
     budget = pd.to_numeric(done.get("max_steps"), errors="coerce")
     batch = pd.to_numeric(done["batch_size"], errors="coerce") if "batch_size" in done else np.nan
-    step_reached = pd.to_numeric(done["step_reached"], errors="coerce")
-    examples = pd.to_numeric(done["examples_to_threshold"], errors="coerce")
+    if threshold is None:
+        censored = done["status"].eq("not_reached")
+        step_reached = pd.to_numeric(done["step_reached"], errors="coerce")
+        examples = pd.to_numeric(done["examples_to_threshold"], errors="coerce")
+        end = budget
+        thr = _threshold(done, None)
+    else:
+        if metrics is None:
+            raise ValueError("efficiency(threshold=...) reads the accuracies from the metrics table: pass metrics")
+        step_reached, examples, last = _first_at_or_above(metrics, done["run"], float(threshold))
+        censored = step_reached.isna()
+        end = last.fillna(budget)
+        thr = pd.Series(float(threshold), index=done.index)
     examples = examples.fillna(step_reached * batch)
     out = done[_present(done, _RUN_COLS)].copy()
     out["status"] = done["status"]
     out["censored"] = censored
+    out["threshold"] = thr
     out["budget_steps"] = budget
     out["budget_examples"] = budget * batch
-    out["steps"] = step_reached.where(~censored, budget)
-    out["examples"] = examples.where(~censored, out["budget_examples"])
+    out["steps"] = step_reached.where(~censored, end)
+    out["examples"] = examples.where(~censored, end * batch)
     out["pct"] = out["steps"] / budget * 100.0
     return out.reset_index(drop=True)
+
+
+def _first_at_or_above(metrics: pd.DataFrame, runs: pd.Series, threshold: float):
+    """Per run in `runs` (aligned to it): the step and examples_seen of its first evaluation with
+    accuracy ≥ threshold (NaN if none), and its last evaluated step."""
+    m = metrics.sort_values(["run", "step"])
+    hit = m[pd.to_numeric(m["accuracy"], errors="coerce") >= threshold].groupby("run").first()
+    last = m.groupby("run")["step"].max()
+    seen = hit["examples_seen"] if "examples_seen" in hit else pd.Series(np.nan, index=hit.index)
+    return (runs.map(hit["step"]).astype(float), runs.map(seen).astype(float), runs.map(last).astype(float))
 
 
 def efficiency_summary(eff: pd.DataFrame, by=GROUP) -> pd.DataFrame:

@@ -596,16 +596,22 @@ def _log2_offsets(models: list[str], width: float) -> dict[str, float]:
     return {m: (i - (k - 1) / 2) * width / (k - 1) for i, m in enumerate(models)}
 
 
-def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "examples")) -> Figure:
+def plot_efficiency(
+    runs: pd.DataFrame,
+    measures: Sequence[str] = ("steps", "examples"),
+    metrics: pd.DataFrame | None = None,
+    threshold: float | None = None,
+) -> Figure:
     """Steps (top) and examples (bottom) to reach the threshold vs N, one panel per layout, log
     scales. Each run is a small dot (spread over seeds, learning rates, inits), the line joins the
     per-model medians; a run that never reached the threshold is an open triangle at its budget.
-    VLM runs have no N: their figure is `plot_vlm_efficiency` (x = prompt layout)."""
-    eff = efficiency(runs)
+    VLM runs have no N: their figure is `plot_vlm_efficiency` (x = prompt layout). With
+    `threshold` (and `metrics`), "reached" is the first evaluation at or above it (`efficiency`)."""
+    eff = efficiency(runs, metrics, threshold)
     if not len(eff):
         raise NoRunsError("no finished runs (status reached / not_reached) to measure efficiency on")
     if kind_of(eff) == VLM:
-        return plot_vlm_efficiency(runs, measures)
+        return plot_vlm_efficiency(runs, measures, metrics, threshold)
     eff = eff.assign(n=pd.to_numeric(eff["n"], errors="coerce")) if "n" in eff else eff.assign(n=1)
     summary = efficiency_summary(eff)
     layouts, _ = _facets(eff, "layout", None)
@@ -648,18 +654,23 @@ def plot_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "exa
                 ax.set_xlabel("context length N" if i == len(measures) - 1 else "")
                 ax.set_ylabel(f"{measure} to threshold" if j == 0 else "")
         _legend(fig, _efficiency_handles(palette, line=True))
-        fig.suptitle("Sample efficiency: training needed to reach the threshold")
+        fig.suptitle(f"Sample efficiency: training needed to reach {_threshold_text(eff)}")
     return fig
 
 
-def plot_vlm_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", "examples")) -> Figure:
+def plot_vlm_efficiency(
+    runs: pd.DataFrame,
+    measures: Sequence[str] = ("steps", "examples"),
+    metrics: pd.DataFrame | None = None,
+    threshold: float | None = None,
+) -> Figure:
     """The sample-efficiency figure of VLM runs, which have no N: steps (top) and examples (bottom)
     to reach the threshold (Acc@IoU≥0.5) per prompt layout (x: task-agnostic, task-aware,
     query-first), colour = model + connector, log scale. Each run is a small dot, each model's
     median a diamond (open when most of its runs never got there), a run that never reached the
     threshold an open triangle at its budget; steps count both stages, and a dash-dotted line marks
     the end of stage 1 (connector only)."""
-    eff = efficiency(runs)
+    eff = efficiency(runs, metrics, threshold)
     if not len(eff):
         raise NoRunsError("no finished runs (status reached / not_reached) to measure efficiency on")
     if "layout" not in eff or eff["layout"].isna().all():
@@ -711,8 +722,14 @@ def plot_vlm_efficiency(runs: pd.DataFrame, measures: Sequence[str] = ("steps", 
         if stage1:
             handles.append(Line2D([], [], label="end of stage 1 (connector only)", **STAGE1_STYLE))
         _legend(fig, handles)
-        fig.suptitle("Sample efficiency (VLM): training needed to reach\nthe threshold (Acc@IoU≥0.5)")
+        fig.suptitle(f"Sample efficiency (VLM): training needed to reach\n{_threshold_text(eff)} (Acc@IoU≥0.5)")
     return fig
+
+
+def _threshold_text(eff: pd.DataFrame) -> str:
+    """'held-out accuracy 0.95', or 'each run's threshold' when they differ."""
+    values = pd.unique(pd.to_numeric(eff["threshold"], errors="coerce").dropna())
+    return f"held-out accuracy {values[0]:g}" if len(values) == 1 else "each run's threshold"
 
 
 def _efficiency_runs(ax, xs: np.ndarray, g: pd.DataFrame, measure: str, colour: str) -> None:
@@ -911,7 +928,7 @@ class PlotConfig(Config):
     kind: Kind = Field("all", description="curves | heatmap | efficiency | all")
     out: str = Field("figures", description="output directory for the PNG and PDF files")
     threshold: float | None = Field(
-        None, gt=0, le=1, description="threshold line / learning order (default: each run's own)"
+        None, gt=0, le=1, description="threshold line / steps to threshold / learning order (default: each run's own)"
     )
     formats: list[Literal["png", "pdf", "svg"]] = Field(
         ["png", "pdf"], min_length=1, description="file formats written"
@@ -995,7 +1012,7 @@ def _draw(tables: Tables, kinds, out, prefix, formats, dpi, threshold, heatmap, 
     if "heatmap" in kinds:
         figures.append(("heatmap", lambda: plot_heatmap(tables.positions, aggregate=heatmap)))
     if "efficiency" in kinds:
-        figures.append(("efficiency", lambda: plot_efficiency(tables.runs)))
+        figures.append(("efficiency", lambda: plot_efficiency(tables.runs, metrics=tables.metrics, threshold=threshold)))
         figures.append(
             ("learning_order", lambda: plot_learning_order(tables.positions, threshold, order_rule))
         )

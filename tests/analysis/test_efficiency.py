@@ -11,7 +11,7 @@ from analysis.efficiency import (
     learning_order,
     learning_order_summary,
 )
-from analysis.load import load_positions, load_runs
+from analysis.load import load_metrics, load_positions, load_runs
 
 
 def test_efficiency_marks_runs_that_never_reached_threshold_as_censored(tmp_path):
@@ -25,6 +25,25 @@ def test_efficiency_marks_runs_that_never_reached_threshold_as_censored(tmp_path
     )
     assert eff.loc["never", "censored"]
     assert eff.loc["never", "steps"] == 100 and eff.loc["never", "examples"] == 800  # drawn at the budget
+
+
+def test_efficiency_at_another_threshold_reads_the_first_evaluation_at_or_above_it(tmp_path):
+    # half the positions learned at step 30, the rest at 70: mean accuracy passes 0.5 at 30, 0.95 at 70
+    write_run(tmp_path, n=4, learn_at={0: 30, 1: 30, 2: 70, 3: 70}, max_steps=100, batch_size=8, name="slow")
+    write_run(tmp_path, n=4, learn_at=None, max_steps=100, batch_size=8, name="never")
+    runs, metrics = load_runs(tmp_path), load_metrics(tmp_path)
+    own = efficiency(runs).set_index("run")
+    assert own.loc["slow", "steps"] == 70 and (own["threshold"] == 0.95).all()
+    half = efficiency(runs, metrics, threshold=0.5).set_index("run")
+    assert half.loc["slow", "steps"] == 30 and half.loc["slow", "examples"] == 240
+    assert not half.loc["slow", "censored"] and (half["threshold"] == 0.5).all()
+    assert half.loc["never", "censored"] and half.loc["never", "steps"] == 100  # at its last evaluation
+
+
+def test_a_run_stopped_early_at_its_own_lower_threshold_is_censored_where_it_stopped(tmp_path):
+    write_run(tmp_path, n=4, learn_at={0: 20, 1: 20, 2: 20, 3: 60}, threshold=0.7, max_steps=100, name="r")
+    eff = efficiency(load_runs(tmp_path), load_metrics(tmp_path), threshold=0.95).iloc[0]
+    assert eff["censored"] and eff["steps"] == 20 and eff["budget_steps"] == 100
 
 
 def test_efficiency_leaves_out_running_and_failed_runs(tmp_path):
