@@ -64,13 +64,10 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 def _train_task(cfg_json: str, threads: int) -> dict:
     """Body of one Ray task: train (or resume) one run in this worker process."""
-    import torch
-
     from probes.config import TrainConfig
-    from probes.train import train_run
+    from probes.train import train_run, with_threads
 
-    torch.set_num_threads(threads)
-    cfg = TrainConfig.model_validate_json(cfg_json)
+    cfg = with_threads(TrainConfig.model_validate_json(cfg_json), threads)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / WORKER_PID_FILE).write_text(f"{os.getpid()}\n")
     return train_run(cfg, overwrite=False, progress=False)

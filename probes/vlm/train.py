@@ -57,13 +57,20 @@ from probes.rundir import (
     write_json,
     write_parquet,
 )
-from probes.train import BatchOrder, choose_scan_backend, format_lr, resolve_device, resolve_precision
+from probes.train import (
+    BatchOrder,
+    choose_scan_backend,
+    format_lr,
+    resolve_device,
+    resolve_precision,
+    torch_threads,
+)
 from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
 from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
 from probes.vlm.grounding import GRID, cell, format_box, score
 from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
 
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend")  # how it runs, not what
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads")  # how it runs, not what
 METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                   "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -241,8 +248,13 @@ def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict]
 
 
 def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Train one VLM run to the threshold (or max_steps); returns its summary."""
-    log = log or (lambda _msg: None)
+    """Train one VLM run to the threshold (or max_steps); returns its summary. torch uses
+    `cfg.threads` CPU threads (probes.train.torch_threads) during the run."""
+    with torch_threads(cfg.threads, cfg.device) as threads:
+        return _train_vlm(cfg, overwrite, log or (lambda _msg: None), threads)
+
+
+def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None], threads: int) -> dict:
     run = run_dir(cfg)
     state, summary = inspect_run(cfg, run)
     if state == "finished" and not overwrite:
@@ -287,7 +299,8 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
             "precision": "bf16" if autocast else "fp32", "scan_backend": scan,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "n_trainable_stage1": sum(p.numel() for p in model.connector.parameters()),
-            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held)}
+            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held),
+            "threads": threads}
     t0 = time.monotonic() - rec["wall_seconds"]
     step = rec["step"]
 

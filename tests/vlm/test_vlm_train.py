@@ -170,3 +170,12 @@ def test_overwrite_starts_a_finished_run_again(tmp_path):
     assert summary["resumed_at"] == [] and summary["final_step"] == 1
     assert sorted(p.name for p in (tmp_path / "r" / "predictions").iterdir()) == \
         ["step_0000000.parquet", "step_0000001.parquet"]
+
+
+def test_vlm_runs_take_their_cpu_threads_from_the_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)  # the module's fixture restores one thread afterwards
+    cfg = tiny(tmp_path / "r", max_steps=1, stage1_steps=0, eval_every=1, batch_size=2, device="cpu",
+               data={**TINY_DATA, "eval_size": 2})
+    assert train_vlm(cfg)["threads"] == 1 and torch.get_num_threads() == 2  # auto: one on CPU, then restored
+    assert train_vlm(cfg.model_copy(update={"threads": 2}), overwrite=True)["threads"] == 2
