@@ -41,7 +41,6 @@ from probes.config import TrainConfig, validate
 from probes.errors import UserError
 from probes.rundir import (
     POSITION_COLUMNS,
-    describe_finished,
     latest_checkpoint,
     new_record,
     rate,
@@ -341,16 +340,8 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
 
 def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) -> dict:
     run = run_dir(cfg)
-    try:
-        state, summary = inspect_run(cfg, run)
-    except UserError:  # a damaged run, or another config: only --overwrite may replace it
-        if not (overwrite and (run / "config.yaml").exists()):
-            raise
-        state, summary = "finished", None
-    if state == "finished" and not overwrite:
-        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
-    if overwrite and run.exists() and state != "new":
-        state = "new"  # cleared below, once the model and data are known to load
+    # 'new' or 'resume'; a new run's directory is cleared below, once the model and data are known to load
+    state = rundir.start_state(cfg, run, RESUMABLE_CHANGES, overwrite)
     found = latest_checkpoint(run) if state == "resume" else None
 
     from transformers.utils import logging as hf_logging

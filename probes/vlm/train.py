@@ -23,8 +23,9 @@ so `analysis/` reads VLM runs with the same loaders:
     summary.json       status, threshold, step_reached, examples_to_threshold, final_accuracy, ...
     checkpoint/        the LM (save_pretrained) and state.pt (connector, optimizer, RNG, metrics)
 
-The same command resumes an unfinished run from its checkpoint; a finished run is an error unless
-`overwrite`.
+The lifecycle is probes.rundir's (start_state), as for text runs: the same command resumes an
+unfinished run from its checkpoint (RESUMABLE_CHANGES may differ); a finished run, a damaged one or
+an unfinished one of another config is a one-line error unless `overwrite`, which starts it again.
 """
 
 from __future__ import annotations
@@ -38,22 +39,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from probes.config import validate
 from probes.errors import UserError
 from probes.rundir import (
-    FINISHED,
     POSITION_COLUMNS,
-    describe_finished,
     latest_checkpoint,
     new_record,
     rate,
-    read_summary,
+    read_config,
     restore_record,
     run_summary,
     save_checkpoint,
     start_run_dir,
+    start_state,
     write_json,
     write_parquet,
 )
@@ -90,40 +88,6 @@ def run_name(cfg: VLMTrainConfig) -> str:
 
 def run_dir(cfg: VLMTrainConfig) -> Path:
     return Path(cfg.out) if cfg.out is not None else Path("runs") / "vlm" / run_name(cfg)
-
-
-def read_run_config(run: Path) -> VLMTrainConfig:
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run} holds no VLM run (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    return validate(VLMTrainConfig, data if isinstance(data, dict) else {})
-
-
-def inspect_run(cfg: VLMTrainConfig, run: Path) -> tuple[str, dict | None]:
-    """('new' | 'resume' | 'finished', summary) for `run`; a foreign directory or config is a UserError."""
-    if not run.exists():
-        return "new", None
-    if not run.is_dir():
-        raise UserError(f"{run} is a file, not a run directory")
-    if not (run / "config.yaml").is_file():
-        if any(run.iterdir()):
-            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
-        return "new", None
-    saved = read_run_config(run).model_dump(mode="json")
-    summary = read_summary(run)
-    if summary is not None and summary["status"] in FINISHED:
-        return "finished", summary
-    asked = cfg.model_dump(mode="json")
-    differing = [k for k in asked if k not in RESUMABLE_CHANGES and saved.get(k) != asked[k]]
-    if differing:
-        shown = ", ".join(f"{k}={saved.get(k)!r} there, {asked[k]!r} asked" for k in differing[:3])
-        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
-                        f"run the same config to resume it, or pass --overwrite")
-    return "resume", summary
 
 
 # === Data ===
@@ -256,11 +220,7 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
 
 def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None], threads: int) -> dict:
     run = run_dir(cfg)
-    state, summary = inspect_run(cfg, run)
-    if state == "finished" and not overwrite:
-        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
-    if overwrite and state != "new":
-        state = "new"
+    state = start_state(cfg, run, RESUMABLE_CHANGES, overwrite)  # probes.rundir's lifecycle, as text runs
     found = latest_checkpoint(run) if state == "resume" else None
 
     from transformers.utils import logging as hf_logging
@@ -405,7 +365,9 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
     """Score a run's latest checkpoint on its held-out split (or on `eval_file`); writes predictions."""
     log = log or (lambda _msg: None)
     run = Path(ecfg.run)
-    cfg = read_run_config(run)
+    cfg = read_config(run, VLMTrainConfig, hint="")
+    if cfg is None:
+        raise UserError(f"{run} holds no VLM run (no config.yaml)")
     found = latest_checkpoint(run)
     if found is None:
         raise UserError(f"{run} has no checkpoint yet (train it with `probes vlm train`)")
