@@ -101,13 +101,13 @@ def generate(
 
 # === train / sweep ===
 
-from probes.config import SweepConfig, TokenConfig, TrainConfig
+from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
 
 _T = TrainConfig.model_fields
 _TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
                "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
                "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
-               "checkpoint_every")
+               "checkpoint_every", "threads")
 
 
 def _describe_summary(run: Path, s: dict) -> str:
@@ -162,7 +162,7 @@ def train(
                                                    "evaluation]."),
     overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: torch's choice]."),
+    threads: str = typer.Option(_T["threads"].default, metavar="auto|N", help=THREADS_HELP),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train one run to the held-out threshold; the same command resumes an unfinished run."""
@@ -178,10 +178,6 @@ def train(
     if "answer_only" in flags_given(ctx, {"answer_only": "answer_only"}):
         given["tokens.eos_target"] = not answer_only
     cfg = load_config(TrainConfig, config, given)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     summary = train_run(cfg, overwrite=overwrite, progress=progress)
     from probes.train import run_dir
 

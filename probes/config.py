@@ -8,10 +8,18 @@ error, never a silently ignored key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from probes.errors import UserError
 
@@ -155,6 +163,24 @@ Precision = Literal["auto", "bf16", "fp32"]
 GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
 
 
+def _check_threads(value: Any) -> Any:
+    if value == "auto":
+        return value
+    try:
+        count = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        count = None
+    if count is None or count < 0:
+        raise ValueError(f"threads must be auto, 0 (torch's default) or a thread count, got {value!r}")
+    return count
+
+
+# torch CPU threads of a run: "auto" (probes.train.resolve_threads), 0 (torch's default) or a count
+Threads = Annotated[Literal["auto"] | int, BeforeValidator(_check_threads)]
+THREADS_HELP = ("torch CPU threads: auto (one on a CPU run of tiny presets, where they run fastest; torch's "
+                "default for larger models, on a GPU or when OMP_NUM_THREADS is set) | 0 (torch's default) | a count.")
+
+
 def _check_model(name: str) -> str:
     from probes.backbones import check_model_name  # lazy: keeps `probes.config` free of torch
 
@@ -198,6 +224,7 @@ class TrainConfig(Config):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
+    threads: Threads = Field("auto", description=THREADS_HELP)
 
     @field_validator("model")
     @classmethod

@@ -76,7 +76,7 @@ def train_configs(cfg: DemoConfig) -> list[TrainConfig]:
             model=model, n=n, layout=layout, lr=cfg.lr, seed=cfg.seed, max_steps=cfg.max_steps,
             eval_every=cfg.eval_every, batch_size=cfg.batch_size, threshold=cfg.threshold,
             data_dir=data_dir(cfg, layout, n), train_size=cfg.train_size, eval_size=cfg.eval_size,
-            data_seed=cfg.seed,
+            data_seed=cfg.seed, threads=cfg.threads,
         ))  # a bad demo setting (n=1, an unknown model) is a one-line UserError
         configs.append(tc.model_copy(update={"out": Path(cfg.out) / "runs" / run_name(tc)}))
     return configs

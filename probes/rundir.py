@@ -24,6 +24,8 @@ Lifecycle: `inspect_run(cfg, run)` says what the directory holds for `cfg`:
 
 Anything else (a directory of other files, an unfinished run of another config, a damaged
 config.yaml, summary.json or checkpoint) is a UserError that names --overwrite where it helps.
+Trainers (probes.train, probes.vlm.train) decide with `start_state(cfg, run, resumable,
+overwrite)`: 'new' or 'resume', where overwrite turns a finished, damaged or different run into new.
 
 Writes are atomic: metrics, positions, summary and checkpoint state go to a temporary `.NAME.tmp`
 beside NAME and are renamed over it, so a SIGKILL never leaves half a file. save_checkpoint writes
@@ -41,9 +43,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from probes.config import save_config
+from probes.config import format_validation_error, save_config
 from probes.errors import UserError
 
 if TYPE_CHECKING:
@@ -99,8 +101,10 @@ def read_summary(run: Path) -> dict | None:
         raise UserError(f"{path} is damaged ({err}); pass --overwrite to start the run again") from None
 
 
-def read_config(run: Path, config_class: type[C]) -> C | None:
-    """config.yaml of a run directory as `config_class`, None when there is none; a damaged one is a UserError."""
+def read_config(run: Path, config_class: type[C],
+                hint: str = "pass --overwrite to start the run again") -> C | None:
+    """config.yaml of a run directory as `config_class`, None when there is none; a damaged one
+    (or one of another kind of run) is a UserError that ends with `hint`."""
     path = Path(run) / "config.yaml"
     if not path.exists():
         return None
@@ -109,9 +113,11 @@ def read_config(run: Path, config_class: type[C]) -> C | None:
     try:
         data = yaml.safe_load(path.read_text())
         return config_class.model_validate(data)
+    except ValidationError as err:  # the value and what is allowed, as for a config file
+        first = format_validation_error(err, config_class)
     except Exception as err:  # noqa: BLE001 - any damage means the same thing to the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is damaged ({first}); pass --overwrite to start the run again") from None
+    raise UserError(f"{path} is damaged ({first})" + (f"; {hint}" if hint else ""))
 
 
 def config_differences(a: BaseModel, b: BaseModel, resumable: Collection[str] = ()) -> list[str]:
@@ -160,6 +166,25 @@ def inspect_run(cfg: BaseModel, run: Path, resumable: Collection[str] = ()) -> t
         raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
                         f"run the same config to resume it, or pass --overwrite")
     return "resume", summary
+
+
+def start_state(cfg: BaseModel, run: Path, resumable: Collection[str] = (), overwrite: bool = False) -> str:
+    """How a trainer starts `run` for `cfg`: 'resume' (an unfinished run of this config) or 'new'
+    (start_run_dir then clears what a run wrote there, once the trainer has loaded its model and data).
+
+    A finished run is a UserError naming its outcome, and a damaged run or an unfinished run of
+    another config the UserError of inspect_run, unless `overwrite`: then each starts as new.
+    """
+    run = Path(run)
+    try:
+        state, summary = inspect_run(cfg, run, resumable)
+    except UserError:  # a damaged run, or another config: only overwrite may replace it
+        if not (overwrite and (run / "config.yaml").exists()):
+            raise
+        state, summary = "finished", None
+    if state == "finished" and not overwrite:
+        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
+    return "new" if overwrite else state
 
 
 def describe_finished(run: Path, summary: dict) -> str:

@@ -44,9 +44,22 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def connect(address: str | None = None, num_cpus: int | None = None):
     """The `ray` module, initialised: a new local instance when `address` is None, an existing
-    cluster otherwise ('auto' = the one started on this machine with `ray start --head`)."""
+    cluster otherwise ('auto' = the one started on this machine with `ray start --head`).
+
+    Ray already initialised in this process (an earlier sweep, a notebook's ray.init) is reused
+    when `address` is None or names that session's cluster. An address naming another cluster is
+    a one-line UserError naming both: shutting the session down to reconnect would silently take
+    its tasks, actors and objects from whatever else in this process uses it, so the caller
+    decides (ray.shutdown() first, or the session's address).
+    """
     ray = import_ray()
     if ray.is_initialized():
+        if address is not None:
+            current = _session_address(ray)
+            if not _same_cluster(address, current, ray):
+                here = current or _connected["asked"] or "another cluster"
+                raise UserError(f"Ray in this process is already connected to {here}, "
+                                f"not to --address {address}; call ray.shutdown() first, or omit --address to use it")
         return ray
     quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address is None:
@@ -59,18 +72,61 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot connect to the Ray cluster at {address}: {first}") from None
+    _connected.update(asked=address, session=_session_address(ray))
     return ray
+
+
+_connected: dict[str, str | None] = {"asked": None, "session": None}  # what connect() last joined
+
+
+def _session_address(ray) -> str | None:
+    """HOST:PORT of the cluster (its GCS) this process's Ray session is connected to."""
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - a Ray client session, say: compared by the address asked
+        return None
+
+
+def _same_cluster(address: str, current: str | None, ray) -> bool:
+    """Whether `address` (HOST:PORT, ray://HOST:PORT or auto) names the cluster at `current`."""
+    if _connected["asked"] == address and _connected["session"] == current:
+        return True  # the address this session was joined with (also for ray:// clients)
+    if current is None:
+        return False
+    if address == "auto":  # the cluster Ray recorded as started on this machine
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception:  # noqa: BLE001 - none started here (or Ray's private API moved): not the same
+            return False
+    if address.startswith("ray://"):
+        return False  # a client server's port, not the GCS's: cannot be compared
+    return _host_port(address, ray) == _host_port(current, ray)
+
+
+def _host_port(address: str, ray) -> tuple[str, str]:
+    """(IP or 'this machine', port) of HOST:PORT, so that localhost, 127.0.0.1 and the node's IP match."""
+    host, _, port = address.rpartition(":")
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError:
+        ip = host
+    try:
+        node_ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001
+        node_ip = None
+    if ip.startswith("127.") or ip == node_ip:
+        ip = "this machine"
+    return ip, port
 
 
 def _train_task(cfg_json: str, threads: int) -> dict:
     """Body of one Ray task: train (or resume) one run in this worker process."""
-    import torch
-
     from probes.config import TrainConfig
-    from probes.train import train_run
+    from probes.train import train_run, with_threads
 
-    torch.set_num_threads(threads)
-    cfg = TrainConfig.model_validate_json(cfg_json)
+    cfg = with_threads(TrainConfig.model_validate_json(cfg_json), threads)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / WORKER_PID_FILE).write_text(f"{os.getpid()}\n")
     return train_run(cfg, overwrite=False, progress=False)

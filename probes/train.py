@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,6 @@ from probes.config import TrainConfig, validate
 from probes.errors import UserError
 from probes.rundir import (
     POSITION_COLUMNS,
-    describe_finished,
     latest_checkpoint,
     new_record,
     rate,
@@ -55,7 +56,7 @@ from probes.rundir import (
 from probes.tasks import Dataset, TokenLayout
 
 # Settings that may differ when a run resumes: where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend")
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend", "threads")
 _NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host sync each)
 
 
@@ -136,6 +137,45 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked but CUDA is not available here (allowed: cpu, auto)")
     return torch.device(name)
+
+
+def resolve_threads(threads: int | str, device: str, models: Sequence[str],
+                    environ: Mapping[str, str] = os.environ) -> int | None:
+    """The torch CPU thread count a run uses, None to leave torch's own (config key `threads`).
+
+    A count is used as given; 0 is torch's default. "auto" is 1 on a CPU run whose `models`
+    (backbone, and a VLM's encoders) are all tiny presets: they run fastest on one thread, and many
+    times slower on two when other jobs share the CPU; larger models keep torch's default, which
+    their matmuls use. On a GPU, where the CPU only feeds it, "auto" leaves torch's count too. An
+    OMP_NUM_THREADS in the environment is the user's choice: "auto" then leaves torch's count,
+    which follows it. One thread also makes a CPU run's floats independent of the core count.
+    """
+    if threads != "auto":
+        return int(threads) or None
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device.split(":")[0]
+    return 1 if kind == "cpu" and all(name.endswith("-tiny") for name in models) else None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | str, device: str, models: Sequence[str]) -> Iterator[int]:
+    """Run the block with resolve_threads(threads, device, models) torch threads; torch's count
+    before is restored afterwards. Yields the count in effect."""
+    count = resolve_threads(threads, device, models)
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if count is not None:
+            torch.set_num_threads(before)
+
+
+def with_threads(cfg: TrainConfig, threads: int | None) -> TrainConfig:
+    """`cfg` with `threads` CPU threads where it leaves them to "auto" (a sweep worker's share)."""
+    return cfg.model_copy(update={"threads": threads}) if threads and cfg.threads == "auto" else cfg
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -293,19 +333,17 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
     """Train one run to the threshold (or max_steps) and return its summary.
 
     A new run directory starts from scratch; an unfinished one resumes from its checkpoint; a
-    finished one is a UserError unless `overwrite`.
+    finished one is a UserError unless `overwrite`. torch uses `cfg.threads` CPU threads
+    (torch_threads) during the run.
     """
+    with torch_threads(cfg.threads, cfg.device, [cfg.model]) as threads:
+        return _train_run(cfg, overwrite, progress, threads)
+
+
+def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) -> dict:
     run = run_dir(cfg)
-    try:
-        state, summary = inspect_run(cfg, run)
-    except UserError:  # a damaged run, or another config: only --overwrite may replace it
-        if not (overwrite and (run / "config.yaml").exists()):
-            raise
-        state, summary = "finished", None
-    if state == "finished" and not overwrite:
-        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
-    if overwrite and run.exists() and state != "new":
-        state = "new"  # cleared below, once the model and data are known to load
+    # 'new' or 'resume'; a new run's directory is cleared below, once the model and data are known to load
+    state = rundir.start_state(cfg, run, RESUMABLE_CHANGES, overwrite)
     found = latest_checkpoint(run) if state == "resume" else None
 
     from transformers.utils import logging as hf_logging
@@ -339,7 +377,7 @@ def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) 
 
     info = {"run": run_name(cfg), "device": str(device), "precision": "bf16" if autocast else "fp32",
             "scan_backend": scan, "n_parameters": count_parameters(model), "seq_len": layout.seq_len,
-            "eval_size": len(held), "train_size": len(data.train)}
+            "eval_size": len(held), "train_size": len(data.train), "threads": threads}
     bar = _Progress(progress, info["run"], cfg.max_steps, rec["step"])
     if found is not None:
         bar.log(f"resuming {run} from step {rec['step']}")
@@ -471,12 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m probes.train", description="Train one run.")
     parser.add_argument("--json", required=True, help="TrainConfig as JSON")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads where the config says auto")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        summary = train_run(validate(TrainConfig, json.loads(args.json)), overwrite=args.overwrite, progress=False)
+        cfg = with_threads(validate(TrainConfig, json.loads(args.json)), args.threads)
+        summary = train_run(cfg, overwrite=args.overwrite, progress=False)
     except UserError as err:
         print(f"error: {err}", flush=True)
         return 2

@@ -154,6 +154,24 @@ def test_a_finished_run_is_finished_whatever_config_is_asked(tmp_path, status):
     assert rundir.describe_finished(run, summary).startswith(f"{run} holds a finished run (")
 
 
+def test_start_state_resumes_the_same_config_and_needs_overwrite_for_anything_else(tmp_path):
+    run = tmp_path / "r"
+    assert rundir.start_state(cfg(run), run) == "new"
+    c = started(run, "running")
+    assert rundir.start_state(c, run, RESUMABLE) == "resume"
+    assert rundir.start_state(c, run, RESUMABLE, overwrite=True) == "new"
+    with pytest.raises(UserError, match=r"different config \(lr=0.001 there, 0.002 asked\)"):
+        rundir.start_state(cfg(run, lr=2e-3), run, RESUMABLE)
+    assert rundir.start_state(cfg(run, lr=2e-3), run, RESUMABLE, overwrite=True) == "new"
+    write_json(run / "summary.json", {"status": "reached", "threshold": 0.95, "step_reached": 5})
+    with pytest.raises(UserError, match="holds a finished run .*pass --overwrite to start it again"):
+        rundir.start_state(c, run, RESUMABLE)
+    (run / "config.yaml").write_text("model: pythia-tiny\nencoder: siglip-tiny\n")  # another kind of run
+    with pytest.raises(UserError, match=r"config.yaml is damaged \(unknown config key 'encoder'.*--overwrite"):
+        rundir.start_state(c, run, RESUMABLE)
+    assert rundir.start_state(c, run, RESUMABLE, overwrite=True) == "new"
+
+
 def test_starting_a_new_run_clears_what_a_run_wrote_and_nothing_else(tmp_path):
     run = tmp_path / "r"
     started(run, "failed")

@@ -113,6 +113,23 @@ def test_an_unreachable_address_is_one_line_error(tmp_path, cli_runner):
         connect(None, num_cpus=2)
 
 
+def test_an_address_of_another_cluster_than_the_session_is_one_line_error(tmp_path, cli_runner):
+    from cli import app
+
+    current = ray.get_runtime_context().gcs_address
+    port = current.rpartition(":")[2]
+    for same in (None, current, f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert connect(same) is ray  # the session's own cluster: reused
+    with pytest.raises(UserError, match=f"already connected to {current}, not to --address 127.0.0.1:1;"):
+        connect("127.0.0.1:1")
+    r = cli_runner.invoke(app, ["sweep", "--backend", "ray", "--address", "127.0.0.1:1", "--model", "pythia-tiny",
+                                "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=2",
+                                "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and f"already connected to {current}, not to --address 127.0.0.1:1" in r.output
+    assert r.output.strip().count("\n") == 0, r.output
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == current  # left as it was
+
+
 def test_missing_ray_names_the_extra_to_install(monkeypatch):
     from probes import sweep_ray
 

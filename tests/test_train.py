@@ -297,6 +297,68 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tm
     assert json.loads((tmp_path / "whole" / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
 
 
+# === CPU threads ===
+
+
+@pytest.fixture
+def two_torch_threads(monkeypatch):
+    """torch at 2 threads and no OMP_NUM_THREADS, as a plain `probes train` on a 2-core machine; a
+    recorder of torch's thread count at every training step."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    real = train_mod.compute_loss
+    monkeypatch.setattr(train_mod, "compute_loss", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    yield seen
+    torch.set_num_threads(before)
+
+
+def test_auto_threads_is_one_for_tiny_models_on_cpu_unless_omp_num_threads_is_set():
+    resolve = train_mod.resolve_threads
+    assert resolve("auto", "cpu", ["pythia-tiny"], environ={}) == 1
+    assert resolve("auto", "cpu", ["mamba-tiny", "siglip-tiny"], environ={}) == 1
+    assert resolve("auto", "cpu", ["pythia-160m"], environ={}) is None  # its matmuls use torch's threads
+    assert resolve("auto", "cpu", ["pythia-tiny", "siglip-so400m"], environ={}) is None
+    tiny = ["pythia-tiny"]
+    assert resolve("auto", "cpu", tiny, environ={"OMP_NUM_THREADS": "4"}) is None  # the user's choice stands
+    assert resolve("auto", "cuda:0", tiny, environ={}) is None  # a GPU run: torch's default
+    assert resolve(0, "cpu", tiny, environ={}) is None and resolve(3, "cpu", tiny, environ={"OMP_NUM_THREADS": "1"}) == 3
+    with_threads = train_mod.with_threads  # a sweep worker's share fills in "auto" only
+    assert with_threads(TrainConfig(), 2).threads == 2 and with_threads(TrainConfig(threads=3), 2).threads == 3
+    assert with_threads(TrainConfig(), None).threads == "auto"
+
+
+def test_probes_train_uses_one_thread_on_cpu_and_gives_the_same_metrics_twice(tmp_path, cli_runner, two_torch_threads):
+    for name in ("a", "b"):
+        r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / name / "summary.json").read_text())["threads"] == 1
+    assert two_torch_threads and set(two_torch_threads) == {1}
+    assert torch.get_num_threads() == 2  # restored after the run
+    pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "a")), without_timing(metrics(tmp_path / "b")))
+    assert load_config(TrainConfig, tmp_path / "a" / "config.yaml").threads == "auto"
+
+
+def test_threads_follow_omp_num_threads_or_an_explicit_setting(tmp_path, cli_runner, monkeypatch, two_torch_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    s = train_run(tiny(tmp_path, max_steps=2, eval_every=2), progress=False)
+    assert s["threads"] == 2 and set(two_torch_threads) == {2}
+    two_torch_threads.clear()
+    r = cli_runner.invoke(app, ["train", *SMALL, "--threads", "1", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert set(two_torch_threads) == {1} and torch.get_num_threads() == 2
+    assert load_config(TrainConfig, tmp_path / "r" / "config.yaml").threads == 1
+    r = cli_runner.invoke(app, ["train", *SMALL, "--threads", "many", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "threads must be auto, 0 (torch's default) or a thread count, got 'many'" in r.output
+
+
+def test_threads_may_change_when_a_run_resumes(tmp_path):
+    cfg = tiny(tmp_path, threads=1)
+    train_mod.start_run_dir(Path(cfg.out), cfg, "new")
+    assert train_mod.inspect_run(cfg.model_copy(update={"threads": 2}))[0] == "resume"
+
+
 # === `probes train` ===
 
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from probes.config import THREADS_HELP
 from probes.vlm.config import VLMDataConfig, VLMEvalConfig, VLMTrainConfig
 
 vlm_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -51,7 +52,7 @@ def _default(fields, name):
 _TRAIN_KEYS = ["model", "encoder", "encoder2", "feature_layer", "encoder_image_size", "connector", "scan", "scan_shared", "layout",
                "row_sep", "instruction", "marker_init", "max_steps", "stage1_steps", "stage1_lr", "lr", "warmup",
                "weight_decay", "batch_size", "eval_batch_size", "eval_every", "threshold", "grad_clip", "seed",
-               "out", "device", "precision", "scan_backend"]
+               "out", "device", "precision", "scan_backend", "threads"]
 _DATA_KEYS = {"data": "data.kind", "train_size": "data.train_size", "eval_size": "data.eval_size",
               "image_size": "data.image_size", "max_objects": "data.max_objects", "train_file": "data.train_file",
               "eval_file": "data.eval_file", "box_format": "data.box_format", "data_seed": "data.seed"}
@@ -92,6 +93,7 @@ def train(
     device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option(_T["precision"].default, help="auto | bf16 | fp32."),
     scan_backend: str = typer.Option(_T["scan_backend"].default, help="auto | triton | mamba-ssm | torch | reference."),
+    threads: str = typer.Option(_T["threads"].default, metavar="auto|N", help=THREADS_HELP),
     data: str = typer.Option(_D["kind"].default, "--data", help="synthetic | refcoco."),
     train_size: int = typer.Option(_D["train_size"].default, help="Synthetic training scenes."),
     eval_size: int = typer.Option(_D["eval_size"].default, help="Held-out scenes (refcoco: records at most)."),

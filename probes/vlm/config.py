@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from probes.backbones import Init, check_model_name
-from probes.config import Config, Precision, ScanBackend
+from probes.config import THREADS_HELP, Config, Precision, ScanBackend, Threads
 from probes.errors import UserError
 
 Layout = Literal["task-agnostic", "task-aware", "query-first"]
@@ -76,6 +76,7 @@ class VLMTrainConfig(Config):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
     scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | torch | reference")
+    threads: Threads = Field("auto", description=THREADS_HELP)
     data: VLMDataConfig = Field(default_factory=VLMDataConfig)
 
     @model_validator(mode="after")

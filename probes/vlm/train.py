@@ -23,8 +23,9 @@ so `analysis/` reads VLM runs with the same loaders:
     summary.json       status, threshold, step_reached, examples_to_threshold, final_accuracy, ...
     checkpoint/        the LM (save_pretrained) and state.pt (connector, optimizer, RNG, metrics)
 
-The same command resumes an unfinished run from its checkpoint; a finished run is an error unless
-`overwrite`.
+The lifecycle is probes.rundir's (start_state), as for text runs: the same command resumes an
+unfinished run from its checkpoint (RESUMABLE_CHANGES may differ); a finished run, a damaged one or
+an unfinished one of another config is a one-line error unless `overwrite`, which starts it again.
 """
 
 from __future__ import annotations
@@ -38,32 +39,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from probes.config import validate
 from probes.errors import UserError
 from probes.rundir import (
-    FINISHED,
     POSITION_COLUMNS,
-    describe_finished,
     latest_checkpoint,
     new_record,
     rate,
-    read_summary,
+    read_config,
     restore_record,
     run_summary,
     save_checkpoint,
     start_run_dir,
+    start_state,
     write_json,
     write_parquet,
 )
-from probes.train import BatchOrder, choose_scan_backend, format_lr, resolve_device, resolve_precision
+from probes.train import (
+    BatchOrder,
+    choose_scan_backend,
+    format_lr,
+    resolve_device,
+    resolve_precision,
+    torch_threads,
+)
 from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
 from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
 from probes.vlm.grounding import GRID, cell, format_box, score
 from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
 
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend")  # how it runs, not what
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads")  # how it runs, not what
 METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                   "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -83,40 +88,6 @@ def run_name(cfg: VLMTrainConfig) -> str:
 
 def run_dir(cfg: VLMTrainConfig) -> Path:
     return Path(cfg.out) if cfg.out is not None else Path("runs") / "vlm" / run_name(cfg)
-
-
-def read_run_config(run: Path) -> VLMTrainConfig:
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run} holds no VLM run (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    return validate(VLMTrainConfig, data if isinstance(data, dict) else {})
-
-
-def inspect_run(cfg: VLMTrainConfig, run: Path) -> tuple[str, dict | None]:
-    """('new' | 'resume' | 'finished', summary) for `run`; a foreign directory or config is a UserError."""
-    if not run.exists():
-        return "new", None
-    if not run.is_dir():
-        raise UserError(f"{run} is a file, not a run directory")
-    if not (run / "config.yaml").is_file():
-        if any(run.iterdir()):
-            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
-        return "new", None
-    saved = read_run_config(run).model_dump(mode="json")
-    summary = read_summary(run)
-    if summary is not None and summary["status"] in FINISHED:
-        return "finished", summary
-    asked = cfg.model_dump(mode="json")
-    differing = [k for k in asked if k not in RESUMABLE_CHANGES and saved.get(k) != asked[k]]
-    if differing:
-        shown = ", ".join(f"{k}={saved.get(k)!r} there, {asked[k]!r} asked" for k in differing[:3])
-        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
-                        f"run the same config to resume it, or pass --overwrite")
-    return "resume", summary
 
 
 # === Data ===
@@ -241,14 +212,15 @@ def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict]
 
 
 def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Train one VLM run to the threshold (or max_steps); returns its summary."""
-    log = log or (lambda _msg: None)
+    """Train one VLM run to the threshold (or max_steps); returns its summary. torch uses
+    `cfg.threads` CPU threads (probes.train.torch_threads) during the run."""
+    with torch_threads(cfg.threads, cfg.device, [cfg.model, *cfg.encoders]) as threads:
+        return _train_vlm(cfg, overwrite, log or (lambda _msg: None), threads)
+
+
+def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None], threads: int) -> dict:
     run = run_dir(cfg)
-    state, summary = inspect_run(cfg, run)
-    if state == "finished" and not overwrite:
-        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
-    if overwrite and state != "new":
-        state = "new"
+    state = start_state(cfg, run, RESUMABLE_CHANGES, overwrite)  # probes.rundir's lifecycle, as text runs
     found = latest_checkpoint(run) if state == "resume" else None
 
     from transformers.utils import logging as hf_logging
@@ -287,7 +259,8 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
             "precision": "bf16" if autocast else "fp32", "scan_backend": scan,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "n_trainable_stage1": sum(p.numel() for p in model.connector.parameters()),
-            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held)}
+            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held),
+            "threads": threads}
     t0 = time.monotonic() - rec["wall_seconds"]
     step = rec["step"]
 
@@ -392,7 +365,9 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
     """Score a run's latest checkpoint on its held-out split (or on `eval_file`); writes predictions."""
     log = log or (lambda _msg: None)
     run = Path(ecfg.run)
-    cfg = read_run_config(run)
+    cfg = read_config(run, VLMTrainConfig, hint="")
+    if cfg is None:
+        raise UserError(f"{run} holds no VLM run (no config.yaml)")
     found = latest_checkpoint(run)
     if found is None:
         raise UserError(f"{run} has no checkpoint yet (train it with `probes vlm train`)")

@@ -170,3 +170,46 @@ def test_overwrite_starts_a_finished_run_again(tmp_path):
     assert summary["resumed_at"] == [] and summary["final_step"] == 1
     assert sorted(p.name for p in (tmp_path / "r" / "predictions").iterdir()) == \
         ["step_0000000.parquet", "step_0000001.parquet"]
+
+
+def test_vlm_runs_take_their_cpu_threads_from_the_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)  # the module's fixture restores one thread afterwards
+    cfg = tiny(tmp_path / "r", max_steps=1, stage1_steps=0, eval_every=1, batch_size=2, device="cpu",
+               data={**TINY_DATA, "eval_size": 2})
+    assert train_vlm(cfg)["threads"] == 1 and torch.get_num_threads() == 2  # auto: one on CPU, then restored
+    assert train_vlm(cfg.model_copy(update={"threads": 2}), overwrite=True)["threads"] == 2
+
+
+def test_vlm_run_directories_follow_the_shared_rundir_lifecycle(tmp_path):
+    """probes.rundir decides for VLM runs as for text runs (start_state): worker files are no obstacle,
+    differing settings are named as dotted keys, and --overwrite replaces a different or damaged run."""
+    from probes.vlm.config import VLMEvalConfig
+    from probes.vlm.train import evaluate_run
+
+    run = tmp_path / "r"
+    cfg = tiny(run, max_steps=1, stage1_steps=0, eval_every=1, batch_size=2, data={**TINY_DATA, "eval_size": 2})
+    run.mkdir()
+    (run / "train.log").write_text("a sweep worker's log\n")
+    assert train_vlm(cfg)["final_step"] == 1 and (run / "train.log").exists()
+
+    (run / "summary.json").write_text(json.dumps({"status": "running"}))  # killed after its last checkpoint
+    assert train_vlm(cfg.model_copy(update={"eval_batch_size": 4, "threads": 1}))["resumed_at"] == [1]
+    (run / "summary.json").write_text(json.dumps({"status": "running"}))
+    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train_size": 16})})
+    with pytest.raises(UserError, match=r"different config \(data.train_size=32 there, 16 asked\)"):
+        train_vlm(other)
+    assert train_vlm(other, overwrite=True)["resumed_at"] == []
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["train_size"] == 16
+
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match=r"config.yaml is damaged \(.*\); pass --overwrite"):
+        train_vlm(other)
+    with pytest.raises(UserError, match=r"config.yaml is damaged \([^;]*\)$"):  # eval has no --overwrite
+        evaluate_run(VLMEvalConfig(run=run))
+    assert train_vlm(other, overwrite=True)["final_step"] == 1
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and holds no run"):
+        train_vlm(tiny(tmp_path / "mine"))
