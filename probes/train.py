@@ -178,6 +178,17 @@ def with_threads(cfg: TrainConfig, threads: int | None) -> TrainConfig:
     return cfg.model_copy(update={"threads": threads}) if threads and cfg.threads == "auto" else cfg
 
 
+def end_train_interval(rec: dict, device: torch.device, t_train: float, steps: int) -> float:
+    """Seconds of training since `t_train` (once the GPU's queued work is done), added with `steps`
+    to the run record's totals: the interval an evaluation closes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.monotonic() - t_train
+    rec["train_seconds"] += seconds
+    rec["train_steps"] += steps
+    return seconds
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
@@ -471,11 +482,7 @@ def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) 
             bar.update(step)
             if not is_eval:
                 continue
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_seconds = time.monotonic() - t_train
-            rec["train_seconds"] += train_seconds
-            rec["train_steps"] += since_eval
+            train_seconds = end_train_interval(rec, device, t_train, since_eval)
             acc = record_eval(step, loss_acc.item() / loss_steps, train_seconds, since_eval)
             loss_acc.zero_()
             loss_steps = since_eval = 0

@@ -58,6 +58,7 @@ from probes.rundir import (
 from probes.train import (
     BatchOrder,
     choose_scan_backend,
+    end_train_interval,
     format_lr,
     resolve_device,
     resolve_precision,
@@ -342,11 +343,7 @@ def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None],
                                     f"the model diverged: try a lower lr")
         if not (step % cfg.eval_every == 0 or step == cfg.stage1_steps or step == cfg.max_steps):
             continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.monotonic() - t_train
-        rec["train_seconds"] += train_seconds
-        rec["train_steps"] += since_eval
+        train_seconds = end_train_interval(rec, device, t_train, since_eval)
         record_eval(step, loss_sum / loss_steps, train_seconds, since_eval)
         loss_sum, loss_steps, since_eval = 0.0, 0, 0
         checkpoint()
