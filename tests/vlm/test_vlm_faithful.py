@@ -305,3 +305,18 @@ def test_vlm_preview_shows_both_marker_kinds_and_bad_ids_are_one_line(cli_runner
     r = run("--markers", "paper", "--marker-ids", "1,2")
     assert r.exit_code == 2 and "--marker-ids '1,2' is not three token ids" in r.output
     assert "Traceback" not in r.output
+
+
+def test_the_committed_pass_6_runs_still_load_with_their_old_markers():
+    from pathlib import Path
+
+    from probes.rundir import read_config
+
+    run = Path(__file__).resolve().parents[2] / "results" / "repro" / "vlm" / "mamba-tiny+query-first+s0"
+    if not (run / "config.yaml").exists():
+        pytest.skip("results/repro/vlm is not in this checkout")
+    cfg = read_config(run, VLMTrainConfig)
+    assert "marker_noise" not in yaml.safe_load((run / "config.yaml").read_text())
+    assert legacy_values(run) == {"marker_noise": 0.0}
+    assert (cfg.markers, cfg.concat, cfg.feature_norm, cfg.stage_batch_size(1), cfg.stage_batch_size(2)) == \
+        ("new", "sequence", False, 32, 32)
