@@ -398,11 +398,11 @@ __all__ = [
     "TokenizerCodec",
     "build_vlm",
     "check_same_grid",
-    "paper_markers",
-    "perturb_rows",
     "greedy",
     "greedy_reference",
     "make_batch",
     "max_answer_tokens",
+    "paper_markers",
+    "perturb_rows",
     "text_codec",
 ]

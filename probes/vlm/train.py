@@ -458,9 +458,9 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
 __all__ = [
     "METRIC_COLUMNS",
     "POSITION_COLUMNS",
-    "evaluate",
     "ExampleStream",
     "accumulate",
+    "evaluate",
     "evaluate_run",
     "legacy_values",
     "load_splits",

@@ -24,9 +24,9 @@ TINY_DATA = {"train_size": 32, "eval_size": 4, "image_size": 32, "max_objects": 
 
 
 def tiny(out=None, **kw) -> VLMTrainConfig:
-    base = dict(model="pythia-tiny", encoder="siglip-tiny", instruction="", max_steps=4, stage1_steps=2,
-                eval_every=2, batch_size=4, eval_batch_size=4, lr=1e-3, out=str(out) if out else None,
-                data=TINY_DATA, device="cpu")
+    base = {"model": "pythia-tiny", "encoder": "siglip-tiny", "instruction": "", "max_steps": 4,
+            "stage1_steps": 2, "eval_every": 2, "batch_size": 4, "eval_batch_size": 4, "lr": 1e-3,
+            "out": str(out) if out else None, "data": TINY_DATA, "device": "cpu"}
     return VLMTrainConfig(**{**base, **kw})
 
 
@@ -103,8 +103,8 @@ def _backbone(vocab: int, tokenizer=None) -> Backbone:
 
 def test_paper_marker_ids_follow_the_documented_rule():
     full = _backbone(50304)  # a config-built GPT-NeoX vocabulary: the paper code's own ids
-    assert (lambda m: (m.image_start, m.image_end, m.row_sep))(paper_markers(full, ByteCodec(), None)) == \
-        PAPER_MARKER_IDS == (4118, 4118, 10494)
+    m = paper_markers(full, ByteCodec(), None)
+    assert (m.image_start, m.image_end, m.row_sep) == PAPER_MARKER_IDS == (4118, 4118, 10494)
     custom = paper_markers(full, ByteCodec(), (300, 301, 302))
     assert (custom.image_start, custom.image_end, custom.row_sep) == (300, 301, 302)
     with pytest.raises(UserError, match=r"marker_ids \[5, 5, 50304\]: 50304 is not a usable id"):
