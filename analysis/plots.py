@@ -44,7 +44,7 @@ from pydantic import Field
 
 from analysis.efficiency import efficiency, efficiency_summary, learning_order, learning_order_summary
 from analysis.load import (
-    TEXT,
+    PROBE,
     VLM,
     VLM_GRID,
     NoRunsError,
@@ -995,7 +995,7 @@ def plot_runs(
     if any(k not in KINDS for k in kinds):
         raise UserError(f"unknown figure kind '{kind}' (allowed: {', '.join(KINDS)}, all)")
     runs = select_runs(load_runs(*paths), only)
-    run_kinds = [k for k in (TEXT, VLM) if runs["kind"].eq(k).any()]
+    run_kinds = [k for k in (PROBE, VLM) if runs["kind"].eq(k).any()]
     written = []
     for run_kind in run_kinds:  # text-probe and VLM runs under one DIR: each kind its own figures
         name = prefix + ("vlm-" if run_kind == VLM and len(run_kinds) > 1 else "")

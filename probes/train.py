@@ -403,7 +403,7 @@ def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) 
 
     def summary_now(status: str, message: str = "") -> dict:
         return {
-            **run_summary(rec, cfg, status, message, time.monotonic() - t0),
+            **run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="probe"),
             "train_tokens_per_s": rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             **info,

@@ -266,7 +266,7 @@ def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None],
     step = rec["step"]
 
     def summary_now(status: str, message: str = "") -> dict:
-        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0),
+        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="vlm"),
                 "stage1_steps": cfg.stage1_steps, **info}
 
     def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
