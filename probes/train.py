@@ -39,6 +39,7 @@ from probes import rundir, tasks
 from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
 from probes.config import TrainConfig, validate
 from probes.errors import UserError
+from probes.naming import format_lr  # noqa: F401 - probes.train.format_lr, as before
 from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
@@ -61,12 +62,6 @@ _NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host syn
 
 
 # === Names ===
-
-
-def format_lr(lr: float) -> str:
-    """1e-4 → '1e-4', 5e-05 → '5e-5', 0.00025 → '2.5e-4'."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def run_name(cfg: TrainConfig) -> str:

@@ -33,3 +33,11 @@ def test_schema_and_analysis_load_import_without_torch():
     code = "import sys, probes.schema, analysis.load; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_format_lr_is_one_function_for_run_names_and_figure_labels():
+    from probes import train
+    from probes.naming import format_lr
+
+    assert train.format_lr is format_lr
+    assert [format_lr(x) for x in (2.5e-4, 3e-4, 1e-5, 0.001)] == ["2.5e-4", "3e-4", "1e-5", "1e-3"]
