@@ -101,7 +101,8 @@ def plot_runs(
     run_kinds = [k for k in NAME_PREFIX if runs["kind"].eq(k).any()]
     if not run_kinds:
         found = ", ".join(sorted(set(runs["kind"])))
-        raise NoRunsError(f"no run to draw: the runs are of kind {found}; figures are drawn for {', '.join(NAME_PREFIX)}")
+        raise NoRunsError(f"no run to draw: the runs are of kind {found}; "
+                          f"figures are drawn for {', '.join(NAME_PREFIX)} runs")
     written = []
     for run_kind in run_kinds:  # probe and VLM runs under one DIR: each kind its own figures
         name = prefix + (NAME_PREFIX[run_kind] if len(run_kinds) > 1 else "")
