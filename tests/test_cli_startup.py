@@ -10,18 +10,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "analysis"))  # synthetic.py: hand-written run directories
 
-from synthetic import write_run  # noqa: E402
+from synthetic import write_run
 
 HEAVY = ("torch", "transformers")
-PROBE = """
+PROBE = f"""
 import json, sys
 from cli import app
+code = None
 try:
     app(json.loads(sys.argv[1]), prog_name="probes")
 except SystemExit as exit:
     code = exit.code
-print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def run_cli(args: list[str]) -> dict:
