@@ -1,12 +1,13 @@
 """Run directories (SPEC §6): the files one run writes, and how a run starts, resumes and ends.
 
 Text runs (probes.train) and VLM runs (probes.vlm.train) share this format, so `analysis/` reads
-both with the same loaders:
+both with the same loaders; the names below are probes.schema's:
 
     config.yaml        the run's config (TrainConfig, VLMTrainConfig), written first
     metrics.parquet    one row per evaluation (the trainer's METRIC_COLUMNS)
     positions.parquet  one row per evaluation × position (POSITION_COLUMNS)
-    summary.json       status (running | reached | not_reached | failed) and the outcome (run_summary)
+    summary.json       kind (probe | vlm | pretrain), status (running | reached | not_reached |
+                       failed) and the outcome (run_summary)
     checkpoint/        the latest state: the model (save_pretrained) and state.pt (step, optimizer,
                        RNG, the record of evaluations so far: new_record)
     train.log, worker.pid   written by sweep workers (probes.sweep, probes.sweep_ray), not the run
