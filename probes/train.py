@@ -39,7 +39,7 @@ from probes import rundir, tasks
 from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
 from probes.config import TrainConfig, validate
 from probes.errors import UserError
-from probes.naming import format_lr  # noqa: F401 - probes.train.format_lr, as before
+from probes.naming import format_lr  # run names; also probes.train.format_lr, as before
 from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
