@@ -39,6 +39,7 @@ from probes import rundir, tasks
 from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
 from probes.config import TrainConfig, validate
 from probes.errors import UserError
+from probes.naming import format_lr  # run names; also probes.train.format_lr, as before
 from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
@@ -61,12 +62,6 @@ _NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host syn
 
 
 # === Names ===
-
-
-def format_lr(lr: float) -> str:
-    """1e-4 → '1e-4', 5e-05 → '5e-5', 0.00025 → '2.5e-4'."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -403,7 +398,7 @@ def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) 
 
     def summary_now(status: str, message: str = "") -> dict:
         return {
-            **run_summary(rec, cfg, status, message, time.monotonic() - t0),
+            **run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="probe"),
             "train_tokens_per_s": rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             **info,

@@ -117,10 +117,12 @@ def test_positions_have_one_row_per_evaluation_and_target_position(finished):
 
 
 def test_summary_reports_the_outcome_and_throughput(finished):
-    _, s = finished
+    cfg, s = finished
     assert s["status"] == "not_reached" and s["step_reached"] is None and s["examples_to_threshold"] is None
-    assert s["threshold"] == 0.95 and s["max_steps"] == 20 and s["final_step"] == 20
-    assert s["final_accuracy"] == pytest.approx(s["final_accuracy"]) and s["wall_seconds"] > 0
+    assert s["threshold"] == 0.95 and s["max_steps"] == 20 and s["final_step"] == 20 and s["kind"] == "probe"
+    last = metrics(cfg.out).iloc[-1]
+    assert s["final_accuracy"] == pytest.approx(last.accuracy) and last.step == s["final_step"]
+    assert s["best_accuracy"] == pytest.approx(metrics(cfg.out).accuracy.max()) and s["wall_seconds"] > 0
     assert s["train_examples_per_s"] > 0 and s["eval_examples_per_s"] > 0 and s["device"] == "cpu"
 
 

@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from probes.backbones import Init, check_model_name
-from probes.config import THREADS_HELP, Config, Precision, ScanBackend, Threads
+from probes.config import THREADS_HELP, Config, Init, Precision, ScanBackend, Threads
 from probes.errors import UserError
 
 Layout = Literal["task-agnostic", "task-aware", "query-first"]
@@ -102,6 +101,7 @@ class VLMTrainConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> VLMTrainConfig:
+        from probes.backbones import check_model_name  # lazy: keeps the CLI's --help free of torch
         from probes.vlm.connectors import get_connector
         from probes.vlm.encoders import check_encoder_name
 

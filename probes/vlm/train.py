@@ -332,7 +332,7 @@ def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None],
     step = rec["step"]
 
     def summary_now(status: str, message: str = "") -> dict:
-        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0),
+        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="vlm"),
                 "train_examples_per_s": rate(cfg.examples_seen(step), rec["train_seconds"]),
                 "stage1_steps": cfg.stage1_steps, **info}
 
