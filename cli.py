@@ -106,6 +106,7 @@ from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
 _T = TrainConfig.model_fields
 _TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
                "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
+               "init_seed", "order_seed", "lr_schedule", "warmup_ratio", "min_lr_ratio",
                "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
                "checkpoint_every", "threads")
 
@@ -133,24 +134,33 @@ def train(
     layout: str = typer.Option(_T["layout"].default, help="suffix | prefix."),
     lr: float = typer.Option(_T["lr"].default, help="AdamW learning rate."),
     init: str = typer.Option(_T["init"].default, help="New embedding rows: default | mean | normal."),
-    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows and batch order."),
+    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows, batch order and data "
+                             "(the default of the three seeds below)."),
+    init_seed: Optional[int] = typer.Option(None, help="Seed of the model init and new rows [default: seed]."),
+    order_seed: Optional[int] = typer.Option(None, help="Seed of the batch order [default: seed]."),
     max_steps: int = typer.Option(_T["max_steps"].default, help="Optimizer steps at most."),
     batch_size: int = typer.Option(_T["batch_size"].default, help="Examples per step."),
     threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out accuracy >= this."),
     eval_every: Optional[int] = typer.Option(None, help="Steps between evaluations [default: 1% of max steps]."),
     out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/<run name>]."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset from `probes generate` [default: generate "
-                                            "in memory from --data-seed]."),
+                                            "in memory from the data seed]."),
     train_size: int = typer.Option(_T["train_size"].default, help="Training examples (when generated)."),
     eval_size: int = typer.Option(_T["eval_size"].default, help="Held-out examples (when generated)."),
-    data_seed: int = typer.Option(_T["data_seed"].default, help="Seed of the training set (when generated)."),
+    data_seed: Optional[int] = typer.Option(None, help="Seed of the training set, when generated [default: seed]."),
     heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: data seed + 1000003]."),
     answer_only: bool = typer.Option(False, "--answer-only", help="Loss on the answer alone "
                                      "[default: answer and end-of-text]."),
     answer_offset: int = typer.Option(TokenConfig.model_fields["answer_offset"].default,
                                       help="answer(p) = vocabulary id p + this."),
-    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay."),
-    warmup: int = typer.Option(_T["warmup"].default, help="Linear learning-rate warmup steps."),
+    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay (not on biases "
+                                       "and norm weights)."),
+    lr_schedule: str = typer.Option(_T["lr_schedule"].default, help="constant | linear | cosine (over max steps)."),
+    warmup: int = typer.Option(_T["warmup"].default, help="Learning-rate warmup steps."),
+    warmup_ratio: Optional[float] = typer.Option(None, help="Warmup as a fraction of max steps, in [0, 1) "
+                                                 "(instead of --warmup)."),
+    min_lr_ratio: float = typer.Option(_T["min_lr_ratio"].default, help="Floor of the linear and cosine decay, "
+                                       "as a fraction of lr."),
     grad_clip: float = typer.Option(_T["grad_clip"].default, help="Gradient-norm clipping; 0 turns it off."),
     device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),

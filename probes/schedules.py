@@ -57,15 +57,15 @@ SCHEDULES: dict[str, ScheduleBuilder] = {"constant": _constant, "linear": _linea
 
 
 def build_schedule(opt: Optimizer, name: str, warmup: int, total: int, min_lr_ratio: float = 0.0,
-                   start: int = 0) -> LambdaLR:
+                   start: int = 0, base_lr: float | None = None) -> LambdaLR:
     """The LambdaLR of schedule `name` over `total` updates; its factor multiplies each group's
-    `initial_lr` (the lr the optimizer was built with). With `start` > 0 the optimizer's groups get
-    the lr of update `start` (a resumed run), whatever lr they held."""
+    base lr (`base_lr`, default the lr each group holds). With `start` > 0 the groups get the lr of
+    update `start` (a resumed run), whatever lr they held."""
     if name not in SCHEDULES:
         raise UserError(f"unknown lr_schedule '{name}' (allowed: {', '.join(SCHEDULES)})")
-    if start > 0:
-        for group in opt.param_groups:
-            group.setdefault("initial_lr", group["lr"])
+    for group in opt.param_groups:
+        base = base_lr if base_lr is not None else group.get("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] = base
     return SCHEDULES[name](opt, warmup, total, min_lr_ratio, start - 1)
 
 

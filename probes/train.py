@@ -343,7 +343,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, start: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """cfg.lr_schedule over cfg.max_steps updates (probes.schedules); `start` > 0 resumes it there."""
-    return schedules.build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio, start)
+    return schedules.build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio, start,
+                                    base_lr=cfg.lr)
 
 
 def schedule_summary(cfg: TrainConfig) -> dict:
@@ -461,8 +462,6 @@ def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) 
     if found is not None:
         ckpt_state = found[1]
         load_optimizer_state(opt, ckpt_state["optimizer"], model)
-        for group in opt.param_groups:
-            group["initial_lr"] = cfg.lr  # the schedule's base (checkpoints before schedules lack it)
         set_rng_state(ckpt_state["rng"], device)
         restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
