@@ -213,6 +213,9 @@ def sweep(
     lr: Optional[list[float]] = typer.Option(None, help="Grid: learning rates (repeat) [default: 1e-5 5e-5 1e-4]."),
     init: Optional[list[str]] = typer.Option(None, help="Grid: inits (repeat) [default: default mean normal]."),
     seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
+    init_seed: Optional[list[int]] = typer.Option(None, help="Grid: model-init seeds (repeat) [default: seed]."),
+    order_seed: Optional[list[int]] = typer.Option(None, help="Grid: batch-order seeds (repeat) [default: seed]."),
+    data_seed: Optional[list[int]] = typer.Option(None, help="Grid: training-data seeds (repeat) [default: seed]."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
     address: Optional[str] = typer.Option(None, help="Ray backend: cluster HOST:PORT, ray://HOST:PORT or auto "
@@ -225,16 +228,18 @@ def sweep(
                                 help="Ray backend: times a run whose worker died is started again."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
-    dry_run: bool = typer.Option(False, help="List the runs and what would happen to each, then stop."),
+    dry_run: bool = typer.Option(False, help="List the runs, what would happen to each and the GPU-hours the "
+                                 "runs to do are expected to take, then stop."),
     progress: bool = typer.Option(True, help="Show the sweep's progress."),
 ) -> None:
-    """Run a grid model × n × layout × lr × init × seed: skip finished runs, resume unfinished ones."""
+    """Run a grid model × n × layout × lr × init × seeds: skip finished runs, resume unfinished ones."""
     import yaml
 
-    from probes.sweep import expand_grid, plan, run_sweep
+    from probes.sweep import describe_cost, expand_grid, plan, run_sweep
 
     given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
-                                             "address", "cpus_per_run", "gpus_per_run", "retries")})
+                                             "address", "cpus_per_run", "gpus_per_run", "retries",
+                                             "init_seed", "order_seed", "data_seed")})
     if "out" in given:
         given["out"] = str(given["out"])
     for item in set_ or []:
@@ -249,6 +254,8 @@ def sweep(
             out_console.print(f"{result['dir']}  skip ({result['status']})", highlight=False, markup=False)
         for job in todo:
             out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
+        for line in describe_cost([job.cfg for job in todo]):
+            out_console.print(line, highlight=False, markup=False)
         return
     results = run_sweep(cfg, progress=progress,
                         retry_failed=retry_failed, threads=threads)
