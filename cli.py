@@ -75,12 +75,20 @@ def generate(
     out: Path = typer.Option(Path("data"), help="Output directory: train.npz, heldout.npz, meta.json."),
     preview: int = typer.Option(0, help="Print this many rendered training examples."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
+    from_paper: Optional[Path] = typer.Option(None, help="Convert the paper's released files (HF dataset "
+                                              "gpantaz/vl-mamba-synthetic: a directory or one of its "
+                                              "*_synthetic_vg_seqlenN.json) instead of generating."),
+    paper_heldout: str = typer.Option("validation", help="With --from-paper: the paper's split that becomes "
+                                      "the held-out set: validation | test."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Generate a suffix or prefix grounding dataset (model-independent index arrays)."""
+    """Generate a suffix or prefix grounding dataset (model-independent index arrays), or convert the paper's."""
     from probes import tasks
 
     keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
+    if from_paper is not None:
+        _generate_from_paper(ctx, from_paper, out, paper_heldout, overwrite, preview, config)
+        return
     cfg = load_config(DataConfig, config, flags_given(ctx, keys))
     if tasks.check_out_dir(out, cfg, overwrite):
         console.print(f"{out} already holds this dataset; nothing to do.")
@@ -96,6 +104,35 @@ def generate(
             f"training ({ds.resampled} training rows redrawn)"
         )
     for line in tasks.preview(ds.train, cfg.layout, preview) if ds else []:
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: str, overwrite: bool,
+                         preview: int, config: Optional[Path]) -> None:
+    from probes import paper_data, tasks
+
+    fixed = [k for k in ("train_size", "eval_size", "seed", "heldout_seed") if flags_given(ctx, {k: k})]
+    if fixed or config is not None:
+        raise UserError(f"--from-paper takes sizes and data from the paper's files; drop "
+                        f"--{(fixed[0] if fixed else 'config').replace('_', '-')}")
+    given = flags_given(ctx, {"n": "n", "layout": "layout"})
+    with console.status(f"reading {source}"):
+        ds, origin = paper_data.import_paper(source, given.get("n"), given.get("layout", "suffix"), heldout)
+    meta = tasks.read_meta(out) if out.is_dir() else None
+    if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
+        console.print(f"{out} already holds this dataset; nothing to do.")
+    else:
+        if meta is not None and not overwrite:
+            raise UserError(f"--out {out} already holds a different dataset; choose another --out or pass --overwrite")
+        tasks.save_dataset(ds, out)
+        paper_data.write_source(out, origin)
+        (lo, hi), (hlo, hhi) = paper_data.balance(ds.train), paper_data.balance(ds.heldout)
+        console.print(
+            f"wrote {out} from the paper's files: {len(ds.train):,} train + {len(ds.heldout):,} held-out "
+            f"({heldout}), n={ds.config.n}, layout={ds.config.layout}; examples per target position: "
+            f"train {lo:,}–{hi:,}, held-out {hlo:,}–{hhi:,}; held-out shares {ds.shared_pairs} (context, query) "
+            f"pairs with training (kept as released)")
+    for line in tasks.preview(ds.train, ds.config.layout, preview):
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
