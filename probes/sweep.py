@@ -136,8 +136,10 @@ def describe_cost(cfgs: list[TrainConfig]) -> list[str]:
         total[0], total[1] = total[0] + train, total[1] + ev
         lines.append(f"  {model} ({bench_key(model)}, {BENCH_TOKENS_PER_S[bench_key(model)] / 1e3:.1f}k tokens/s): "
                      f"{len(runs)} runs, {train + ev:,.1f} GPU-h (train {train:,.1f} + eval {ev:,.1f})")
-    known = "" if not unknown else f" plus {', '.join(unknown)} (unknown)"
-    lines.append(f"  total: {sum(total):,.1f} GPU-h{known}")
+    if len(lines) == len(unknown) + 1:  # no model has a figure
+        lines.append("  total: unknown")
+    else:
+        lines.append(f"  total: {sum(total):,.1f} GPU-h" + (f" plus {', '.join(unknown)} (unknown)" if unknown else ""))
     return lines
 
 

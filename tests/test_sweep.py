@@ -198,6 +198,7 @@ def test_the_expected_cost_uses_the_bench_figures_and_says_unknown_without_one()
     assert BENCH_MACHINE in lines[0]
     assert any(line.strip().startswith("pythia-tiny: 1 runs, unknown") for line in lines)
     assert lines[-1].strip() == f"total: {train_h + eval_h:,.1f} GPU-h plus pythia-tiny (unknown)"
+    assert describe_cost([TrainConfig(model="mamba-tiny", n=8)])[-1].strip() == "total: unknown"
 
 
 @pytest.mark.parametrize("name, runs", [("paper-probe", 108), ("paper-probe-small", 8)])
