@@ -288,9 +288,11 @@ def _as_list(value: Any) -> Any:
 
 
 class SweepConfig(Config):
-    """A grid model × n × layout × lr × init × seed (SPEC §6); `train` holds every other setting.
+    """A grid model × n × layout × lr × init × seed (× init_seed, order_seed, data_seed) (SPEC §6);
+    `train` holds every other setting.
 
-    Each grid key takes one value or a list. The default grid is the paper's 3 lr × 3 init.
+    Each grid key takes one value or a list. The default grid is the paper's 3 lr × 3 init; the
+    three seed keys default to [null]: each run's `seed` (or train.data_seed where that is set).
     """
 
     model: list[str] = Field(default_factory=lambda: ["pythia-160m"], min_length=1)
