@@ -75,12 +75,20 @@ def generate(
     out: Path = typer.Option(Path("data"), help="Output directory: train.npz, heldout.npz, meta.json."),
     preview: int = typer.Option(0, help="Print this many rendered training examples."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
+    from_paper: Optional[Path] = typer.Option(None, help="Convert the paper's released files (HF dataset "
+                                              "gpantaz/vl-mamba-synthetic: a directory or one of its "
+                                              "*_synthetic_vg_seqlenN.json) instead of generating."),
+    paper_heldout: str = typer.Option("validation", help="With --from-paper: the paper's split that becomes "
+                                      "the held-out set: validation | test."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Generate a suffix or prefix grounding dataset (model-independent index arrays)."""
+    """Generate a suffix or prefix grounding dataset (model-independent index arrays), or convert the paper's."""
     from probes import tasks
 
     keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
+    if from_paper is not None:
+        _generate_from_paper(ctx, from_paper, out, paper_heldout, overwrite, preview, config)
+        return
     cfg = load_config(DataConfig, config, flags_given(ctx, keys))
     if tasks.check_out_dir(out, cfg, overwrite):
         console.print(f"{out} already holds this dataset; nothing to do.")
@@ -99,6 +107,35 @@ def generate(
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: str, overwrite: bool,
+                         preview: int, config: Optional[Path]) -> None:
+    from probes import paper_data, tasks
+
+    fixed = [k for k in ("train_size", "eval_size", "seed", "heldout_seed") if flags_given(ctx, {k: k})]
+    if fixed or config is not None:
+        raise UserError(f"--from-paper takes sizes and data from the paper's files; drop "
+                        f"--{(fixed[0] if fixed else 'config').replace('_', '-')}")
+    given = flags_given(ctx, {"n": "n", "layout": "layout"})
+    with console.status(f"reading {source}"):
+        ds, origin = paper_data.import_paper(source, given.get("n"), given.get("layout", "suffix"), heldout)
+    meta = tasks.read_meta(out) if out.is_dir() else None
+    if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
+        console.print(f"{out} already holds this dataset; nothing to do.")
+    else:
+        if meta is not None and not overwrite:
+            raise UserError(f"--out {out} already holds a different dataset; choose another --out or pass --overwrite")
+        tasks.save_dataset(ds, out)
+        paper_data.write_source(out, origin)
+        (lo, hi), (hlo, hhi) = paper_data.balance(ds.train), paper_data.balance(ds.heldout)
+        console.print(
+            f"wrote {out} from the paper's files: {len(ds.train):,} train + {len(ds.heldout):,} held-out "
+            f"({heldout}), n={ds.config.n}, layout={ds.config.layout}; examples per target position: "
+            f"train {lo:,}–{hi:,}, held-out {hlo:,}–{hhi:,}; held-out shares {ds.shared_pairs} (context, query) "
+            f"pairs with training (kept as released)")
+    for line in tasks.preview(ds.train, ds.config.layout, preview):
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 # === train / sweep ===
 
 from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
@@ -106,6 +143,7 @@ from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
 _T = TrainConfig.model_fields
 _TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
                "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
+               "init_seed", "order_seed", "lr_schedule", "warmup_ratio", "min_lr_ratio",
                "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
                "checkpoint_every", "threads")
 
@@ -133,24 +171,33 @@ def train(
     layout: str = typer.Option(_T["layout"].default, help="suffix | prefix."),
     lr: float = typer.Option(_T["lr"].default, help="AdamW learning rate."),
     init: str = typer.Option(_T["init"].default, help="New embedding rows: default | mean | normal."),
-    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows and batch order."),
+    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows, batch order and data "
+                             "(the default of the three seeds below)."),
+    init_seed: Optional[int] = typer.Option(None, help="Seed of the model init and new rows [default: seed]."),
+    order_seed: Optional[int] = typer.Option(None, help="Seed of the batch order [default: seed]."),
     max_steps: int = typer.Option(_T["max_steps"].default, help="Optimizer steps at most."),
     batch_size: int = typer.Option(_T["batch_size"].default, help="Examples per step."),
     threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out accuracy >= this."),
     eval_every: Optional[int] = typer.Option(None, help="Steps between evaluations [default: 1% of max steps]."),
     out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/<run name>]."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset from `probes generate` [default: generate "
-                                            "in memory from --data-seed]."),
+                                            "in memory from the data seed]."),
     train_size: int = typer.Option(_T["train_size"].default, help="Training examples (when generated)."),
     eval_size: int = typer.Option(_T["eval_size"].default, help="Held-out examples (when generated)."),
-    data_seed: int = typer.Option(_T["data_seed"].default, help="Seed of the training set (when generated)."),
+    data_seed: Optional[int] = typer.Option(None, help="Seed of the training set, when generated [default: seed]."),
     heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: data seed + 1000003]."),
     answer_only: bool = typer.Option(False, "--answer-only", help="Loss on the answer alone "
                                      "[default: answer and end-of-text]."),
     answer_offset: int = typer.Option(TokenConfig.model_fields["answer_offset"].default,
                                       help="answer(p) = vocabulary id p + this."),
-    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay."),
-    warmup: int = typer.Option(_T["warmup"].default, help="Linear learning-rate warmup steps."),
+    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay (not on biases "
+                                       "and norm weights)."),
+    lr_schedule: str = typer.Option(_T["lr_schedule"].default, help="constant | linear | cosine (over max steps)."),
+    warmup: int = typer.Option(_T["warmup"].default, help="Learning-rate warmup steps."),
+    warmup_ratio: Optional[float] = typer.Option(None, help="Warmup as a fraction of max steps, in [0, 1) "
+                                                 "(instead of --warmup)."),
+    min_lr_ratio: float = typer.Option(_T["min_lr_ratio"].default, help="Floor of the linear and cosine decay, "
+                                       "as a fraction of lr."),
     grad_clip: float = typer.Option(_T["grad_clip"].default, help="Gradient-norm clipping; 0 turns it off."),
     device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
@@ -203,6 +250,9 @@ def sweep(
     lr: Optional[list[float]] = typer.Option(None, help="Grid: learning rates (repeat) [default: 1e-5 5e-5 1e-4]."),
     init: Optional[list[str]] = typer.Option(None, help="Grid: inits (repeat) [default: default mean normal]."),
     seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
+    init_seed: Optional[list[int]] = typer.Option(None, help="Grid: model-init seeds (repeat) [default: seed]."),
+    order_seed: Optional[list[int]] = typer.Option(None, help="Grid: batch-order seeds (repeat) [default: seed]."),
+    data_seed: Optional[list[int]] = typer.Option(None, help="Grid: training-data seeds (repeat) [default: seed]."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
     address: Optional[str] = typer.Option(None, help="Ray backend: cluster HOST:PORT, ray://HOST:PORT or auto "
@@ -215,16 +265,18 @@ def sweep(
                                 help="Ray backend: times a run whose worker died is started again."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
-    dry_run: bool = typer.Option(False, help="List the runs and what would happen to each, then stop."),
+    dry_run: bool = typer.Option(False, help="List the runs, what would happen to each and the GPU-hours the "
+                                 "runs to do are expected to take, then stop."),
     progress: bool = typer.Option(True, help="Show the sweep's progress."),
 ) -> None:
-    """Run a grid model × n × layout × lr × init × seed: skip finished runs, resume unfinished ones."""
+    """Run a grid model × n × layout × lr × init × seeds: skip finished runs, resume unfinished ones."""
     import yaml
 
-    from probes.sweep import expand_grid, plan, run_sweep
+    from probes.sweep import describe_cost, expand_grid, plan, run_sweep
 
     given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
-                                             "address", "cpus_per_run", "gpus_per_run", "retries")})
+                                             "address", "cpus_per_run", "gpus_per_run", "retries",
+                                             "init_seed", "order_seed", "data_seed")})
     if "out" in given:
         given["out"] = str(given["out"])
     for item in set_ or []:
@@ -239,6 +291,8 @@ def sweep(
             out_console.print(f"{result['dir']}  skip ({result['status']})", highlight=False, markup=False)
         for job in todo:
             out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
+        for line in describe_cost([job.cfg for job in todo]):
+            out_console.print(line, highlight=False, markup=False)
         return
     results = run_sweep(cfg, progress=progress,
                         retry_failed=retry_failed, threads=threads)
