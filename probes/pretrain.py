@@ -33,6 +33,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -103,13 +104,18 @@ def model_config(cfg: PretrainConfig, vocab_size: int):
     return preset_config(cfg.model, vocab_size, EOS_ID, PAD_ID)
 
 
+def format_count(n: int) -> str:
+    """19_230_000 → '19.2M', 36_480 → '36K'."""
+    return f"{n / 1e6:.1f}M" if n >= 10**6 else f"{n / 1e3:.0f}K"
+
+
 def describe_model(cfg: PretrainConfig, vocab_size: int = 258) -> str:
     """`pythia-d512-l6: pythia, d=512, 6 layers, vocab 258, 19.3M params` (built on the meta device)."""
     config = model_config(cfg, vocab_size)
     with torch.device("meta"):
         n = count_parameters(build_from_config(config))
     return (f"{cfg.label}: {family_of(config)}, d={config.hidden_size}, {config.num_hidden_layers} layers, "
-            f"vocab {vocab_size}, {n / 1e6:.1f}M params")
+            f"vocab {vocab_size}, {format_count(n)} params")
 
 
 def build_model(cfg: PretrainConfig, tokenizer, device: torch.device, checkpoint: Path | None) -> Backbone:
@@ -162,10 +168,11 @@ def load_corpus(cfg: PretrainConfig, run: Path, state: str) -> tuple[Corpus, boo
 
 
 class _Bar:
-    """A rich progress bar over steps with a free text field (or nothing)."""
+    """A rich progress bar over steps with a free text field; without it, one log line per evaluation
+    on stderr (for runs in the background)."""
 
     def __init__(self, enabled: bool, name: str, total: int, start: int):
-        self.bar = None
+        self.bar, self.total = None, total
         if enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -178,10 +185,14 @@ class _Bar:
     def update(self, step: int, info: str | None = None) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, **({"info": info} if info is not None else {}))
+        elif info is not None:
+            self.log(f"step {step:,}/{self.total:,}: {info}")
 
     def log(self, message: str) -> None:
         if self.bar is not None:
             self.bar.console.print(message, highlight=False, markup=False)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -240,7 +251,7 @@ def _pretrain(cfg: PretrainConfig, overwrite: bool, progress: bool, threads: int
             "vocab_size": len(corpus.tokenizer), "device": str(device), "precision": "bf16" if autocast else "fp32",
             "scan_backend": scan, "threads": threads, "corpus": corpus.meta, "heldout_windows": len(held)}
     bar = _Bar(progress, info["run"], cfg.max_steps, rec["step"])
-    bar.log(f"{run}: {info['family']}, {info['n_parameters'] / 1e6:.1f}M params, vocab {info['vocab_size']}, "
+    bar.log(f"{run}: {info['family']}, {format_count(info['n_parameters'])} params, vocab {info['vocab_size']}, "
             f"{cfg.max_steps:,} steps of {step_tokens:,} tokens; corpus {corpus.meta['train_tokens']:,} training + "
             f"{corpus.meta['heldout_tokens']:,} held-out tokens")
     if found is not None:
@@ -289,7 +300,7 @@ def _pretrain(cfg: PretrainConfig, overwrite: bool, progress: bool, threads: int
         longest = [r for r in copies if r["length"] == max(cfg.copy_lengths)]
         tps = rate(train_steps * step_tokens, train_seconds)
         return (f"held-out {loss:.3f}, copy@{longest[0]['length']} {longest[0]['loss']:.2f}→{longest[1]['loss']:.2f}"
-                + (f", {tps / 1e3:,.0f}K tok/s" if tps else ""))
+                + (f", {tps:,.0f} tok/s" if tps else ""))
 
     def checkpoint() -> None:
         rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
