@@ -35,7 +35,10 @@ def copy_sequences(length: int, batch: int, vocab_size: int, seed: int = 0, bos_
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=x)
+    from transformers import PreTrainedModel
+
+    # a full-sequence pass needs no generation cache (transformers builds one in eval mode)
+    out = model(input_ids=x, use_cache=False) if isinstance(model, PreTrainedModel) else model(input_ids=x)
     return out.logits if hasattr(out, "logits") else out
 
 

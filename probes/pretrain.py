@@ -133,7 +133,7 @@ def lm_loss(model: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | Non
     """Mean next-token cross-entropy of windows x (B, L + 1): inputs x[:, :-1], targets x[:, 1:]."""
     ctx = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with ctx:
-        logits = model(input_ids=x[:, :-1]).logits
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
     return F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
 
 

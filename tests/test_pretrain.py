@@ -142,6 +142,16 @@ def test_mamba_pretrains_through_the_scan_backend(tmp_path):
     assert summary["status"] == "reached" and summary["family"] == "mamba" and summary["scan_backend"] == "torch"
 
 
+def test_a_bpe_run_saves_its_trained_tokenizer_with_the_model(tmp_path):
+    from transformers import AutoTokenizer
+
+    cfg = tiny_cfg(tmp_path, tokenizer="bpe", vocab_size=300, tokens=8 * 32 * 2, eval_every=2)
+    summary = pretrain_run(cfg, progress=False)
+    tok = AutoTokenizer.from_pretrained(str(Path(cfg.out) / "model"))
+    assert summary["status"] == "reached" and 258 < summary["vocab_size"] == len(tok) <= 300
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|padding|>"]) == [0, 1]
+
+
 def test_run_names_come_from_the_backbone_budget_and_seed(tmp_path):
     assert run_name(tiny_cfg(tmp_path)) == "pythia-d32-l2+byte+t15.36K+lr3e-3+s0"
     assert run_name(tiny_cfg(tmp_path, arch=None, model="mamba-tiny", tokens=10**8)) == "mamba-tiny+byte+t100M+lr3e-3+s0"
