@@ -316,6 +316,6 @@ def describe(name: str) -> str:
     return f"{name}: {spec.family}, d={config.hidden_size}, {config.num_hidden_layers} layers, {n / 1e6:.0f}M params"
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "INITS", "LOADED_PREFIXES", "build_backbone", "build_from_config",
-           "check_model_name", "custom_config", "family_of", "preset_config",
-           "extend_vocabulary", "hidden_states", "slot_logits", "known_models", "describe"]
+__all__ = ["BACKBONES", "INITS", "LOADED_PREFIXES", "Backbone", "BackboneSpec", "build_backbone", "build_from_config",
+           "check_model_name", "custom_config", "describe", "extend_vocabulary", "family_of", "hidden_states",
+           "known_models", "preset_config", "slot_logits"]

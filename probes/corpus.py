@@ -37,7 +37,6 @@ from probes.errors import UserError
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 EOS_ID, PAD_ID, BYTE_OFFSET = 0, 1, 2  # byte b is token b + BYTE_OFFSET
 SKIP_DIRS = ("__pycache__", "node_modules")
-CORPUS_FILES = ("train.npy", "heldout.npy", "tokenizer", "meta.json")
 
 
 # === Finding documents ===
@@ -256,7 +255,7 @@ def build_corpus(sources: list[str], extensions: list[str], max_bytes: int, held
                             f"window of seq_len + 1 = {min_tokens:,} (add documents or lower seq_len)")
     meta = {"source": sources or [str(r) for r in default_roots()], "tokenizer": tokenizer, "vocab_size": len(tok),
             "documents": len(docs), "train_documents": len(train_docs), "heldout_documents": len(held_docs),
-            "bytes": sum(d.size for d in docs), "train_tokens": int(len(train)), "heldout_tokens": int(len(heldout))}
+            "bytes": sum(d.size for d in docs), "train_tokens": len(train), "heldout_tokens": len(heldout)}
     return Corpus(train, heldout, tok, meta)
 
 
@@ -284,6 +283,6 @@ def heldout_windows(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:
     return np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64)
 
 
-__all__ = ["BYTE_OFFSET", "CORPUS_FILES", "Corpus", "Document", "EOS_ID", "PAD_ID", "PackedWindows", "TOKENIZERS",
-           "build_corpus", "byte_tokenizer", "bpe_tokenizer", "default_roots", "find_documents", "get_tokenizer_kind",
-           "heldout_windows", "is_heldout", "join_documents", "split_documents"]
+__all__ = ["BYTE_OFFSET", "EOS_ID", "PAD_ID", "TOKENIZERS", "Corpus", "Document", "PackedWindows", "bpe_tokenizer",
+           "build_corpus", "byte_tokenizer", "default_roots", "find_documents", "get_tokenizer_kind", "heldout_windows",
+           "is_heldout", "join_documents", "split_documents"]

@@ -41,7 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from probes import copytest, rundir
-from probes.backbones import Backbone, build_from_config, count_parameters, custom_config, family_of, preset_config
+from probes.backbones import (
+    Backbone,
+    build_from_config,
+    count_parameters,
+    custom_config,
+    family_of,
+    preset_config,
+)
 from probes.config import PretrainConfig
 from probes.corpus import EOS_ID, PAD_ID, Corpus, PackedWindows, build_corpus, heldout_windows
 from probes.rundir import (

@@ -57,7 +57,7 @@ def test_the_copy_test_separates_a_copier_from_an_untrained_model():
     untrained = build_backbone("pythia-tiny", seed=0).model
     plain = by_copy(copy_test(untrained, [16], batch=8, seed=0), 16)
     copier = by_copy(copy_test(Copier(lag=16), [16], batch=8, seed=0), 16)
-    gap = lambda r: r["first"]["loss"] - r["second"]["loss"]  # noqa: E731
+    gap = lambda r: r["first"]["loss"] - r["second"]["loss"]
     assert abs(gap(plain)) < 0.5 < gap(copier)
     assert plain["second"]["accuracy"] < 0.1 < copier["second"]["accuracy"]
 

@@ -41,10 +41,10 @@ def write_corpus(root: Path, count: int = 30, seed: int = 0) -> Path:
 
 
 def tiny_cfg(tmp_path: Path, **kw) -> PretrainConfig:
-    base = dict(arch=dict(family="pythia", hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-                corpus=[str(write_corpus(tmp_path / "corpus"))], heldout_fraction=0.1, tokens=8 * 32 * 60,
-                batch_size=8, seq_len=32, lr=3e-3, warmup=5, eval_every=15, eval_windows=16,
-                copy_lengths=[4, 8], copy_batch=4, device="cpu", threads=1, out=str(tmp_path / "run"))
+    base = {"arch": {"family": "pythia", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
+                "corpus": [str(write_corpus(tmp_path / "corpus"))], "heldout_fraction": 0.1, "tokens": 8 * 32 * 60,
+                "batch_size": 8, "seq_len": 32, "lr": 3e-3, "warmup": 5, "eval_every": 15, "eval_windows": 16,
+                "copy_lengths": [4, 8], "copy_batch": 4, "device": "cpu", "threads": 1, "out": str(tmp_path / "run")}
     return validate(PretrainConfig, {**base, **kw})
 
 
@@ -136,7 +136,7 @@ def _write_yaml(cfg: PretrainConfig, path: Path) -> str:
 
 
 def test_mamba_pretrains_through_the_scan_backend(tmp_path):
-    cfg = tiny_cfg(tmp_path, arch=dict(family="mamba", hidden_size=16, num_hidden_layers=1), tokens=8 * 32 * 4,
+    cfg = tiny_cfg(tmp_path, arch={"family": "mamba", "hidden_size": 16, "num_hidden_layers": 1}, tokens=8 * 32 * 4,
                    eval_every=2)
     summary = pretrain_run(cfg, progress=False)
     assert summary["status"] == "reached" and summary["family"] == "mamba" and summary["scan_backend"] == "torch"
@@ -174,7 +174,7 @@ def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tmp_path):
     write_corpus(tmp_path / "corpus")
-    whole = subprocess.run(_cmd(tmp_path, tmp_path / "whole"), capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(_cmd(tmp_path, tmp_path / "whole"), check=False, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(tmp_path, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -192,7 +192,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
     assert pd.read_parquet(run / "metrics.parquet").step.max() < 80
 
-    again = subprocess.run(_cmd(tmp_path, run), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_cmd(tmp_path, run), check=False, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "reached" and summary["resumed_at"][0] >= 30
