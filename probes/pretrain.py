@@ -116,8 +116,10 @@ def format_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 10**6 else f"{n / 1e3:.0f}K"
 
 
-def describe_model(cfg: PretrainConfig, vocab_size: int = 258) -> str:
-    """`pythia-d512-l6: pythia, d=512, 6 layers, vocab 258, 19.3M params` (built on the meta device)."""
+def describe_model(cfg: PretrainConfig) -> str:
+    """`pythia-d512-l6: pythia, d=512, 6 layers, vocab 258, 19.2M params` (built on the meta device;
+    a BPE vocabulary at its configured size, which training on a small corpus may not reach)."""
+    vocab_size = 258 if cfg.tokenizer == "byte" else cfg.vocab_size
     config = model_config(cfg, vocab_size)
     with torch.device("meta"):
         n = count_parameters(build_from_config(config))
