@@ -233,6 +233,121 @@ def train(
         raise typer.Exit(1)
 
 
+# === pretrain / copytest ===
+
+_PRETRAIN_KEYS = ("model", "tokens", "batch_size", "seq_len", "lr", "warmup", "seed", "corpus", "tokenizer",
+                  "vocab_size", "max_corpus_bytes", "eval_every", "checkpoint_every", "out", "device", "precision",
+                  "scan_backend", "threads")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers (e.g. 16,64,128), got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def pretrain(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, help="BACKBONES preset (its vocabulary becomes the tokenizer's); "
+                                        "or a sized arch in --config / --set arch.KEY=VALUE."),
+    tokens: int = typer.Option(100_000_000, help="Training tokens (steps = tokens / (batch size x seq len))."),
+    batch_size: int = typer.Option(64, help="Sequences per step."),
+    seq_len: int = typer.Option(512, help="Tokens per sequence."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (warmup, then cosine to lr x min_lr_ratio)."),
+    warmup: int = typer.Option(200, help="Linear warmup steps."),
+    seed: int = typer.Option(0, help="Seed of model init and training windows."),
+    corpus: Optional[list[str]] = typer.Option(None, help="File, directory or glob (repeat) [default: the "
+                                               "source and docs of the installed Python packages]."),
+    tokenizer: str = typer.Option("byte", help="byte (ids 2..257 = bytes 0..255) | bpe (trained on the corpus)."),
+    vocab_size: int = typer.Option(8192, help="BPE vocabulary size."),
+    max_corpus_bytes: int = typer.Option(256_000_000, help="Read the corpus up to this many bytes."),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out loss + copy test [default: 5%]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: each evaluation]."),
+    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/pretrain/<run name>]."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]."),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
+    scan_backend: str = typer.Option("auto", help="Mamba scan: auto | triton | mamba-ssm | torch | reference."),
+    threads: str = typer.Option("auto", metavar="auto|N", help=THREADS_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE of any config key (repeat), e.g. "
+                                             "--set arch.num_hidden_layers=8 --set copy_lengths=[16,64]."),
+    describe: bool = typer.Option(False, help="Print the model's size and parameter count, then stop."),
+    overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`."""
+    import yaml
+
+    from probes.config import PretrainConfig
+
+    given = flags_given(ctx, {k: k for k in _PRETRAIN_KEYS})
+    if given.get("out") is not None:
+        given["out"] = str(given["out"])
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set arch.hidden_size=512)")
+        given[key.strip()] = yaml.safe_load(value)
+    cfg = load_config(PretrainConfig, config, given)
+    from probes.pretrain import describe_model, pretrain_run, run_dir
+
+    if describe:
+        out_console.print(describe_model(cfg), highlight=False, markup=False)
+        return
+    summary = pretrain_run(cfg, overwrite=overwrite, progress=progress)
+    head = (f"{run_dir(cfg)}: {summary['status']} at step {summary['final_step']:,} "
+            f"({summary['tokens_seen']:,} tokens); held-out loss {summary['final_heldout_loss']:.3f}")
+    if summary["status"] == "failed":
+        head = f"{run_dir(cfg)}: failed: {summary['message']}"
+    out_console.print(head, highlight=False, markup=False, soft_wrap=True)
+    if summary["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def copytest(
+    model: str = typer.Option(..., help="NAME (random init), hf:DIR (trained) or config:DIR (its random twin)."),
+    lengths: str = typer.Option("16,64,128", help="Comma-separated lengths of the repeated random sequence."),
+    batch: int = typer.Option(32, help="Sequences per length."),
+    seed: int = typer.Option(0, help="Seed of the sequences and of a random-init model."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]."),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
+    scan_backend: str = typer.Option("auto", help="Mamba scan: auto | triton | mamba-ssm | torch | reference."),
+    out: Optional[Path] = typer.Option(None, help="Also write the rows to this parquet file."),
+) -> None:
+    """In-context copying: loss and accuracy on the first vs second copy of a repeated random sequence."""
+    from probes.backbones import build_backbone, check_model_name
+    from probes.copytest import COPY_COLUMNS, copy_test, format_table
+    from probes.rundir import write_parquet
+    from probes.train import choose_scan_backend, resolve_device, resolve_precision
+
+    sizes = _int_list(lengths, "--lengths")
+    if not sizes or min(sizes) < 2 or batch < 1:
+        raise UserError(f"--lengths must be integers >= 2 and --batch >= 1, got {lengths!r} and {batch}")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--precision {precision!r} is not one of auto, bf16, fp32")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    check_model_name(model)
+    dev = resolve_device(device)
+    bb = build_backbone(model, seed, dev)
+    bb.model.float()
+    if bb.family == "mamba":
+        choose_scan_backend(bb.model, scan_backend)
+    rows = copy_test(bb.model, sizes, batch, seed, resolve_precision(precision, dev))
+    for line in format_table(rows):
+        out_console.print(line, highlight=False, markup=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(out, [{"model": model, **r} for r in rows], ["model", *COPY_COLUMNS])
+        console.print(f"wrote {out}", highlight=False)
+
+
 @app.command()
 @user_errors
 def sweep(

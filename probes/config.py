@@ -347,3 +347,125 @@ class SweepConfig(Config):
         """TrainConfig data of one grid point: `train`, then the point's values; a null seed key
         leaves the run's own (train.data_seed, or else seed)."""
         return {**self.train, **{k: v for k, v in point.items() if v is not None}}
+
+# === Pretraining (probes.pretrain) ===
+
+Tokenizer = Literal["byte", "bpe"]
+Family = Literal["pythia", "mamba"]
+
+
+class ArchConfig(Config):
+    """A sized custom backbone; the vocabulary always comes from the pretraining tokenizer."""
+
+    family: Family = Field(..., description="pythia (GPT-NeoX) | mamba (Mamba v1)")
+    hidden_size: int = Field(..., gt=0, description="model width d")
+    num_hidden_layers: int = Field(..., gt=0, description="layers")
+    num_attention_heads: int | None = Field(None, gt=0, description="attention heads (pythia only)")
+    rotary_pct: float = Field(0.25, gt=0, le=1, description="fraction of each head rotated (pythia)")
+    intermediate_size: int | None = Field(None, gt=0, description="MLP width (pythia; None: 4 d)")
+    max_position_embeddings: int = Field(2048, gt=0, description="longest sequence (pythia)")
+    state_size: int = Field(16, gt=0, description="SSM state size (mamba)")
+    expand: int = Field(2, gt=0, description="inner width = expand x d (mamba)")
+    conv_kernel: int = Field(4, gt=0, description="causal convolution width (mamba)")
+
+    @model_validator(mode="after")
+    def _heads_fit_the_family(self) -> ArchConfig:
+        if self.family == "pythia":
+            if self.num_attention_heads is None:
+                raise ValueError("arch.num_attention_heads is required for family pythia")
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"arch.hidden_size={self.hidden_size} is not a multiple of "
+                                 f"num_attention_heads={self.num_attention_heads}")
+        elif self.num_attention_heads is not None:
+            raise ValueError("arch.num_attention_heads is for family pythia only (mamba has no heads)")
+        return self
+
+    def label(self) -> str:
+        return f"{self.family}-d{self.hidden_size}-l{self.num_hidden_layers}"
+
+    def transformers_kwargs(self) -> dict[str, Any]:
+        """The family's transformers config keys (probes.backbones.custom_config takes them)."""
+        if self.family == "pythia":
+            keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "rotary_pct",
+                    "intermediate_size", "max_position_embeddings")
+        else:
+            keys = ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class PretrainConfig(Config):
+    """One causal-LM pretraining run (probes.pretrain): a backbone, a local corpus, a token budget."""
+
+    model: str | None = Field(None, description="BACKBONES preset (vocabulary replaced by the tokenizer's); "
+                                                "or set arch")
+    arch: ArchConfig | None = Field(None, description="sized custom backbone (instead of model)")
+    seed: int = Field(0, ge=0, description="seed of model init and of the training windows")
+    # corpus and tokenizer
+    corpus: list[str] = Field(default_factory=list, description="files, directories or globs (empty: the "
+                              "source and docs of the installed Python packages)")
+    extensions: list[str] = Field(default_factory=lambda: [".py", ".md", ".rst", ".txt"],
+                                  description="file endings read from directories")
+    max_corpus_bytes: int = Field(256_000_000, gt=0, description="read files (sorted) up to this many bytes")
+    heldout_fraction: float = Field(0.01, gt=0, lt=1, description="share of documents held out (by path hash)")
+    tokenizer: Tokenizer = Field("byte", description="byte (ids 2..257 = bytes 0..255) | bpe (trained here)")
+    vocab_size: int = Field(8192, ge=258, le=65535, description="BPE vocabulary size (tokenizer: bpe)")
+    # budget and optimisation
+    tokens: int = Field(100_000_000, gt=0, description="training tokens (steps = tokens / (batch_size x seq_len))")
+    batch_size: int = Field(64, gt=0, description="sequences per step")
+    seq_len: int = Field(512, ge=2, description="tokens per sequence")
+    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="peak AdamW learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine ends at lr x this")
+    warmup: int = Field(200, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    # evaluation
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations (None: 5% of the steps)")
+    eval_windows: int = Field(64, gt=0, description="held-out windows of seq_len + 1 tokens per evaluation")
+    copy_lengths: list[int] = Field(default_factory=lambda: [16, 64, 128], min_length=1,
+                                    description="copy-test lengths (probes.copytest)")
+    copy_batch: int = Field(32, gt=0, description="copy-test sequences per length")
+    # execution (may change when a run resumes)
+    out: Path | None = Field(None, description="run directory (None: runs/pretrain/<run name>)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
+    precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
+    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
+    threads: Threads = Field("auto", description=THREADS_HELP)
+
+    @field_validator("model")
+    @classmethod
+    def _preset(cls, name: str | None) -> str | None:
+        from probes.backbones import BACKBONES  # lazy: keeps `probes.config` free of torch
+
+        if name is not None and name not in BACKBONES:
+            raise ValueError(f"unknown model '{name}' for pretraining (allowed: {', '.join(BACKBONES)}, or set arch)")
+        return name
+
+    @field_validator("copy_lengths")
+    @classmethod
+    def _lengths(cls, lengths: list[int]) -> list[int]:
+        if min(lengths) < 2:
+            raise ValueError(f"copy_lengths must be >= 2, got {lengths}")
+        return lengths
+
+    @model_validator(mode="after")
+    def _one_backbone_and_a_batch(self) -> PretrainConfig:
+        if (self.model is None) == (self.arch is None):
+            raise ValueError("set exactly one of model (a BACKBONES preset) and arch (a sized custom backbone)")
+        if self.tokens < self.batch_size * self.seq_len:
+            raise ValueError(f"tokens={self.tokens:,} is smaller than one batch (batch_size x seq_len = "
+                             f"{self.batch_size * self.seq_len:,}; allowed: tokens >= that)")
+        return self
+
+    @property
+    def max_steps(self) -> int:
+        return self.tokens // (self.batch_size * self.seq_len)
+
+    @property
+    def effective_eval_every(self) -> int:
+        return self.eval_every if self.eval_every is not None else max(1, self.max_steps // 20)
+
+    @property
+    def label(self) -> str:
+        return self.model if self.model is not None else self.arch.label()

@@ -74,8 +74,9 @@ def run_name(cfg: TrainConfig) -> str:
     """`pythia-160m+suffix+n200+lr1e-4+mean+s0`, from the grid values; `+i3`, `+o3`, `+d3` follow
     where init_seed, order_seed or data_seed is not `seed`."""
     model = cfg.model
-    if model.startswith("hf:"):
-        model = "hf-" + "".join(c if c.isalnum() or c in "-._" else "_" for c in model[3:]).strip("_.")
+    if model.startswith(("hf:", "config:")):  # config:DIR, the random twin, becomes config-DIR
+        prefix, _, rest = model.partition(":")
+        model = f"{prefix}-" + "".join(c if c.isalnum() or c in "-._" else "_" for c in rest).strip("_.")
     seeds = "".join(f"+{tag}{value}" for tag, value in
                     (("i", cfg.init_seed), ("o", cfg.order_seed), ("d", cfg.data_seed)) if value != cfg.seed)
     return f"{model}+{cfg.layout}+n{cfg.n}+lr{format_lr(cfg.lr)}+{cfg.init}+s{cfg.seed}{seeds}"
