@@ -2,6 +2,7 @@
 reference forward; generation falls back; clear errors for unknown or unavailable backends."""
 
 import copy
+import importlib.machinery
 import sys
 import types
 
@@ -102,14 +103,9 @@ def test_rmsnorm_kernel(tiny_tiles, device):
 
 def test_mamba_ssm_backend_with_a_stand_in_module(tiny_tiles, device, monkeypatch):
     """The mamba-ssm path, with the reference scan standing in for the compiled kernel."""
-    from probes.kernels import selective_scan_ref, set_scan_backend
+    from probes.kernels import set_scan_backend
 
-    pkg, ops, iface = (types.ModuleType(n) for n in
-                       ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface"))
-    iface.selective_scan_fn = selective_scan_ref
-    pkg.__path__, ops.__path__ = [], []
-    for m in (pkg, ops, iface):
-        monkeypatch.setitem(sys.modules, m.__name__, m)
+    _stand_in_mamba_ssm(monkeypatch)
     ref = tiny_mamba(seed=4, hidden=8)
     fast = copy.deepcopy(ref)
     assert set_scan_backend(fast, "mamba-ssm") == "mamba-ssm"
@@ -152,7 +148,7 @@ def test_selective_scan_ref_matches_a_step_by_step_recurrence():
 
 
 def test_backend_errors(monkeypatch):
-    from probes.kernels import mamba_mixer, set_scan_backend
+    from probes.kernels import set_scan_backend
 
     model = tiny_mamba()
     with pytest.raises(ValueError, match="allowed: auto, triton, mamba-ssm, torch, reference"):
@@ -164,8 +160,31 @@ def test_backend_errors(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA"):
         set_scan_backend(model, "triton")
-    monkeypatch.setattr(mamba_mixer.importlib.util, "find_spec", lambda name: None)
     assert set_scan_backend(model, "auto") == "torch"
+
+
+def _stand_in_mamba_ssm(monkeypatch):
+    """An importable `mamba_ssm` whose scan is the reference (the compiled kernel stands in)."""
+    from probes.kernels import selective_scan_ref
+
+    pkg, ops, iface = (types.ModuleType(n) for n in
+                       ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface"))
+    iface.selective_scan_fn = selective_scan_ref
+    pkg.__path__, ops.__path__ = [], []
+    for m in (pkg, ops, iface):
+        m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])
+def test_auto_picks_triton_on_cuda_even_with_mamba_ssm_installed(monkeypatch, cuda):
+    """`auto` chooses by measured speed (issue 17): Triton on CUDA, torch elsewhere; mamba-ssm only by name."""
+    from probes.kernels import mamba_mixer, resolve_backend
+
+    _stand_in_mamba_ssm(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_backend("auto") == ("triton" if cuda and mamba_mixer.HAS_TRITON else "torch")
+    assert resolve_backend("mamba-ssm") == "mamba-ssm"
 
 
 # === CUDA ===
