@@ -92,3 +92,23 @@ def test_bench_times_probes_train_step_and_evaluation(monkeypatch, tmp_path):
     assert (cfg.model, cfg.batch_size, cfg.n, cfg.eval_batch_size) == ("mamba-tiny", 3, 6, 12)
     assert seen["grad_clip"] == cfg.grad_clip and seen["x_shape"] == (3, 9)
     assert df["eval_examples_per_s"].iloc[0] > 0 and df["precision"].iloc[0] == "fp32"
+
+
+def test_scan_benchmark_floor_and_arguments(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan.py"
+    spec = importlib.util.spec_from_file_location("scan_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_shape("64,1536,203,16") == (64, 1536, 203, 16)
+    with pytest.raises(Exception, match="bad shape '64,0,203'"):
+        mod.parse_shape("64,0,203")
+    md = mod.to_markdown([{"B": 64, "D": 1536, "L": 203, "N": 16, "fwd_ms": 0.5, "fwd_bwd_ms": 1.39,
+                           "floor_ms": 0.1, "x_floor": 13.9, "pct_of_floor": 7.2}], 4.3e12,
+                         {"gpu": "H200", "torch": "2", "triton": "3"})
+    assert "| 64 | 1536 | 203 | 16 | 0.500 | 1.390 | 0.100 | 13.9 | 7% |" in md
+    if not torch.cuda.is_available():
+        assert mod.main(["--out", "unused"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
