@@ -208,13 +208,17 @@ def test_half_inputs_within_upstream_tolerances(tiny_tiles, device, itype, L, fl
     assert max(ratios.values()) <= 1.0, {k: round(v, 3) for k, v in ratios.items()}
 
 
+CUDA_FLAGS = {k: FLAGS[k] for k in ("all", "no-z")}  # no-z: upstream's tightest weight tolerances (1e-3)
+
+
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+@pytest.mark.parametrize("flags", CUDA_FLAGS.values(), ids=CUDA_FLAGS.keys())
 @pytest.mark.parametrize("L", [8, 203, 1024, 4096])
-@pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("itype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_upstream_grid_cuda(device, itype, L, flags):
-    """mamba-ssm's test at its lengths (a subset of its 14) on the GPU, where the dA drift was seen."""
+    """mamba-ssm's test at 4 of its 14 lengths on the GPU, where the dA drift was seen (kept to two
+    flag sets: each set of flags and dtypes is a Triton compilation)."""
     ratios = upstream_check(L, itype, device, flags)
     assert max(ratios.values()) <= 1.0, {k: round(v, 3) for k, v in ratios.items()}
 
