@@ -18,7 +18,7 @@ CUDA = torch.cuda.is_available()
 
 pytest.importorskip("triton")
 
-KERNEL_MODULES = ("probes.kernels.selective_scan", "probes.kernels.causal_conv",
+KERNEL_MODULES = ("probes.kernels.selective_scan", "probes.kernels.causal_conv", "probes.kernels.fused_norm",
                   "probes.kernels.mamba_mixer", "probes.kernels")
 
 
