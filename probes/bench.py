@@ -5,9 +5,10 @@
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
               profile: list[str] | None = None) -> pandas.DataFrame
 
-(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc]`: a
+(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc][:fr]`: a
 BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | torch | reference; default
-auto), a batch size for that row only, and `gc` for gradient checkpointing. Example:
+auto), a batch size for that row only, `gc` for gradient checkpointing and `fr` for the fused
+residual add + RMSNorm (probes.kernels.fuse_residual_norm, a lever not yet on in `probes train`). Example:
 `["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"]`.
 
 What is measured, per row, is what `probes train` runs (probes.train), nothing of its own:
@@ -49,17 +50,17 @@ PAIRS = {"mamba-130m": "pythia-160m", "mamba-370m": "pythia-410m", "mamba-790m":
 
 
 def parse_spec(spec: str) -> dict:
-    """`mamba-130m@reference:b16:gc` -> {name, backend, batch, gc}."""
+    """`mamba-130m@triton:b16:gc:fr` -> {name, backend, batch, gc, fr}."""
     head, *opts = spec.split(":")
     name, _, backend = head.partition("@")
-    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False}
+    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False, "fr": False}
     for o in opts:
-        if o == "gc":
-            out["gc"] = True
+        if o in ("gc", "fr"):
+            out[o] = True
         elif o.startswith("b") and o[1:].isdigit():
             out["batch"] = int(o[1:])
         else:
-            raise ValueError(f"bad option '{o}' in '{spec}' (expected bNN or gc)")
+            raise ValueError(f"bad option '{o}' in '{spec}' (expected bNN, gc or fr)")
     return out
 
 
@@ -123,7 +124,7 @@ class RunStep:
     (BatchOrder), copy it to the device, `train.train_step` (zero_grad, forward through the scored
     slots, loss, backward, clipping, optimizer step) and the scheduler's step."""
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg, device: torch.device, fuse_residual: bool = False):
         from probes import train
         from probes.tasks import TokenLayout
 
@@ -132,6 +133,10 @@ class RunStep:
         self.data = train.load_data(cfg)
         self.bb = train.build_model(cfg, device, None)
         self.backend = train.set_scan_backend(self.bb, cfg.scan_backend)
+        if fuse_residual:  # the speed lever of probes.kernels (off in probes train)
+            from probes.kernels import fuse_residual_norm
+
+            self.fused_residual = fuse_residual_norm(self.bb.model)
         if cfg.gradient_checkpointing:
             self.bb.model.gradient_checkpointing_enable()
         self.layout = TokenLayout.build(cfg.n, cfg.layout, self.bb.base_vocab, cfg.tokens, self.bb.eos_id)
@@ -176,8 +181,9 @@ def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval
     try:
         torch.manual_seed(seed)
         with train.torch_threads(cfg.threads, cfg.device, [cfg.model]):
-            step = RunStep(cfg, dev)
+            step = RunStep(cfg, dev, fuse_residual=spec.get("fr", False))
             row.update(family=step.bb.family, backend=step.backend or "-",
+                       fused_residual=getattr(step, "fused_residual", False),
                        precision="bf16" if step.autocast is not None else "fp32", grad_clip=cfg.grad_clip,
                        params_M=round(train.count_parameters(step.model) / 1e6, 1))
             if profile_dir is not None:

@@ -112,3 +112,12 @@ def test_scan_benchmark_floor_and_arguments(capsys):
     if not torch.cuda.is_available():
         assert mod.main(["--out", "unused"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_parse_spec_options():
+    from probes.bench import parse_spec
+
+    assert parse_spec("mamba-130m@triton:b16:gc:fr") == {
+        "spec": "mamba-130m@triton:b16:gc:fr", "name": "mamba-130m", "backend": "triton", "batch": 16,
+        "gc": True, "fr": True}
+    assert parse_spec("pythia-160m")["fr"] is False
