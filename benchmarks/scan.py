@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
+import torch
 
 PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
 VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
@@ -88,8 +88,9 @@ def time_shape(shape, reps: int, bandwidth: float) -> dict:
 
 
 def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
-    lines = [f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
-             f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.", "",
+    title = (f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
+             f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.")
+    lines = [title, "",
              "| B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
