@@ -241,7 +241,7 @@ def _fused_trunk_forward(self, *args, **kwargs):
     out_dtype = torch.result_type(self.norm_f.weight, h)  # transformers' norm_f: float32 out
     _, out = AddRMSNormFn.apply(h, delta, self.norm_f.weight, self.norm_f.variance_epsilon, out_dtype)
     output_cls = importlib.import_module(type(self).__module__).MambaOutput
-    return output_cls(last_hidden_state=out, cache=None, hidden_states=None)
+    return output_cls(last_hidden_state=out)  # the cache field is named differently across versions
 
 
 FUSED_TRUNK_KWARGS = {"input_ids", "inputs_embeds", "attention_mask", "use_cache", "output_hidden_states",
