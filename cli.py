@@ -8,48 +8,18 @@ traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 
 from probes.config import DataConfig, load_config
+from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Synthetic grounding probes for Transformer and Mamba backbones.")
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True, highlight=False)
-
-
-def user_errors(fn):
-    """Turn a UserError into one red line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def flags_given(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
-    """{config key: value} for the options the user typed (not defaults): `mapping` is
-    option name → dotted config key."""
-    given = {}
-    for param, key in mapping.items():
-        source = ctx.get_parameter_source(param)
-        if source is not None and source.name == "COMMANDLINE":  # typer may vendor its own click
-            given[key] = ctx.params[param]
-    return given
-
-
 @app.callback()
 def _root() -> None:
     """Synthetic grounding probes for Transformer and Mamba backbones."""
@@ -360,10 +330,7 @@ def bench(
     from probes.bench import parse_spec, run_bench
 
     for spec in models:
-        try:
-            check_model_name(parse_spec(spec)["name"])
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        check_model_name(parse_spec(spec)["name"])
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU here (allowed: cpu, or run on a GPU machine)")
     table = run_bench(models, batch_size=batch_size, n=n, steps=steps, warmup=warmup, out_dir=out,

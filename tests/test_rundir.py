@@ -166,10 +166,14 @@ def test_start_state_resumes_the_same_config_and_needs_overwrite_for_anything_el
     write_json(run / "summary.json", {"status": "reached", "threshold": 0.95, "step_reached": 5})
     with pytest.raises(UserError, match="holds a finished run .*pass --overwrite to start it again"):
         rundir.start_state(c, run, RESUMABLE)
-    (run / "config.yaml").write_text("model: pythia-tiny\nencoder: siglip-tiny\n")  # another kind of run
-    with pytest.raises(UserError, match=r"config.yaml is damaged \(unknown config key 'encoder'.*--overwrite"):
+    (run / "config.yaml").write_text("model: [pythia-tiny\n")  # damaged
+    with pytest.raises(UserError, match=r"config.yaml is damaged \(.*--overwrite"):
         rundir.start_state(c, run, RESUMABLE)
     assert rundir.start_state(c, run, RESUMABLE, overwrite=True) == "new"
+    (run / "config.yaml").write_text("model: pythia-tiny\nencoder: siglip-tiny\n")  # another kind of run
+    for overwrite in (False, True):  # never replaced: --overwrite would destroy that other run
+        with pytest.raises(rundir.OtherKindError, match=r"holds another kind of run .*'encoder'.*another --out"):
+            rundir.start_state(c, run, RESUMABLE, overwrite=overwrite)
 
 
 def test_starting_a_new_run_clears_what_a_run_wrote_and_nothing_else(tmp_path):

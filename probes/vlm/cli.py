@@ -2,19 +2,19 @@
 
 Every option's default is its config field's default; `--config FILE.yaml` and flags combine and
 flags win; a user mistake prints one line and exits 2. The shared helpers (`user_errors`,
-`flags_given`, the consoles) live in cli.py and are looked up when a command runs, so this
-module and cli.py can import each other in any order.
+`flags_given`, the consoles) come from the library (probes.console); this module never imports
+the app script cli.py.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from probes.config import THREADS_HELP
+from probes.console import console, flags_given, out_console, user_errors
 from probes.vlm.config import VLMDataConfig, VLMEvalConfig, VLMTrainConfig
 
 vlm_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -24,21 +24,7 @@ _T, _D, _E = VLMTrainConfig.model_fields, VLMDataConfig.model_fields, VLMEvalCon
 ConfigOpt = typer.Option(None, "--config", help="YAML config file; flags given here win over it.")
 
 
-def _user_errors(fn):
-    """cli.user_errors, applied when the command runs (one red line and exit 2 for a UserError)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _given(ctx: typer.Context, mapping: dict[str, str]) -> dict:
-    from cli import flags_given
-
     given = flags_given(ctx, mapping)
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
 
@@ -59,7 +45,7 @@ _DATA_KEYS = {"data": "data.kind", "train_size": "data.train_size", "eval_size":
 
 
 @vlm_app.command()
-@_user_errors
+@user_errors
 def train(
     ctx: typer.Context,
     model: str = typer.Option(_T["model"].default, help="Backbone: pythia-* | mamba-* | *-tiny | hf:ID_OR_PATH."),
@@ -107,7 +93,6 @@ def train(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train one VLM run (stage 1: connector; stage 2: connector + LM) with grounding evaluation."""
-    from cli import console
     from probes.config import load_config
     from probes.vlm.train import train_vlm
 
@@ -127,7 +112,7 @@ def train(
 
 
 @vlm_app.command("eval")
-@_user_errors
+@user_errors
 def eval_(
     ctx: typer.Context,
     run: Path = typer.Argument(..., metavar="RUN", show_default=False,
@@ -141,7 +126,6 @@ def eval_(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Score a trained run's latest checkpoint: greedy boxes, strict parse, Acc@IoU>=0.5."""
-    from cli import console, out_console
     from probes.config import load_config
     from probes.vlm.train import evaluate_run
 
