@@ -52,18 +52,18 @@ def generate(
 
     keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
     cfg = load_config(DataConfig, config, flags_given(ctx, keys))
-    if tasks.check_out_dir(out, cfg, overwrite):
-        console.print(f"{out} already holds this dataset; nothing to do.")
+    if preview < 0:
+        raise UserError(f"--preview {preview}: allowed: 0 or more examples")
+    with console.status("generating") as status:
+        ds = tasks.generate_into(cfg, out, overwrite, status=lambda msg: status.update(msg))
+    if ds is None:
+        console.print(f"{out} already holds this dataset; nothing to do.", markup=False)
         ds = tasks.load_dataset(out) if preview else None
     else:
-        with console.status("generating") as status:
-            ds = tasks.generate(cfg, status=lambda msg: status.update(msg))
-            status.update(f"saving to {out}")
-            tasks.save_dataset(ds, out)
         console.print(
             f"wrote {out}: {cfg.train_size:,} train + {cfg.eval_size:,} held-out, n={cfg.n}, "
             f"layout={cfg.layout}; held-out shares {ds.shared_pairs} (context, query) pairs with "
-            f"training ({ds.resampled} training rows redrawn)"
+            f"training ({ds.resampled} training rows redrawn)", markup=False
         )
     for line in tasks.preview(ds.train, cfg.layout, preview) if ds else []:
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -191,7 +191,7 @@ def sweep(
     """Run a grid model × n × layout × lr × init × seed: skip finished runs, resume unfinished ones."""
     import yaml
 
-    from probes.sweep import expand_grid, plan, run_sweep
+    from probes.sweep import check_backend, expand_grid, plan, run_sweep
 
     given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
                                              "address", "cpus_per_run", "gpus_per_run", "retries")})
@@ -202,17 +202,26 @@ def sweep(
         if not sep or not key.strip():
             raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set max_steps=2000)")
         given[f"train.{key.strip()}"] = yaml.safe_load(value)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: allowed: 1 or more threads per run")
     cfg = load_config(SweepConfig, config, given)
+    check_backend(cfg.backend)
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     if dry_run:
         todo, skipped = plan(expand_grid(cfg))
         for result in skipped:
-            out_console.print(f"{result['dir']}  skip ({result['status']})", highlight=False, markup=False)
+            why = f": {result['message']}" if result["action"] == "skipped" and result["message"] else ""
+            out_console.print(f"{result['dir']}  skip ({result['status']}{why})", highlight=False, markup=False)
         for job in todo:
             out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
         return
     results = run_sweep(cfg, progress=progress,
                         retry_failed=retry_failed, threads=threads)
     counts = {s: sum(r["status"] == s for r in results) for s in ("reached", "not_reached", "failed")}
+    for result in results:
+        if result["status"] == "failed" and result["action"] == "skipped":  # damaged: not run
+            console.print(f"{result['dir']}: not run: {result['message']}", markup=False)
     out_console.print(f"{cfg.out}: {len(results)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                       + f"; results in {cfg.out / 'sweep.json'}", highlight=False, markup=False)
     if counts["failed"]:
@@ -326,11 +335,9 @@ def bench(
     """Time Pythia and Mamba side by side: training tokens/s, peak memory, eval examples/s."""
     import torch
 
-    from probes.backbones import check_model_name
-    from probes.bench import parse_spec, run_bench
+    from probes.bench import check_args, run_bench
 
-    for spec in models:
-        check_model_name(parse_spec(spec)["name"])
+    check_args(models, batch_size, n, steps, warmup, device, eval_batch_size, max_seconds)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU here (allowed: cpu, or run on a GPU machine)")
     table = run_bench(models, batch_size=batch_size, n=n, steps=steps, warmup=warmup, out_dir=out,
