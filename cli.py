@@ -269,6 +269,10 @@ def plot(
             raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
         given["only"] = {key: value.split(",") for key, _, value in pairs}
     cfg = load_config(PlotConfig, config, given)
+    if "/" in cfg.prefix or "\\" in cfg.prefix or cfg.prefix in (".", ".."):
+        raise UserError(f"--prefix {cfg.prefix!r}: allowed: a file-name prefix without / (files go into --out)")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
         written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold, formats=cfg.formats,
                             heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, prefix=cfg.prefix,

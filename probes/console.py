@@ -12,8 +12,11 @@ markup is never interpreted, so `probes[vlm]` or a path holding `[x]` stays as w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -65,13 +68,23 @@ def describe_os_error(err: OSError) -> str | None:
     return f"{where}: {reason}; {advice}" if where else f"{reason}; {advice}"
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show each warning raised in the block as one `warning: MESSAGE` line (no file, no source line)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_args, **_kw: print_warning(str(message))
+        yield
+
+
 def user_errors(fn):
-    """Turn a UserError, or an OSError the user can fix, into one red line on stderr and exit code 2."""
+    """Turn a UserError, or an OSError the user can fix, into one red line on stderr and exit code 2;
+    warnings print as one line each."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with one_line_warnings():
+                return fn(*args, **kwargs)
         except UserError as err:
             print_error(str(err))
         except OSError as err:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from pydantic import ValidationError
 
 from probes import locks
@@ -257,11 +256,15 @@ def check_out_dir(out: Path, cfg: DataConfig, overwrite: bool = False) -> bool:
 
 def _write_npz(path: Path, split: Split) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-        np.savez(f, context=split.context, query=split.query, target_position=split.target_position)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, context=split.context, query=split.query, target_position=split.target_position)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_dataset(ds: Dataset, out: Path) -> None:

@@ -15,6 +15,7 @@ import typer
 
 from probes.config import THREADS_HELP
 from probes.console import console, flags_given, out_console, user_errors
+from probes.errors import UserError
 from probes.vlm.config import VLMDataConfig, VLMEvalConfig, VLMTrainConfig
 
 vlm_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -129,6 +130,8 @@ def eval_(
     from probes.config import load_config
     from probes.vlm.train import evaluate_run
 
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the predictions file's path (e.g. {out / 'predictions.jsonl'})")
     keys = ("eval_file", "eval_size", "box_format", "batch_size", "out", "device")
     ecfg = load_config(VLMEvalConfig, config, {"run": str(run), **_given(ctx, {k: k for k in keys})})
     result = evaluate_run(ecfg, log=lambda msg: console.print(msg, highlight=False, markup=False))
