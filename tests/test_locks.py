@@ -102,3 +102,34 @@ def test_two_probes_train_on_one_out_the_second_is_refused(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (r.stderr.strip().splitlines() or [""])[0]  # one line
     assert f"in use by run writer PID {proc.pid}" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sweep_workers_die_with_a_sweep_killed_by_sigkill(tmp_path):
+    import signal
+    import time
+
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", "from cli import app; app()", "sweep", "--out", str(tmp_path / "s"), "--model",
+         "pythia-tiny", "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=1000000",
+         "--set", "train_size=40", "--set", "eval_size=8", "--set", "batch_size=4", "--set", "device=cpu",
+         "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "s" / "pythia-tiny+suffix+n4+lr1e-3+default+s0"
+    worker = None
+    for _ in range(1200):  # until the worker holds its run's lock (it names itself there)
+        worker = locks.read_holder(run)
+        if worker is not None and worker.pid != sweep.pid:
+            break
+        time.sleep(0.25)
+    assert worker is not None, "the worker never started"
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    for _ in range(400):
+        if not locks.pid_alive(worker.pid):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker.pid, signal.SIGKILL)
+        pytest.fail("the worker outlived its sweep")
+    with locks.hold(run):  # a rerun takes the run over
+        pass
