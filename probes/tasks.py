@@ -254,33 +254,35 @@ def check_out_dir(out: Path, cfg: DataConfig, overwrite: bool = False) -> bool:
     )
 
 
-def _write_npz(path: Path, split: Split) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, context=split.context, query=split.query, target_position=split.target_position)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a kill: no partial file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_npz(tmp: Path, split: Split) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, context=split.context, query=split.query, target_position=split.target_position)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_dataset(ds: Dataset, out: Path) -> None:
-    """Write DIR/train.npz, DIR/heldout.npz, then DIR/meta.json, each to a temporary file renamed
-    into place: a killed write leaves no partial file, and no meta.json until both splits are in.
+    """Write DIR/train.npz, DIR/heldout.npz and DIR/meta.json atomically: all three go to temporary
+    files first (a full disk or a kill leaves the dataset there before intact, and no partial file),
+    then replace the old ones, meta.json last (a dataset without it is incomplete).
     Call it holding the directory's lock (generate_into does)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob(".*.tmp"):  # left by a killed write
         tmp.unlink()
-    (out / "meta.json").unlink(missing_ok=True)  # written last: a dataset without it is incomplete
-    for name, split in zip(SPLITS, (ds.train, ds.heldout)):
-        _write_npz(out / f"{name}.npz", split)
-    tmp = out / ".meta.json.tmp"
-    tmp.write_text(json.dumps(ds.meta(), indent=2) + "\n")
-    os.replace(tmp, out / "meta.json")
+    names = [f"{name}.npz" for name in SPLITS] + ["meta.json"]
+    tmps = {name: out / f".{name}.tmp" for name in names}
+    try:
+        for name, split in zip(names, (ds.train, ds.heldout)):
+            _write_npz(tmps[name], split)
+        tmps["meta.json"].write_text(json.dumps(ds.meta(), indent=2) + "\n")
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    (out / "meta.json").unlink(missing_ok=True)
+    for name in names:
+        os.replace(tmps[name], out / name)
 
 
 def generate_into(cfg: DataConfig, out: Path, overwrite: bool = False,

@@ -98,6 +98,10 @@ def test_a_full_disk_during_generate_is_one_line_and_leaves_no_partial_file(cli_
     assert not out.exists() or sorted(p.name for p in out.iterdir()) in ([], [".lock"])
     monkeypatch.undo()  # space again: the rerun is not blocked by anything the failed one left
     assert cli_runner.invoke(app, ["generate", *SMALL_DATA, "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.*")}
+    monkeypatch.setattr(tasks.np, "savez", full)  # a full disk while replacing it: the old one stays
+    one_line_error(cli_runner.invoke(app, ["generate", *SMALL_DATA, "--seed", "5", "--out", str(out), "--overwrite"]))
+    assert {p.name: p.read_bytes() for p in out.glob("*.*")} == before
     tasks.load_dataset(out)
 
 
