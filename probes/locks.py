@@ -20,11 +20,14 @@ holder) unless `hold` created the directory and nothing else was written there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,6 +156,27 @@ def hold(directory: str | Path, what: str = "run") -> Iterator[Holder | None]:
                 (directory / LOCK_FILE).unlink()  # before unlocking: see _open_locked
                 directory.rmdir()
         os.close(fd)  # releases the OS lock
+
+
+# === Workers that die with their parent (a rerun then never meets an orphan still writing) ===
+
+PARENT_ENV = "PROBES_DIE_WITH_PARENT"  # PID of the process a worker must not outlive
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(environ=os.environ) -> bool:
+    """In a worker whose environment names its parent's PID (PARENT_ENV): ask the kernel for SIGKILL
+    when that parent dies, however it dies (Linux: PR_SET_PDEATHSIG), and exit at once if it is
+    already gone. True when armed; elsewhere (not Linux, no PARENT_ENV) nothing happens."""
+    parent = environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+    return True
 
 
 def is_held(directory: str | Path) -> bool:

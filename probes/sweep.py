@@ -6,15 +6,14 @@
 Finished runs are skipped, unfinished ones resume from their checkpoints, new ones start; a
 damaged run directory is reported (failed, with what to do) and the others go on. The sweep
 holds its directory's lock (probes.locks), each worker its run's; workers die with the sweep
-process (PR_SET_PDEATHSIG on Linux) and run in their own process group. A
-backend is one entry of `BACKENDS`: a function that takes the runs still to do and returns one
+process (probes.locks.die_with_parent: PR_SET_PDEATHSIG on Linux) and run in their own process
+group. A backend is one entry of `BACKENDS`: a function that takes the runs still to do and returns one
 result per run; it learns about a run only through its run directory (summary.json), so any
 backend that can start `python -m probes.train --json CONFIG` somewhere can be added.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
@@ -30,6 +29,7 @@ import probes
 from probes import locks
 from probes.config import GRID_KEYS, SweepConfig, TrainConfig, validate
 from probes.errors import UserError
+from probes.locks import PARENT_ENV
 from probes.rundir import LOG_FILE, RunDirError, read_summary
 from probes.train import inspect_run, run_name
 
@@ -102,24 +102,6 @@ def _default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """preexec_fn of a worker: on Linux the kernel kills it (SIGKILL) when the sweep process dies,
-    however it dies (kill -9 included), so a rerun never meets an orphan still writing."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def stop_worker(proc: subprocess.Popen) -> None:
     """SIGTERM to the worker's process group (the worker and anything it started)."""
     try:
@@ -140,8 +122,8 @@ def _start(job: Job, threads: int) -> subprocess.Popen:
     # --threads: the share of a new run; a resumed run keeps the count its config.yaml records
     cmd = [sys.executable, "-m", "probes.train", "--json", job.cfg.model_dump_json(),
            "--threads", str(threads)] + (["--overwrite"] if job.action == "restart" else [])
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0,
-                            preexec_fn=_die_with_parent(os.getpid()))
+    env[PARENT_ENV] = str(os.getpid())  # the worker dies with this process (locks.die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 

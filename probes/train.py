@@ -539,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads of a new run where the config says auto (a resume keeps its count)")
     args = parser.parse_args(argv)
+    from probes.locks import die_with_parent
+
+    die_with_parent()  # a sweep worker: killed with its sweep, so a rerun never meets it still writing
     try:
         cfg = validate(TrainConfig, json.loads(args.json))
         summary = train_run(cfg, overwrite=args.overwrite, progress=False, default_threads=args.threads)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from probes import tasks
 from probes.config import DataConfig, TokenConfig
 from probes.errors import UserError
-from probes import tasks
 from probes.tasks import Split, TokenLayout
 
 
