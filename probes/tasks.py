@@ -289,9 +289,13 @@ def generate_into(cfg: DataConfig, out: Path, overwrite: bool = False,
                   status: Callable[[str], None] | None = None) -> Dataset | None:
     """Generate `cfg`'s dataset into `out` holding the directory's lock (probes.locks): a second
     `generate` into `out` meanwhile gets a UserError naming this one. None when `out` already
-    holds this dataset (nothing done)."""
+    holds this dataset, checked by loading it (nothing done; a damaged one is a UserError)."""
     with locks.hold(out, what="dataset"):
         if check_out_dir(out, cfg, overwrite):
+            try:
+                load_dataset(out)
+            except UserError as err:
+                raise UserError(f"{err}; or `probes generate --overwrite`") from None
             return None
         ds = generate(cfg, status=status)
         if status:

@@ -291,3 +291,14 @@ def test_two_generates_into_one_directory_cannot_overlap(tmp_path):
         proc.kill()
         proc.wait()
     assert not (tmp_path / "d" / "meta.json").exists()
+
+
+def test_a_damaged_dataset_is_not_reported_as_already_there(tmp_path):
+    cfg = DataConfig(n=4, train_size=40, eval_size=8)
+    out = tmp_path / "d"
+    tasks.generate_into(cfg, out)
+    (out / "train.npz").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(UserError, match=r"train.npz is missing or damaged .*--overwrite"):
+        tasks.generate_into(cfg, out)
+    assert tasks.generate_into(cfg, out, overwrite=True) is not None
+    tasks.load_dataset(out)
