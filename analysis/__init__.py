@@ -2,5 +2,6 @@
 
     analysis.load        run directories (any depth) → runs / metrics / positions DataFrames
     analysis.efficiency  steps / examples to threshold (censored runs), per-position learning order
-    analysis.plots       curves, heatmaps, efficiency and learning-order figures; `probes plot`
+    analysis.plots       curves, heatmaps, efficiency and learning-order figures, one module per
+                         family (probe / VLM variants by table); `probes plot`
 """

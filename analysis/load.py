@@ -4,11 +4,14 @@ A run directory (SPEC §6) holds `config.yaml`, `summary.json`, `metrics.parquet
 `positions.parquet`; a directory is a run iff it holds `config.yaml` and `summary.json` or
 `metrics.parquet`. Runs are found at any depth under the paths given.
 
-Two kinds of run share that format, told apart by `run_kind` (the runs table's `kind` column):
-`text` (`probes train`: config keys model, n, layout, lr, init, seed; `position` is the target's
-position 0..N-1 in the context) and `vlm` (`probes vlm train`: config keys model, encoder,
-connector, scan, layout, lr, seed, no `n`; `position` is the row-major cell, 0..8, of a 3×3 grid
-over the image that holds the target box's centre).
+File names, columns, statuses and kinds of run come from `probes.schema`, the schema the
+trainers write. The kinds share that format and are told apart by `run_kind` (the runs table's
+`kind` column, from summary.json's `kind`): `probe` (`probes train`: config keys model, n, layout,
+lr, init, seed; `position` is the target's position 0..N-1 in the context), `vlm` (`probes vlm
+train`: config keys model, encoder, connector, scan, layout, lr, seed, no `n`; `position` is the
+row-major cell, 0..8, of a 3×3 grid over the image that holds the target box's centre) and
+`pretrain` (no positions). Runs written before summaries named their kind are told apart by
+their config keys (a VLM config names an encoder or a connector).
 
     runs = load_runs("runs/")            # one row per run: flattened config + summary
     metrics = load_metrics("runs/")      # one row per run × evaluation
@@ -35,13 +38,22 @@ import pandas as pd
 import yaml
 
 from probes.errors import UserError
+from probes.schema import (  # noqa: F401 - PRETRAIN, RUN_KINDS, STATUSES: offered to analysis users
+    CONFIG_FILE,
+    METRICS_FILE,
+    POSITIONS_FILE,
+    PRETRAIN,
+    PROBE,
+    RUN_KINDS,
+    RUNNING,
+    STATUSES,
+    SUMMARY_FILE,
+    VLM,
+    VLM_GRID,
+)
 
-CONFIG, SUMMARY, METRICS, POSITIONS = "config.yaml", "summary.json", "metrics.parquet", "positions.parquet"
-STATUSES = ("running", "reached", "not_reached", "failed")
 GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
-TEXT, VLM = "text", "vlm"  # the values of the runs table's `kind` column
-VLM_CONFIG_KEYS = ("encoder", "connector")  # config keys only a VLM run has
-VLM_GRID = 3  # a VLM run's positions are the cells of a VLM_GRID × VLM_GRID grid (probes.vlm.grounding.GRID)
+VLM_CONFIG_KEYS = ("encoder", "connector")  # config keys only a VLM run has (runs without `kind`)
 _SKIP_DIRS = {"checkpoint", "checkpoints", "__pycache__", ".git", ".ipynb_checkpoints"}
 
 PathLike = str | os.PathLike
@@ -60,7 +72,7 @@ class DamagedRunWarning(UserWarning):
 
 def is_run_dir(path: PathLike) -> bool:
     path = Path(path)
-    return (path / CONFIG).is_file() and ((path / SUMMARY).is_file() or (path / METRICS).is_file())
+    return (path / CONFIG_FILE).is_file() and ((path / SUMMARY_FILE).is_file() or (path / METRICS_FILE).is_file())
 
 
 def find_runs(*paths: PathLike) -> list[Path]:
@@ -83,8 +95,8 @@ def find_runs(*paths: PathLike) -> list[Path]:
     if not found:
         where = ", ".join(str(p) for p in paths)
         raise NoRunsError(
-            f"no run directories under {where} (a run directory holds {CONFIG} and {SUMMARY} "
-            f"or {METRICS}; make one with `probes train` or `probes sweep`)"
+            f"no run directories under {where} (a run directory holds {CONFIG_FILE} and {SUMMARY_FILE} "
+            f"or {METRICS_FILE}; make one with `probes train` or `probes sweep`)"
         )
     return sorted(found)
 
@@ -124,7 +136,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_config(run_dir: PathLike) -> dict[str, Any]:
     """The run's config.yaml, flattened with dots."""
-    path = Path(run_dir) / CONFIG
+    path = Path(run_dir) / CONFIG_FILE
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -136,16 +148,16 @@ def read_config(run_dir: PathLike) -> dict[str, Any]:
 
 def read_summary(run_dir: PathLike) -> dict[str, Any]:
     """The run's summary.json; a run without one (still starting) is `running`."""
-    path = Path(run_dir) / SUMMARY
+    path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
-        return {"status": "running"}
+        return {"status": RUNNING}
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         warnings.warn(f"{path}: unreadable summary ({err}); treating the run as running", DamagedRunWarning,
                       stacklevel=2)
-        return {"status": "running"}
-    return flatten(data) if isinstance(data, dict) else {"status": "running"}
+        return {"status": RUNNING}
+    return flatten(data) if isinstance(data, dict) else {"status": RUNNING}
 
 
 def _read_table(path: Path) -> pd.DataFrame | None:
@@ -194,12 +206,13 @@ def model_order(models: Iterable[str]) -> list[str]:
 
 
 def run_kind(record: dict[str, Any]) -> str:
-    """`"vlm"` for a VLM run (`probes vlm train`), else `"text"`; from one run's flattened config
-    and summary (a row of `load_runs`). A VLM run's summary says `kind: vlm`; one still starting
-    has no summary yet, but only a VLM run's config names an `encoder` or a `connector`."""
-    if record.get("kind") in (TEXT, VLM):
+    """The run's kind (`probes.schema.RUN_KINDS`) from one run's flattened config and summary (a row
+    of `load_runs`): summary.json's `kind`. A run written before summaries named their kind, or one
+    still starting (no summary yet), is `vlm` if its config names an `encoder` or a `connector`
+    (only a VLM config has them), else `probe`."""
+    if record.get("kind") in RUN_KINDS:
         return record["kind"]
-    return VLM if any(_given(record.get(key)) for key in VLM_CONFIG_KEYS) else TEXT
+    return VLM if any(_given(record.get(key)) for key in VLM_CONFIG_KEYS) else PROBE
 
 
 def _given(value: Any) -> bool:
@@ -215,16 +228,18 @@ def is_vlm(table: pd.DataFrame) -> pd.Series:
 
 
 def kind_of(table: pd.DataFrame) -> str:
-    """The one kind of run (`"text"` or `"vlm"`) in a table of `load_runs`, `load_metrics` or
-    `load_positions`; a `UserError` if it mixes both (figures of the two differ: select one with
-    `table[table.kind == "vlm"]`). An empty table is `"text"`."""
-    vlm = is_vlm(table)
-    if vlm.any() and not vlm.all():
+    """The one kind of run (`probes.schema.RUN_KINDS`) in a table of `load_runs`, `load_metrics` or
+    `load_positions`; a `UserError` if it mixes kinds (their figures differ: select one with
+    `table[table.kind == "vlm"]`). An empty table is `"probe"`."""
+    kinds = table["kind"] if "kind" in table else pd.Series([run_kind(r) for r in table.to_dict("records")],
+                                                             dtype=object)
+    found = sorted(set(kinds))
+    if len(found) > 1:
         raise UserError(
-            "the table mixes text-probe and VLM runs, whose figures differ: "
+            f"the table mixes runs of kinds {', '.join(found)}, whose figures differ: "
             "select one kind (e.g. table[table.kind == 'vlm'], or `probes plot --only kind=vlm`)"
         )
-    return VLM if len(vlm) and vlm.all() else TEXT
+    return found[0] if found else PROBE
 
 
 # === Tables ===
@@ -232,8 +247,8 @@ def kind_of(table: pd.DataFrame) -> str:
 
 def load_runs(*paths: PathLike) -> pd.DataFrame:
     """One row per run: `run`, `run_dir`, the flattened config, then the summary's fields
-    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...), `kind` (text or vlm:
-    `run_kind`), `family` (pythia, mamba, other) and `label` (the model; for a VLM run
+    (`status`, `step_reached`, `examples_to_threshold`, `final_accuracy`, ...), `kind` (probe, vlm or
+    pretrain: `run_kind`), `family` (pythia, mamba, other) and `label` (the model; for a VLM run
     model+connector/scan: figures colour by it).
     Where summary and config share a key (`threshold`, `max_steps`), the summary wins: it records
     what the run did."""
@@ -329,13 +344,13 @@ def load_metrics(*paths: PathLike) -> pd.DataFrame:
     `loss`, `accuracy`, ...) plus `pct` and every run-level column of `load_runs` (a logged
     per-step learning rate is `lr_at_step`; `lr` stays the run's grid value).
     Accepts paths or a `load_runs` table (to load a filtered selection)."""
-    return _per_run_table(paths, METRICS)
+    return _per_run_table(paths, METRICS_FILE)
 
 
 def load_positions(*paths: PathLike) -> pd.DataFrame:
     """One row per run × evaluation × target position (`step`, `position` 0-based, `accuracy`,
     `count`) plus `pct` and every run-level column of `load_runs`."""
-    return _per_run_table(paths, POSITIONS)
+    return _per_run_table(paths, POSITIONS_FILE)
 
 
 class Tables(NamedTuple):

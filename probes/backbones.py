@@ -83,12 +83,16 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# Model names beyond the presets: a prefix and what follows it.
+LOADED_PREFIXES = ("hf:", "config:")  # hf:ID_OR_PATH = trained weights; config:DIR = its random-init twin
+
+
 def known_models() -> str:
-    return ", ".join([*BACKBONES, "hf:ID_OR_PATH"])
+    return ", ".join([*BACKBONES, "hf:ID_OR_PATH", "config:DIR"])
 
 
 def check_model_name(name: str) -> str:
-    if name in BACKBONES or (name.startswith("hf:") and len(name) > 3):
+    if name in BACKBONES or any(name.startswith(p) and len(name) > len(p) for p in LOADED_PREFIXES):
         return name
     raise UserError(f"unknown model '{name}' (known: {known_models()})")
 
@@ -121,18 +125,88 @@ def build_backbone(name: str, seed: int = 0, device: str | torch.device = "cpu")
     check_model_name(name)
     if name.startswith("hf:"):
         return _load_pretrained(name[3:], device)
-    from transformers import GPTNeoXForCausalLM, MambaForCausalLM
-
+    if name.startswith("config:"):
+        return _random_twin(name[len("config:"):], seed, device)
     spec = BACKBONES[name]
-    cls = GPTNeoXForCausalLM if spec.family == "pythia" else MambaForCausalLM
+    return Backbone(name, spec.family, build_from_config(spec.build_config(), seed, device))
+
+
+def build_from_config(config, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """A causal LM of `config` (GPT-NeoX, Mamba or any transformers config) with weights drawn
+    after torch.manual_seed(seed): the same config and seed give the same weights."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     with torch.device(device):
-        model = cls(spec.build_config())
-    return Backbone(name, spec.family, model)
+        return AutoModelForCausalLM.from_config(config).float()
+
+
+def family_of(config) -> str:
+    """pythia | mamba | the transformers model_type of other models."""
+    return {"gpt_neox": "pythia", "mamba": "mamba"}.get(config.model_type, config.model_type)
+
+
+def _local_model_dir(id_or_path: str, prefix: str) -> Path:
+    local = Path(id_or_path).expanduser()
+    if not (local / "config.json").exists():
+        raise UserError(f"{prefix}{id_or_path}: no model there (expected a directory with config.json "
+                        f"written by save_pretrained)")
+    return local
+
+
+def _optional_tokenizer(where: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError, TypeError):
+        return None  # data are token ids; a tokenizer is optional
+
+
+def _random_twin(path: str, seed: int, device: str | torch.device) -> Backbone:
+    """`config:DIR`: the architecture and tokenizer of the model saved in DIR, fresh seeded weights."""
+    from transformers import AutoConfig
+
+    local = _local_model_dir(path, "config:")
+    try:
+        config = AutoConfig.from_pretrained(str(local))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"config:{path}: cannot read its config.json ({first})") from None
+    model = build_from_config(config, seed, device)
+    return Backbone(f"config:{path}", family_of(config), model, _optional_tokenizer(str(local)))
+
+
+# === Sized configs for pretraining (probes.pretrain) ===
+
+
+def custom_config(family: str, vocab_size: int, eos_id: int = 0, pad_id: int = 1, **sizes: Any):
+    """A GPT-NeoX (pythia) or Mamba config of the given sizes and vocabulary (special ids eos, pad).
+
+    pythia defaults follow the Pythia suite (parallel residual, untied head, MLP 4 d); `sizes`
+    are the family's transformers config keys (hidden_size, num_hidden_layers, ...).
+    """
+    if family not in ("pythia", "mamba"):
+        raise UserError(f"unknown family '{family}' (allowed: pythia, mamba)")
+    common = _PYTHIA_COMMON if family == "pythia" else _MAMBA_COMMON
+    cfg = {**common, **sizes, "vocab_size": vocab_size, "bos_token_id": eos_id, "eos_token_id": eos_id,
+           "pad_token_id": pad_id}
+    if family == "pythia":
+        cfg.setdefault("intermediate_size", 4 * cfg["hidden_size"])
+    return BackboneSpec("custom", family, cfg).build_config()
+
+
+def preset_config(name: str, vocab_size: int, eos_id: int = 0, pad_id: int = 1):
+    """The config of BACKBONES[name] with another vocabulary (a pretraining tokenizer's)."""
+    check_model_name(name)
+    spec = BACKBONES[name]
+    sizes = {k: v for k, v in spec.config.items() if k not in ("vocab_size", "bos_token_id", "eos_token_id",
+                                                             "pad_token_id")}
+    return custom_config(spec.family, vocab_size, eos_id, pad_id, **sizes)
 
 
 def _load_pretrained(id_or_path: str, device: str | torch.device) -> Backbone:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     local = Path(id_or_path).expanduser()
     looks_local = local.exists() or id_or_path.startswith((".", "/", "~")) or id_or_path.count("/") > 1
@@ -144,12 +218,8 @@ def _load_pretrained(id_or_path: str, device: str | torch.device) -> Backbone:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"hf:{id_or_path}: cannot load it with from_pretrained ({first})") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if looks_local else id_or_path)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # data are token ids; a tokenizer is optional
-    family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
-    return Backbone(f"hf:{id_or_path}", family, model.to(device), tokenizer)
+    tokenizer = _optional_tokenizer(str(local) if looks_local else id_or_path)
+    return Backbone(f"hf:{id_or_path}", family_of(model.config), model.to(device), tokenizer)
 
 
 # === Vocabulary extension ===
@@ -246,5 +316,6 @@ def describe(name: str) -> str:
     return f"{name}: {spec.family}, d={config.hidden_size}, {config.num_hidden_layers} layers, {n / 1e6:.0f}M params"
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "INITS", "build_backbone", "check_model_name",
-           "extend_vocabulary", "hidden_states", "slot_logits", "known_models", "describe"]
+__all__ = ["BACKBONES", "INITS", "LOADED_PREFIXES", "Backbone", "BackboneSpec", "build_backbone", "build_from_config",
+           "check_model_name", "custom_config", "describe", "extend_vocabulary", "family_of", "hidden_states",
+           "known_models", "preset_config", "slot_logits"]

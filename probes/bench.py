@@ -5,19 +5,26 @@
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
               profile: list[str] | None = None) -> pandas.DataFrame
 
-(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc]`: a
+(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc][:fr]`: a
 BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | torch | reference; default
-auto), a batch size for that row only, and `gc` for gradient checkpointing. Example:
+auto), a batch size for that row only, `gc` for gradient checkpointing and `fr` for the fused
+residual add + RMSNorm (probes.kernels.fuse_residual_norm, a lever not yet on in `probes train`). Example:
 `["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"]`.
 
-What is measured, per row, on random token ids of the suffix layout's length N + 3:
-* training step = forward + backward + AdamW (fused on CUDA) under bf16 autocast, with the loss
-  on the two target slots of SPEC §1 (the answer and end-of-text), logits computed only there;
-  s/step and tokens/s (batch x (N + 3) per step) over `steps` steps after `warmup`;
+What is measured, per row, is what `probes train` runs (probes.train), nothing of its own:
+* the row's TrainConfig (`row_config`): the model, batch, N, lr, scan backend and gradient
+  checkpointing of the row, every other setting the run default (precision auto = bf16 autocast
+  on CUDA, grad_clip, weight decay, schedule); data generated from the seeds, just large enough;
+* training step = one iteration of the loop (`RunStep`): encode the step's batch, copy it to the
+  device, `probes.train.train_step(model, opt, x, y, targets, autocast, grad_clip)` with the
+  optimizer of `probes.train.make_optimizer(model, cfg, device)` (AdamW, fused on CUDA) and the
+  scheduler of `probes.train.make_scheduler(opt, cfg)`, stepped; the model is
+  `probes.train.build_model` (N + 2 new token rows, fp32 master weights); s/step and tokens/s
+  (batch x (N + 3) per step) over `steps` steps after `warmup`;
 * peak memory = torch.cuda.max_memory_allocated over the timed steps (weights, gradients and
   optimizer state included);
-* evaluation = forward only under torch.inference_mode, bf16 autocast, logits only at the answer
-  slot, batch `eval_batch_size` (default 4 x batch): examples/s.
+* evaluation = `probes.train.evaluate` over a held-out set of eval_batch_size x eval_steps
+  examples (default eval batch 4 x batch): examples/s.
 A row that runs out of memory is kept with status `oom`. Ratios: each Mamba row against the
 Pythia row of matching size (`vs_pythia`), and each fast Mamba row against the same model's
 `@reference` row (`vs_reference`, tokens/s). Writes bench.csv, bench.md and bench.json to out_dir.
@@ -33,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from probes.errors import UserError
 
@@ -45,41 +51,41 @@ PAIRS = {"mamba-130m": "pythia-160m", "mamba-370m": "pythia-410m", "mamba-790m":
 # === Models ===
 
 
-def _build(name: str, device: str, seed: int):
-    """(model, family) from the BACKBONES registry (random init, built on `device`)."""
-    from probes.backbones import BACKBONES, build_backbone
-
-    if name not in BACKBONES:
-        raise ValueError(f"unknown model '{name}' (known: {', '.join(BACKBONES)})")
-    bb = build_backbone(name, seed=seed, device=device)
-    return bb.model, bb.family
-
-
 def parse_spec(spec: str) -> dict:
-    """`mamba-130m@reference:b16:gc` -> {name, backend, batch, gc}."""
+    """`mamba-130m@triton:b16:gc:fr` -> {name, backend, batch, gc, fr}."""
     head, *opts = spec.split(":")
     name, _, backend = head.partition("@")
-    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False}
+    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False, "fr": False}
     for o in opts:
-        if o == "gc":
-            out["gc"] = True
+        if o in ("gc", "fr"):
+            out[o] = True
         elif o.startswith("b") and o[1:].isdigit():
             out["batch"] = int(o[1:])
         else:
-            raise UserError(f"bad option '{o}' in --model '{spec}' (allowed: NAME[@BACKEND][:bNN][:gc])")
+            raise UserError(f"bad option '{o}' in --model '{spec}' (allowed: NAME[@BACKEND][:bNN][:gc][:fr])")
     return out
 
 
-def _trunk_hidden(model, ids):
-    out = model.base_model(input_ids=ids, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+def row_config(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int | None,
+               eval_steps: int, lr: float, seed: int, device: str):
+    """The TrainConfig of a run this row stands for: its model, batch, N, lr, scan backend and
+    gradient checkpointing; every other setting (precision, grad_clip, weight decay, schedule) is
+    the run default. The data sets are just large enough for the timed steps and evaluation."""
+    from probes.config import TrainConfig
+
+    B = spec["batch"] or batch_size
+    EB = eval_batch_size or 4 * B
+    return TrainConfig(model=spec["name"], n=n, lr=lr, seed=seed, batch_size=B, device=device,
+                       scan_backend=spec["backend"] or "auto", gradient_checkpointing=spec["gc"],
+                       eval_batch_size=EB, train_size=max(n, B * (steps + warmup + 3)),
+                       eval_size=max(n, EB * eval_steps))
 
 
 # === Timing ===
 
 
 def _sync(device):
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -88,7 +94,7 @@ def _timed(fn, n: int, warmup: int, device: str, max_seconds: float) -> tuple[fl
     for _ in range(warmup):
         fn()
     _sync(device)
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     done = 0
@@ -102,12 +108,12 @@ def _timed(fn, n: int, warmup: int, device: str, max_seconds: float) -> tuple[fl
 
 
 def _peak_gb(device) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
 
 
 def _free(device):
     gc.collect()
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
 
 
@@ -115,85 +121,111 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int,
+class RunStep:
+    """One iteration of probes.train's loop, as the loop runs it: encode the batch of `step`
+    (BatchOrder), copy it to the device, `train.train_step` (zero_grad, forward through the scored
+    slots, loss, backward, clipping, optimizer step) and the scheduler's step."""
+
+    def __init__(self, cfg, device: torch.device, fuse_residual: bool = False):
+        from probes import train
+        from probes.tasks import TokenLayout
+
+        self.train, self.cfg, self.device = train, cfg, device
+        self.autocast = train.resolve_precision(cfg.precision, device)
+        self.data = train.load_data(cfg)
+        self.bb = train.build_model(cfg, device, None)
+        self.backend = train.set_scan_backend(self.bb, cfg.scan_backend)
+        if fuse_residual:  # the speed lever of probes.kernels (off in probes train)
+            from probes.kernels import fuse_residual_norm
+
+            self.fused_residual = fuse_residual_norm(self.bb.model)
+        if cfg.gradient_checkpointing:
+            self.bb.model.gradient_checkpointing_enable()
+        self.layout = TokenLayout.build(cfg.n, cfg.layout, self.bb.base_vocab, cfg.tokens, self.bb.eos_id)
+        self.targets = train.Targets.of(self.layout)
+        self.order = train.BatchOrder(len(self.data.train), cfg.batch_size, cfg.seed)
+        self.held = train.HeldOut(self.layout, self.data.heldout, device)  # the loop encodes it once too
+        self.model = self.bb.model
+        self.model.train()
+        self.opt = train.make_optimizer(self.model, cfg, device)
+        self.sched = train.make_scheduler(self.opt, cfg)
+        self.step = 0
+
+    def __call__(self) -> torch.Tensor:
+        x_np, answers_np = self.layout.encode(self.data.train, self.order.rows(self.step))
+        x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
+        y = self.targets.ids(torch.from_numpy(answers_np).to(self.device, non_blocking=True))
+        loss = self.train.train_step(self.model, self.opt, x, y, self.targets, self.autocast, self.cfg.grad_clip)
+        self.sched.step()
+        self.step += 1
+        return loss
+
+    def evaluate(self) -> None:
+        """probes.train.evaluate on the held-out set (cfg.eval_size examples, cfg.eval_batch_size)."""
+        self.train.evaluate(self.model, self.held, self.targets, self.cfg.eval_batch_size, self.autocast)
+
+    def drop_optimizer(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.opt = self.sched = None
+
+
+def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int | None,
               eval_steps: int, lr: float, seed: int, device: str, max_seconds: float,
               profile_dir: Path | None = None) -> dict:
-    """One row: build, set the scan backend, time training and evaluation."""
-    from probes.kernels import set_scan_backend
+    """One row: the run's model, optimizer and step (RunStep), timed; then the run's evaluation."""
+    from probes import train
 
-    L = n + 3
-    B = spec["batch"] or batch_size
+    cfg = row_config(spec, batch_size, n, steps, warmup, eval_batch_size, eval_steps, lr, seed, device)
+    B, L = cfg.batch_size, n + 3
     row = {"model": spec["spec"], "name": spec["name"], "batch_size": B, "seq_len": L, "grad_ckpt": spec["gc"]}
-    amp = {"device_type": "cuda" if device.startswith("cuda") else "cpu", "dtype": torch.bfloat16}
-    model = opt = None
+    dev = train.resolve_device(cfg.device)
+    step = None
     try:
         torch.manual_seed(seed)
-        model, family = _build(spec["name"], device, seed)
-        row["family"] = family
-        row["backend"] = set_scan_backend(model, spec["backend"] or "auto") if family == "mamba" else "-"
-        row["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
-        if spec["gc"]:
-            model.gradient_checkpointing_enable()
-        model.train()
-        vocab = model.get_input_embeddings().num_embeddings
-        head = model.get_output_embeddings()
-        gen = torch.Generator(device=device).manual_seed(seed)
-        ids = torch.randint(0, vocab, (B, L), device=device, generator=gen)
-        tgt = torch.randint(0, vocab, (B, 2), device=device, generator=gen)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, **({"fused": True} if device.startswith("cuda") else {}))
-
-        def train_step():
-            with torch.autocast(**amp):
-                h = _trunk_hidden(model, ids)
-                logits = head(h[:, -2:])  # slots predicting the answer and end-of-text
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        if profile_dir is not None:
-            _profile(train_step, device, profile_dir / f"profile_{_safe(spec['spec'])}.txt")
-        try:  # the reference scan is slow and its timing stable: one warm-up step is enough
-            s, done = _timed(train_step, steps, 1 if row["backend"] == "reference" else warmup, device,
-                             max_seconds)
-            row.update(train_s_per_step=s, train_steps_timed=done, train_tokens_per_s=B * L / s,
-                       train_examples_per_s=B / s, peak_mem_GB=_peak_gb(device), status="ok")
-        except RuntimeError as err:
-            if not _is_oom(err):
-                raise
-            row.update(status="oom", peak_mem_GB=_peak_gb(device))
-        opt.zero_grad(set_to_none=True)
-        opt = None  # free the optimizer state before evaluation
-        _free(device)
-        # evaluation: forward only, logits at the answer slot
-        model.eval()
-        if spec["gc"]:
-            model.gradient_checkpointing_disable()
-        EB = eval_batch_size or 4 * B
-        row["eval_batch_size"] = EB
-        eids = torch.randint(0, vocab, (EB, L), device=device, generator=gen)
-
-        def eval_step():
-            with torch.inference_mode(), torch.autocast(**amp):
-                h = _trunk_hidden(model, eids)
-                return head(h[:, -2]).argmax(-1)
-
-        try:
-            s, _ = _timed(eval_step, eval_steps, 2, device, max_seconds)
-            row.update(eval_examples_per_s=EB / s, eval_peak_mem_GB=_peak_gb(device))
-        except RuntimeError as err:
-            if not _is_oom(err):
-                raise
-            row["eval_status"] = "oom"
+        with train.torch_threads(cfg.threads, cfg.device, [cfg.model]):
+            step = RunStep(cfg, dev, fuse_residual=spec.get("fr", False))
+            row.update(family=step.bb.family, backend=step.backend or "-",
+                       fused_residual=getattr(step, "fused_residual", False),
+                       precision="bf16" if step.autocast is not None else "fp32", grad_clip=cfg.grad_clip,
+                       params_M=round(train.count_parameters(step.model) / 1e6, 1))
+            if profile_dir is not None:
+                _profile(step, device, profile_dir / f"profile_{_safe(spec['spec'])}.txt")
+            _time_training(row, step, steps, warmup, device, max_seconds)
+            step.drop_optimizer()  # free the optimizer state before evaluation
+            _free(device)
+            row["eval_batch_size"] = cfg.eval_batch_size
+            _time_eval(row, step, cfg.eval_size, device, max_seconds)
     except RuntimeError as err:
         if not _is_oom(err):
             row.update(status="failed", error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
         else:
             row.update(status="oom")
     finally:
-        model = opt = None
+        step = None
         _free(device)
     return row
+
+
+def _time_training(row: dict, step: RunStep, steps: int, warmup: int, device: str, max_seconds: float) -> None:
+    B, L = row["batch_size"], row["seq_len"]
+    try:  # the reference scan is slow and its timing stable: one warm-up step is enough
+        s, done = _timed(step, steps, 1 if row["backend"] == "reference" else warmup, device, max_seconds)
+        row.update(train_s_per_step=s, train_steps_timed=done, train_tokens_per_s=B * L / s,
+                   train_examples_per_s=B / s, peak_mem_GB=_peak_gb(device), status="ok")
+    except RuntimeError as err:
+        if not _is_oom(err):
+            raise
+        row.update(status="oom", peak_mem_GB=_peak_gb(device))
+
+
+def _time_eval(row: dict, step: RunStep, size: int, device: str, max_seconds: float) -> None:
+    try:
+        s, _ = _timed(step.evaluate, 2, 1, device, max_seconds)
+        row.update(eval_examples_per_s=size / s, eval_peak_mem_GB=_peak_gb(device))
+    except RuntimeError as err:
+        if not _is_oom(err):
+            raise
+        row["eval_status"] = "oom"
 
 
 def _safe(s: str) -> str:
@@ -335,8 +367,8 @@ def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int 
             "warmup": warmup, "eval_batch_size": eval_batch_size, "eval_steps": eval_steps, "lr": lr, "seed": seed,
             "device": device}
     df.to_csv(out / "bench.csv", index=False)
-    header = (f"Training: bf16 autocast, AdamW, batch {batch_size} (unless the row says), length {n + 3} "
-              f"(N={n}); eval: inference_mode, logits at the answer slot.\n"
+    header = (f"Training: probes.train's step (precision auto, AdamW fused on CUDA, grad_clip, scheduler), "
+              f"batch {batch_size} (unless the row says), length {n + 3} (N={n}); eval: probes.train.evaluate.\n"
               f"{env.get('gpu', device)}; torch {env['torch']}, triton {env['triton']}, "
               f"transformers {env['transformers']}.\n")
     (out / "bench.md").write_text(to_markdown(df, header))
@@ -345,4 +377,4 @@ def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int 
     return df
 
 
-__all__ = ["PAIRS", "bench_one", "parse_spec", "run_bench", "to_markdown"]
+__all__ = ["PAIRS", "RunStep", "bench_one", "parse_spec", "row_config", "run_bench", "to_markdown"]

@@ -7,6 +7,7 @@ error, never a silently ignored key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -160,7 +161,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 Init = Literal["default", "mean", "normal"]  # same choices as probes.backbones.INITS
 ScanBackend = Literal["auto", "triton", "mamba-ssm", "torch", "reference"]
 Precision = Literal["auto", "bf16", "fp32"]
-GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
+Schedule = Literal["constant", "linear", "cosine"]  # same names as probes.schedules.SCHEDULES
+SEED_KEYS = ("init_seed", "order_seed", "data_seed")  # each None (default) = `seed`
+GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed", *SEED_KEYS)
 
 
 def _check_threads(value: Any) -> Any:
@@ -199,7 +202,9 @@ class TrainConfig(Config):
     layout: Layout = Field("suffix", description="suffix | prefix")
     lr: float = Field(1e-4, gt=0, le=1, allow_inf_nan=False, description="AdamW learning rate")
     init: Init = Field("default", description="new embedding rows: default | mean | normal")
-    seed: int = Field(0, ge=0, description="seed of model init, new rows and batch order")
+    seed: int = Field(0, ge=0, description="shorthand: the default of init_seed, order_seed and data_seed")
+    init_seed: int | None = Field(None, ge=0, description="seed of the model init and the new rows (None: seed)")
+    order_seed: int | None = Field(None, ge=0, description="seed of the batch order (None: seed)")
     # the protocol (paper App. C.4)
     max_steps: int = Field(78_000, gt=0, description="optimizer steps at most")
     batch_size: int = Field(64, gt=0, description="examples per step")
@@ -210,12 +215,18 @@ class TrainConfig(Config):
     data_dir: Path | None = Field(None, description="dataset written by `probes generate` (None: generate)")
     train_size: int = Field(1_000_000, gt=0, description="training examples (when generated)")
     eval_size: int = Field(100_000, gt=0, description="held-out examples (when generated)")
-    data_seed: int = Field(0, ge=0, description="seed of the training set (when generated)")
+    data_seed: int | None = Field(None, ge=0, description="seed of the training set, when generated (None: seed)")
     heldout_seed: int | None = Field(None, ge=0, description="seed of the held-out set (None: data_seed + 1000003)")
     tokens: TokenConfig = Field(default_factory=TokenConfig, description="answer ids and targets")
     # optimisation
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="AdamW weight decay")
-    warmup: int = Field(0, ge=0, description="linear learning-rate warmup steps, then constant")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                description="AdamW weight decay (never on biases and norm weights)")
+    lr_schedule: Schedule = Field("constant", description="constant | linear | cosine (probes.schedules)")
+    warmup: int = Field(0, ge=0, description="learning-rate warmup steps")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False,
+                                       description="warmup as a fraction of max_steps (instead of warmup)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                                description="floor of the linear and cosine decay, as a fraction of lr")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
     # execution (may change when a run resumes)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
@@ -231,6 +242,24 @@ class TrainConfig(Config):
     def _known_model(cls, name: str) -> str:
         return _check_model(name)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_default_to_seed(cls, data: Any) -> Any:
+        """`seed` is the shorthand: each of init_seed, order_seed, data_seed left out (or null) takes it.
+
+        Resolved here, so config.yaml always holds all four (old files hold data_seed already)."""
+        if isinstance(data, dict):
+            seed = data.get("seed", 0)
+            data = {**data, **{k: seed for k in SEED_KEYS if data.get(k) is None}}
+        return data
+
+    @model_validator(mode="after")
+    def _warmup_once(self) -> TrainConfig:
+        if self.warmup and self.warmup_ratio is not None:
+            raise ValueError(f"warmup={self.warmup} and warmup_ratio={self.warmup_ratio} are both set "
+                             f"(allowed: one of them)")
+        return self
+
     @model_validator(mode="after")
     def _sizes_cover_every_position(self) -> TrainConfig:
         if self.data_dir is None:
@@ -244,6 +273,11 @@ class TrainConfig(Config):
     def effective_eval_every(self) -> int:
         return self.eval_every if self.eval_every is not None else max(1, self.max_steps // 100)
 
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup in steps: `warmup`, or ceil(warmup_ratio x max_steps) as the HF Trainer counts it."""
+        return math.ceil(self.warmup_ratio * self.max_steps) if self.warmup_ratio is not None else self.warmup
+
     def data_config(self) -> DataConfig:
         return DataConfig(n=self.n, layout=self.layout, train_size=self.train_size, eval_size=self.eval_size,
                           seed=self.data_seed, heldout_seed=self.heldout_seed)
@@ -254,9 +288,11 @@ def _as_list(value: Any) -> Any:
 
 
 class SweepConfig(Config):
-    """A grid model × n × layout × lr × init × seed (SPEC §6); `train` holds every other setting.
+    """A grid model × n × layout × lr × init × seed (× init_seed, order_seed, data_seed) (SPEC §6);
+    `train` holds every other setting.
 
-    Each grid key takes one value or a list. The default grid is the paper's 3 lr × 3 init.
+    Each grid key takes one value or a list. The default grid is the paper's 3 lr × 3 init; the
+    three seed keys default to [null]: each run's `seed` (or train.data_seed where that is set).
     """
 
     model: list[str] = Field(default_factory=lambda: ["pythia-160m"], min_length=1)
@@ -265,6 +301,10 @@ class SweepConfig(Config):
     lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4], min_length=1)
     init: list[Init] = Field(default_factory=lambda: ["default", "mean", "normal"], min_length=1)
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # null (the default) = each run's seed; a run name gets +i/+o/+d<seed> where one differs from seed
+    init_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    order_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    data_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every run")
     out: Path = Field(Path("runs"), description="sweep directory: one run directory per grid point")
     backend: str = Field("local", description="local | ray (probes.sweep.BACKENDS)")
@@ -286,16 +326,146 @@ class SweepConfig(Config):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ValueError(f"{key} lists a value twice: {values}")
-        clash = [k for k in self.train if k in (*GRID_KEYS, "out")]
+        clash = [k for k in self.train if k in (*GRID_KEYS, "out") and self.grid_values(k) != [None]]
         if clash:
             raise ValueError(f"train.{clash[0]} is set by the grid (or by out): put it at the top level")
-        first = {k: getattr(self, k)[0] for k in GRID_KEYS}
         for key, value in [(k, v) for k in GRID_KEYS for v in getattr(self, k)]:  # each value once
             try:
-                TrainConfig.model_validate({**self.train, **first, key: value})
+                TrainConfig.model_validate(self.run_settings({k: getattr(self, k)[0] for k in GRID_KEYS} | {key: value}))
             except ValidationError as err:
                 message = format_validation_error(err, TrainConfig)
                 if err.errors()[0]["type"] == "extra_forbidden":  # name it where the user wrote it
                     message = message.replace("key '", "key 'train.", 1)
                 raise ValueError(message) from None
         return self
+
+    def grid_values(self, key: str) -> list[Any]:
+        """The values of a grid key (`out` and settings in `train` are not grid keys: [None])."""
+        return list(getattr(self, key)) if key in GRID_KEYS else [None]
+
+    def run_settings(self, point: dict[str, Any]) -> dict[str, Any]:
+        """TrainConfig data of one grid point: `train`, then the point's values; a null seed key
+        leaves the run's own (train.data_seed, or else seed)."""
+        return {**self.train, **{k: v for k, v in point.items() if v is not None}}
+
+# === Pretraining (probes.pretrain) ===
+
+Tokenizer = Literal["byte", "bpe"]
+Family = Literal["pythia", "mamba"]
+
+
+class ArchConfig(Config):
+    """A sized custom backbone; the vocabulary always comes from the pretraining tokenizer."""
+
+    family: Family = Field(..., description="pythia (GPT-NeoX) | mamba (Mamba v1)")
+    hidden_size: int = Field(..., gt=0, description="model width d")
+    num_hidden_layers: int = Field(..., gt=0, description="layers")
+    num_attention_heads: int | None = Field(None, gt=0, description="attention heads (pythia only)")
+    rotary_pct: float = Field(0.25, gt=0, le=1, description="fraction of each head rotated (pythia)")
+    intermediate_size: int | None = Field(None, gt=0, description="MLP width (pythia; None: 4 d)")
+    max_position_embeddings: int = Field(2048, gt=0, description="longest sequence (pythia)")
+    state_size: int = Field(16, gt=0, description="SSM state size (mamba)")
+    expand: int = Field(2, gt=0, description="inner width = expand x d (mamba)")
+    conv_kernel: int = Field(4, gt=0, description="causal convolution width (mamba)")
+
+    @model_validator(mode="after")
+    def _heads_fit_the_family(self) -> ArchConfig:
+        if self.family == "pythia":
+            if self.num_attention_heads is None:
+                raise ValueError("arch.num_attention_heads is required for family pythia")
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"arch.hidden_size={self.hidden_size} is not a multiple of "
+                                 f"num_attention_heads={self.num_attention_heads}")
+        elif self.num_attention_heads is not None:
+            raise ValueError("arch.num_attention_heads is for family pythia only (mamba has no heads)")
+        return self
+
+    def label(self) -> str:
+        return f"{self.family}-d{self.hidden_size}-l{self.num_hidden_layers}"
+
+    def transformers_kwargs(self) -> dict[str, Any]:
+        """The family's transformers config keys (probes.backbones.custom_config takes them)."""
+        if self.family == "pythia":
+            keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "rotary_pct",
+                    "intermediate_size", "max_position_embeddings")
+        else:
+            keys = ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class PretrainConfig(Config):
+    """One causal-LM pretraining run (probes.pretrain): a backbone, a local corpus, a token budget."""
+
+    model: str | None = Field(None, description="BACKBONES preset (vocabulary replaced by the tokenizer's); "
+                                                "or set arch")
+    arch: ArchConfig | None = Field(None, description="sized custom backbone (instead of model)")
+    seed: int = Field(0, ge=0, description="seed of model init and of the training windows")
+    # corpus and tokenizer
+    corpus: list[str] = Field(default_factory=list, description="files, directories or globs (empty: the "
+                              "source and docs of the installed Python packages)")
+    extensions: list[str] = Field(default_factory=lambda: [".py", ".md", ".rst", ".txt"],
+                                  description="file endings read from directories")
+    max_corpus_bytes: int = Field(256_000_000, gt=0, description="read files (sorted) up to this many bytes")
+    heldout_fraction: float = Field(0.01, gt=0, lt=1, description="share of documents held out (by path hash)")
+    tokenizer: Tokenizer = Field("byte", description="byte (ids 2..257 = bytes 0..255) | bpe (trained here)")
+    vocab_size: int = Field(8192, ge=258, le=65535, description="BPE vocabulary size (tokenizer: bpe)")
+    # budget and optimisation
+    tokens: int = Field(100_000_000, gt=0, description="training tokens (steps = tokens / (batch_size x seq_len))")
+    batch_size: int = Field(64, gt=0, description="sequences per step")
+    seq_len: int = Field(512, ge=2, description="tokens per sequence")
+    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="peak AdamW learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine ends at lr x this")
+    warmup: int = Field(200, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    # evaluation
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations (None: 5% of the steps)")
+    eval_windows: int = Field(64, gt=0, description="held-out windows of seq_len + 1 tokens per evaluation")
+    copy_lengths: list[int] = Field(default_factory=lambda: [16, 64, 128], min_length=1,
+                                    description="copy-test lengths (probes.copytest)")
+    copy_batch: int = Field(32, gt=0, description="copy-test sequences per length")
+    # execution (may change when a run resumes)
+    out: Path | None = Field(None, description="run directory (None: runs/pretrain/<run name>)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
+    precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
+    scan_backend: ScanBackend = Field("auto", description="Mamba selective scan")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
+    threads: Threads = Field("auto", description=THREADS_HELP)
+
+    @field_validator("model")
+    @classmethod
+    def _preset(cls, name: str | None) -> str | None:
+        from probes.backbones import BACKBONES  # lazy: keeps `probes.config` free of torch
+
+        if name is not None and name not in BACKBONES:
+            raise ValueError(f"unknown model '{name}' for pretraining (allowed: {', '.join(BACKBONES)}, or set arch)")
+        return name
+
+    @field_validator("copy_lengths")
+    @classmethod
+    def _lengths(cls, lengths: list[int]) -> list[int]:
+        if min(lengths) < 2:
+            raise ValueError(f"copy_lengths must be >= 2, got {lengths}")
+        return lengths
+
+    @model_validator(mode="after")
+    def _one_backbone_and_a_batch(self) -> PretrainConfig:
+        if (self.model is None) == (self.arch is None):
+            raise ValueError("set exactly one of model (a BACKBONES preset) and arch (a sized custom backbone)")
+        if self.tokens < self.batch_size * self.seq_len:
+            raise ValueError(f"tokens={self.tokens:,} is smaller than one batch (batch_size x seq_len = "
+                             f"{self.batch_size * self.seq_len:,}; allowed: tokens >= that)")
+        return self
+
+    @property
+    def max_steps(self) -> int:
+        return self.tokens // (self.batch_size * self.seq_len)
+
+    @property
+    def effective_eval_every(self) -> int:
+        return self.eval_every if self.eval_every is not None else max(1, self.max_steps // 20)
+
+    @property
+    def label(self) -> str:
+        return self.model if self.model is not None else self.arch.label()

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes.errors import UserError
+from probes.schema import LOCK_FILE  # one name for writers and readers
 
-LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # directories this process holds → nesting depth
 
 

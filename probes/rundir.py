@@ -1,12 +1,13 @@
 """Run directories (SPEC §6): the files one run writes, and how a run starts, resumes and ends.
 
 Text runs (probes.train) and VLM runs (probes.vlm.train) share this format, so `analysis/` reads
-both with the same loaders:
+both with the same loaders; the names below are probes.schema's:
 
     config.yaml        the run's config (TrainConfig, VLMTrainConfig), written first
     metrics.parquet    one row per evaluation (the trainer's METRIC_COLUMNS)
     positions.parquet  one row per evaluation × position (POSITION_COLUMNS)
-    summary.json       status (running | reached | not_reached | failed) and the outcome (run_summary)
+    summary.json       kind (probe | vlm | pretrain), status (running | reached | not_reached |
+                       failed) and the outcome (run_summary)
     checkpoint/        the latest state: the model (save_pretrained) and state.pt (step, optimizer,
                        RNG, the record of evaluations so far: new_record)
     train.log, worker.pid   written by sweep workers (probes.sweep, probes.sweep_ray), not the run
@@ -27,7 +28,7 @@ the directory's lock (DIR/.lock, probes.locks) for the run's whole life and yiel
 
 Anything else (a directory of other files, an unfinished run of another config, a damaged
 config.yaml, summary.json or checkpoint) is a UserError that names --overwrite where it helps.
-Trainers (probes.train, probes.vlm.train) decide with `start_state(cfg, run, resumable,
+Trainers (probes.train, probes.vlm.train, probes.pretrain) decide with `start_state(cfg, run, resumable,
 overwrite)`: 'new' or 'resume', where overwrite turns a finished, damaged or different run into new.
 
 Writes are atomic: metrics, positions, summary and checkpoint state go to a temporary `.NAME.tmp`
@@ -52,20 +53,23 @@ from pydantic import BaseModel, ValidationError
 from probes import locks
 from probes.config import format_validation_error, save_config
 from probes.errors import UserError
-from probes.locks import LOCK_FILE
+from probes.schema import (  # noqa: F401 - re-exported: the schema's names, as rundir offered them before
+    FINISHED,
+    LOCK_FILE,
+    LOG_FILE,
+    POSITION_COLUMNS,
+    RUN_FILES,
+    RUN_KINDS,
+    STATUSES,
+    WORKER_FILES,
+    WORKER_PID_FILE,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from probes.backbones import Backbone
 
-STATUSES = ("running", "reached", "not_reached", "failed")
-FINISHED = ("reached", "not_reached", "failed")
-POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
-LOG_FILE = "train.log"  # written by sweep workers; a directory holding only it is still fresh
-WORKER_PID_FILE = "worker.pid"  # written by Ray workers (probes.sweep_ray), likewise
-WORKER_FILES = (LOG_FILE, WORKER_PID_FILE, LOCK_FILE)  # LOCK_FILE: the writer's lock (probes.locks)
-RUN_FILES = ("config.yaml", "metrics.parquet", "positions.parquet", "summary.json")
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -305,15 +309,19 @@ def rate(amount: float, seconds: float) -> float | None:
     return amount / seconds if seconds > 0 else None
 
 
-def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_seconds: float) -> dict:
-    """summary.json fields every run has (SPEC §6), from the record of its evaluations.
+def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_seconds: float, *,
+                kind: str) -> dict:
+    """summary.json fields every run has (SPEC §6, probes.schema.SUMMARY_FIELDS), from the record of
+    its evaluations; `kind` is the caller's kind of run (probes.schema.RUN_KINDS).
 
     `cfg` needs threshold, max_steps and batch_size.
     """
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r} (allowed: {', '.join(RUN_KINDS)})")
     rows = rec["metrics"]
     reached = next((r for r in rows if r["accuracy"] >= cfg.threshold), None)
     return {
-        "status": status, "threshold": cfg.threshold,
+        "kind": kind, "status": status, "threshold": cfg.threshold,
         "step_reached": reached["step"] if reached else None,
         "examples_to_threshold": reached["examples_seen"] if reached else None,
         "final_accuracy": rows[-1]["accuracy"] if rows else None,

@@ -14,10 +14,16 @@ The run directory (probes.rundir: format, lifecycle, atomic writes, checkpoints)
     positions.parquet  one row per evaluation × target position: step, position, accuracy, count
     summary.json       status (running | reached | not_reached | failed), threshold, step_reached, ...
     checkpoint/        latest state: the model (save_pretrained: from_pretrained loads it),
-                       state.pt (optimizer, RNG, step, the metrics so far)
+                       state.pt (optimizer, lr scheduler, RNG, step, the metrics so far)
 
-Nothing is lost: the batch order is a function of (seed, step), so a run started again with the
-same config resumes from its checkpoint and, on CPU, reproduces an uninterrupted run exactly.
+Nothing is lost: the batch order is a function of (order_seed, step), so a run started again with
+the same config resumes from its checkpoint and, on CPU, reproduces an uninterrupted run exactly.
+
+The optimizer and one step are public for the benchmark (`probes bench` times `train_step`):
+
+    opt = make_optimizer(model, cfg, device)     # AdamW; no decay on biases and norm weights
+    sched = make_scheduler(opt, cfg)             # cfg.lr_schedule over cfg.max_steps
+    loss = train_step(model, opt, x, y, targets, autocast, cfg.grad_clip); sched.step()
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes import rundir, tasks
+from probes import rundir, schedules, tasks
 from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
 from probes.config import TrainConfig, validate
 from probes.errors import UserError
+from probes.naming import format_lr  # run names; also probes.train.format_lr, as before
 from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
@@ -64,18 +71,16 @@ _NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host syn
 # === Names ===
 
 
-def format_lr(lr: float) -> str:
-    """1e-4 → '1e-4', 5e-05 → '5e-5', 0.00025 → '2.5e-4'."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
 def run_name(cfg: TrainConfig) -> str:
-    """`pythia-160m+suffix+n200+lr1e-4+mean+s0`, from the grid values."""
+    """`pythia-160m+suffix+n200+lr1e-4+mean+s0`, from the grid values; `+i3`, `+o3`, `+d3` follow
+    where init_seed, order_seed or data_seed is not `seed`."""
     model = cfg.model
-    if model.startswith("hf:"):
-        model = "hf-" + "".join(c if c.isalnum() or c in "-._" else "_" for c in model[3:]).strip("_.")
-    return f"{model}+{cfg.layout}+n{cfg.n}+lr{format_lr(cfg.lr)}+{cfg.init}+s{cfg.seed}"
+    if model.startswith(("hf:", "config:")):  # config:DIR, the random twin, becomes config-DIR
+        prefix, _, rest = model.partition(":")
+        model = f"{prefix}-" + "".join(c if c.isalnum() or c in "-._" else "_" for c in rest).strip("_.")
+    seeds = "".join(f"+{tag}{value}" for tag, value in
+                    (("i", cfg.init_seed), ("o", cfg.order_seed), ("d", cfg.data_seed)) if value != cfg.seed)
+    return f"{model}+{cfg.layout}+n{cfg.n}+lr{format_lr(cfg.lr)}+{cfg.init}+s{cfg.seed}{seeds}"
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -223,9 +228,9 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpoint: Path | None)
     """A fresh backbone with N + 2 new rows, or the one saved in `checkpoint` (exact weights)."""
     names = new_token_names(cfg.n)
     if checkpoint is None:
-        bb = build_backbone(cfg.model, cfg.seed, device)
+        bb = build_backbone(cfg.model, cfg.init_seed, device)
         bb.model.float()  # fp32 master weights; autocast handles bf16
-        extend_vocabulary(bb, names, cfg.init, cfg.seed)
+        extend_vocabulary(bb, names, cfg.init, cfg.init_seed)
         return bb
     from transformers import AutoModelForCausalLM
 
@@ -305,6 +310,78 @@ def evaluate(model: torch.nn.Module, held: HeldOut, targets: Targets, batch_size
     correct_np = correct.cpu().numpy().astype(np.int64)
     loss = loss_sum.item() / (len(held) * len(targets.slots))
     return loss, correct_np.sum() / len(held), correct_np
+
+
+# === Optimizer, schedule, one step ===
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm"))
+
+
+def decay_groups(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(parameters that get weight decay, those that do not): the HF Trainer's rule, no decay on
+    biases and on the weights of LayerNorm / RMSNorm modules. Each trainable parameter once, in
+    model.parameters() order within each list."""
+    no_decay = {id(p) for module in model.modules() if _is_norm(module) for p in module.parameters(recurse=False)}
+    no_decay |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) not in no_decay], [p for p in params if id(p) in no_decay]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW at cfg.lr: group 0 decays by cfg.weight_decay, group 1 (biases, norms) does not;
+    the fused kernel on CUDA."""
+    decay, no_decay = decay_groups(model)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, **({"fused": True} if device.type == "cuda" else {}))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, start: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """cfg.lr_schedule over cfg.max_steps updates (probes.schedules); `start` > 0 resumes it there."""
+    return schedules.build_schedule(opt, cfg.lr_schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio, start,
+                                    base_lr=cfg.lr)
+
+
+def schedule_summary(cfg: TrainConfig) -> dict:
+    """The optimizer settings summary.json records."""
+    return {"lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps, "warmup_ratio": cfg.warmup_ratio,
+            "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "schedule_steps": cfg.max_steps,
+            "init_seed": cfg.init_seed, "order_seed": cfg.order_seed, "data_seed": cfg.data_seed}
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               targets: Targets, autocast: torch.dtype | None, grad_clip: float | None) -> torch.Tensor:
+    """One update on the batch (x, target ids y): forward through the scored slots, loss, backward,
+    clipping, opt.step(). The detached loss (no host sync); the caller steps the scheduler."""
+    opt.zero_grad(set_to_none=True)
+    with _autocast(x.device, autocast):
+        logits = slot_logits(model, x, targets.slots)
+    loss = compute_loss(logits, y)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict, model: torch.nn.Module) -> None:
+    """Load a checkpoint's optimizer state; one of a single parameter group (checkpoints made before
+    the decay groups) is regrouped onto this optimizer's groups first, parameter by parameter."""
+    if len(saved["param_groups"]) == 1 and len(opt.param_groups) > 1:
+        index = {id(p): i for i, p in enumerate(model.parameters())}  # the single group's order
+        old = saved["param_groups"][0]
+        order = [index[id(p)] for group in opt.param_groups for p in group["params"]]
+        state = {new: saved["state"][old_i] for new, old_i in enumerate(order) if old_i in saved["state"]}
+        groups, start = [], 0
+        for group in opt.param_groups:
+            settings = {k: v for k, v in old.items() if k != "params"}
+            settings["weight_decay"] = group["weight_decay"]
+            groups.append({**settings, "params": list(range(start, start + len(group["params"])))})
+            start += len(group["params"])
+        saved = {"state": state, "param_groups": groups}
+    opt.load_state_dict(saved)
 
 
 # === The run ===
@@ -389,26 +466,29 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
     layout = TokenLayout.build(cfg.n, cfg.layout, bb.base_vocab, cfg.tokens, bb.eos_id)
     targets = Targets.of(layout)
     held = HeldOut(layout, data.heldout, device)
-    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed)
+    order = BatchOrder(len(data.train), cfg.batch_size, cfg.order_seed)
     model = bb.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, device)
 
     cfg = cfg.model_copy(update={"out": run})
     start_run_dir(run, cfg, state)
     rec = new_record()
     if found is not None:
         ckpt_state = found[1]
-        opt.load_state_dict(ckpt_state["optimizer"])
+        load_optimizer_state(opt, ckpt_state["optimizer"], model)
         set_rng_state(ckpt_state["rng"], device)
         restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         rec["resumed_at"] = [0]
     rundir.note_threads(rec, threads)
+    sched = make_scheduler(opt, cfg, rec["step"])
+    if found is not None and "scheduler" in found[1]:
+        sched.load_state_dict(found[1]["scheduler"])
 
     info = {"run": run_name(cfg), "device": str(device), "precision": "bf16" if autocast else "fp32",
             "scan_backend": scan, "n_parameters": count_parameters(model), "seq_len": layout.seq_len,
-            "eval_size": len(held), "train_size": len(data.train), "threads": threads}
+            "eval_size": len(held), "train_size": len(data.train), "threads": threads, **schedule_summary(cfg)}
     bar = _Progress(progress, info["run"], cfg.max_steps, rec["step"])
     if found is not None:
         bar.log(f"resuming {run} from step {rec['step']}")
@@ -423,7 +503,7 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
 
     def summary_now(status: str, message: str = "") -> dict:
         return {
-            **run_summary(rec, cfg, status, message, time.monotonic() - t0),
+            **run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="probe"),
             "train_tokens_per_s": rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             **info,
@@ -437,7 +517,7 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
         rec["eval_examples"] += len(held)
         rec["metrics"].append({
             "step": step, "examples_seen": step * cfg.batch_size, "loss": float(loss), "accuracy": float(acc),
-            "train_loss": train_loss, "lr": _lr_at(cfg, max(step - 1, 0)),
+            "train_loss": train_loss, "lr": schedules.lr_of_update(sched, max(step - 1, 0)),
             "train_examples_per_s": rate(train_steps * cfg.batch_size, train_seconds),
             "train_tokens_per_s": rate(train_steps * cfg.batch_size * layout.seq_len, train_seconds),
             "eval_examples_per_s": rate(len(held), dt), "eval_seconds": dt,
@@ -458,7 +538,8 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
 
     def checkpoint() -> None:
         rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
-        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "rng": rng_state(device)})
+        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                  "rng": rng_state(device)})
 
     def final_status() -> str | None:
         last = rec["metrics"][-1]
@@ -476,22 +557,13 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
         bar.update(step, f"acc {rec['metrics'][-1]['accuracy']:.3f}")
         since_eval = 0
         while step < cfg.max_steps:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
             x_np, answers_np = layout.encode(data.train, order.rows(step))
             x = torch.from_numpy(x_np).to(device, non_blocking=True)
             y = targets.ids(torch.from_numpy(answers_np).to(device, non_blocking=True))
-            with _autocast(device, autocast):
-                logits = slot_logits(model, x, targets.slots)
-            loss = compute_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss_acc += train_step(model, opt, x, y, targets, autocast, cfg.grad_clip)
+            sched.step()
             step += 1
             since_eval += 1
-            loss_acc += loss.detach()
             loss_steps += 1
             is_eval = step % every == 0 or step == cfg.max_steps
             if step % _NAN_CHECK_EVERY == 0 or is_eval:
@@ -520,11 +592,6 @@ def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> di
     except BaseException:
         bar.stop()  # a crash or Ctrl-C leaves the run `running`: the same command resumes it
         raise
-
-
-def _lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of the update that produces step + 1: linear warmup, then constant."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
 # === Entry point for sweep workers: python -m probes.train --json '{...}' ===

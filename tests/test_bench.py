@@ -1,8 +1,48 @@
 """`probes bench`: one table with Pythia and Mamba side by side, and one-line errors."""
 
+import contextlib
+
 import pandas as pd
+import pytest
+import torch
 
 from cli import app
+
+
+# Until the protocol branch (probes.train's make_optimizer / make_scheduler / train_step) is merged,
+# stand-ins with the agreed signatures; where the real functions exist these are not used.
+def _make_optimizer(model, cfg, device):
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             **({"fused": True} if device.type == "cuda" else {}))
+
+
+def _make_scheduler(opt, cfg):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _train_step(model, opt, x, y, targets, autocast, grad_clip):
+    from probes.backbones import slot_logits
+    from probes.train import compute_loss
+
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+        logits = slot_logits(model, x, targets.slots)
+    loss = compute_loss(logits, y)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+@pytest.fixture(autouse=True)
+def train_api(monkeypatch):
+    from probes import train
+
+    for name, fn in [("make_optimizer", _make_optimizer), ("make_scheduler", _make_scheduler),
+                     ("train_step", _train_step)]:
+        if not hasattr(train, name):
+            monkeypatch.setattr(train, name, fn, raising=False)
 
 
 def test_bench_writes_one_table_for_all_models(cli_runner, tmp_path):
@@ -21,3 +61,63 @@ def test_bench_rejects_unknown_models_and_options_in_one_line(cli_runner, tmp_pa
                           ("pythia-tiny:zz", "bad option 'zz'")]:
         r = cli_runner.invoke(app, ["bench", "--model", spec, "--device", "cpu", "--out", str(tmp_path)])
         assert r.exit_code == 2 and message in r.output
+
+
+def test_bench_times_probes_train_step_and_evaluation(monkeypatch, tmp_path):
+    """The row is timed on probes.train's own functions: a spy counts every call."""
+    from probes import bench, train
+
+    calls = {"make_optimizer": 0, "make_scheduler": 0, "train_step": 0, "evaluate": 0}
+    seen = {}
+
+    def spy(name):
+        real = getattr(train, name)
+
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            if name == "train_step":
+                seen["grad_clip"], seen["x_shape"] = args[6], tuple(args[2].shape)
+            if name == "make_optimizer":
+                seen["cfg"] = args[1]
+            return real(*args, **kwargs)
+        return wrapped
+
+    for name in calls:
+        monkeypatch.setattr(train, name, spy(name))
+    df = bench.run_bench(["mamba-tiny:b3"], n=6, steps=2, warmup=1, eval_steps=2, device="cpu",
+                         out_dir=tmp_path, verbose=False)
+    assert df["status"].tolist() == ["ok"]
+    assert calls == {"make_optimizer": 1, "make_scheduler": 1, "train_step": 3, "evaluate": 3}
+    cfg = seen["cfg"]
+    assert (cfg.model, cfg.batch_size, cfg.n, cfg.eval_batch_size) == ("mamba-tiny", 3, 6, 12)
+    assert seen["grad_clip"] == cfg.grad_clip and seen["x_shape"] == (3, 9)
+    assert df["eval_examples_per_s"].iloc[0] > 0 and df["precision"].iloc[0] == "fp32"
+
+
+def test_scan_benchmark_floor_and_arguments(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan.py"
+    spec = importlib.util.spec_from_file_location("scan_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_shape("64,1536,203,16") == (64, 1536, 203, 16)
+    with pytest.raises(Exception, match="bad shape '64,0,203'"):
+        mod.parse_shape("64,0,203")
+    md = mod.to_markdown([{"B": 64, "D": 1536, "L": 203, "N": 16, "fwd_ms": 0.5, "fwd_bwd_ms": 1.39,
+                           "floor_ms": 0.1, "x_floor": 13.9, "pct_of_floor": 7.2}], 4.3e12,
+                         {"gpu": "H200", "torch": "2", "triton": "3"})
+    assert "| 64 | 1536 | 203 | 16 | 0.500 | 1.390 | 0.100 | 13.9 | 7% |" in md
+    if not torch.cuda.is_available():
+        assert mod.main(["--out", "unused"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_parse_spec_options():
+    from probes.bench import parse_spec
+
+    assert parse_spec("mamba-130m@triton:b16:gc:fr") == {
+        "spec": "mamba-130m@triton:b16:gc:fr", "name": "mamba-130m", "backend": "triton", "batch": 16,
+        "gc": True, "fr": True}
+    assert parse_spec("pythia-160m")["fr"] is False

@@ -67,3 +67,27 @@ def test_unreadable_config_files_are_user_errors(tmp_path, text, message):
 def test_missing_config_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(DataConfig, tmp_path / "nope.yaml")
+
+
+# === Seeds and schedule keys of TrainConfig / SweepConfig (issue 16) ===
+
+
+def test_seed_is_the_default_of_the_three_seeds_and_config_yaml_holds_them_all(tmp_path):
+    from probes.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("seed: 3\norder_seed: 5\ndata_seed: null\n")
+    cfg = load_config(TrainConfig, tmp_path / "c.yaml")
+    assert (cfg.seed, cfg.init_seed, cfg.order_seed, cfg.data_seed) == (3, 3, 5, 3)
+    save_config(cfg, tmp_path / "dumped.yaml")
+    again = load_config(TrainConfig, tmp_path / "dumped.yaml", {"seed": 9})  # explicit seeds stay
+    assert (again.seed, again.init_seed, again.order_seed, again.data_seed) == (9, 3, 5, 3)
+
+
+def test_sweep_seed_keys_default_to_each_runs_seed_and_reject_a_negative_seed():
+    from probes.config import GRID_KEYS, SweepConfig
+
+    assert GRID_KEYS[-3:] == ("init_seed", "order_seed", "data_seed")
+    sweep = SweepConfig(order_seed=[1, 2])
+    assert (sweep.init_seed, sweep.order_seed, sweep.data_seed) == ([None], [1, 2], [None])
+    with pytest.raises(UserError, match="init_seed: Input should be greater than or equal to 0"):
+        load_config(SweepConfig, None, {"init_seed": [-1]})

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from probes import rundir
+from probes import rundir, schema
 from probes.config import TrainConfig, save_config
 from probes.errors import UserError
 from probes.rundir import (
@@ -292,11 +292,14 @@ def test_run_summary_reports_the_first_evaluation_over_the_threshold(tmp_path):
     c = cfg(tmp_path, threshold=0.8)
     rec = {**new_record(), "metrics": [row(0, 0.1), row(5, 0.85), row(10, 0.7)], "train_steps": 10,
            "train_seconds": 2.0}
-    s = run_summary(rec, c, "reached", "", 3.0)
+    s = run_summary(rec, c, "reached", "", 3.0, kind="probe")
     assert (s["step_reached"], s["examples_to_threshold"], s["final_accuracy"], s["best_accuracy"]) == (5, 20, 0.7, 0.85)
     assert s["final_step"] == 10 and s["train_examples_per_s"] == 20.0 and s["eval_examples_per_s"] is None
-    empty = run_summary(new_record(), c, "failed", "boom", 0.0)
+    empty = run_summary(new_record(), c, "failed", "boom", 0.0, kind="vlm")
     assert empty["step_reached"] is None and empty["final_step"] == 0 and empty["message"] == "boom"
+    assert (s["kind"], empty["kind"]) == ("probe", "vlm") and set(s) == set(schema.SUMMARY_FIELDS)
+    with pytest.raises(ValueError, match="unknown run kind 'text'"):
+        run_summary(rec, c, "reached", "", 3.0, kind="text")
 
 
 # === One writer, and exact resume across thread counts ===

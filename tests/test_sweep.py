@@ -54,8 +54,15 @@ def test_bad_sweep_configs_are_one_line_errors(data, message):
 def test_the_example_configs_are_valid():
     ci = load_config(SweepConfig, ROOT / "configs" / "ci-tiny.yaml")
     assert len(expand_grid(ci)) == 4
-    paper = load_config(SweepConfig, ROOT / "configs" / "sweep-paper.yaml")
-    assert len(expand_grid(paper)) == 2 * 3 * 2 * 9
+    paper = expand_grid(load_config(SweepConfig, ROOT / "configs" / "paper-probe.yaml"))
+    assert len(paper) == 2 * 3 * 2 * 9
+    assert {c.model for c in paper} == {"hf:EleutherAI/pythia-1.4b", "hf:state-spaces/mamba-1.4b-hf"}
+    assert {c.n for c in paper} == {50, 100, 200} and {c.lr for c in paper} == {1e-5, 5e-5, 1e-4}
+    assert {(c.max_steps, c.batch_size, c.train_size, c.eval_size, c.effective_eval_every, c.threshold)
+            for c in paper} == {(78_000, 64, 1_000_000, 100_000, 780, 0.95)}
+    assert {(c.lr_schedule, c.warmup_steps, c.weight_decay) for c in paper} == {("linear", 7_800, 0.1)}
+    small = expand_grid(load_config(SweepConfig, ROOT / "configs" / "paper-probe-small.yaml"))
+    assert {c.model_dump_json(exclude={"out"}) for c in small} <= {c.model_dump_json(exclude={"out"}) for c in paper}
     load_config(TrainConfig, ROOT / "configs" / "train-tiny.yaml")
 
 
@@ -155,3 +162,54 @@ def test_probes_sweep_bad_input_is_one_line(tmp_path, cli_runner):
     assert r.exit_code == 2 and "unknown model 'gpt-9'" in r.output and len(r.output.strip().splitlines()) == 1
     r = cli_runner.invoke(app, ["sweep", "--set", "max_steps", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "is not KEY=VALUE" in r.output
+
+
+# === Seeds as grid keys, expected cost (issue 16) ===
+
+
+def test_old_grids_keep_their_run_names_and_seed_keys_vary_with_a_suffix(tmp_path):
+    old = [c.out.name for c in expand_grid(small_sweep(tmp_path))]
+    assert old == [f"pythia-tiny+suffix+n6+lr1e-3+{i}+s{s}" for i in ("default", "mean") for s in (0, 1)]
+    cfgs = expand_grid(small_sweep(tmp_path, init=["default"], seed=[0], order_seed=[0, 1, 2]))
+    assert [c.out.name for c in cfgs] == ["pythia-tiny+suffix+n6+lr1e-3+default+s0",
+                                          "pythia-tiny+suffix+n6+lr1e-3+default+s0+o1",
+                                          "pythia-tiny+suffix+n6+lr1e-3+default+s0+o2"]
+    assert [(c.init_seed, c.order_seed, c.data_seed) for c in cfgs] == [(0, 0, 0), (0, 1, 0), (0, 2, 0)]
+    fixed_data = expand_grid(small_sweep(tmp_path, init=["default"], seed=[0, 1], train={**FAST, "data_seed": 7}))
+    assert [(c.seed, c.init_seed, c.data_seed) for c in fixed_data] == [(0, 0, 7), (1, 1, 7)]
+    assert fixed_data[1].out.name.endswith("+s1+d7")
+
+
+def test_a_seed_key_in_both_the_grid_and_train_is_refused(tmp_path):
+    with pytest.raises(UserError, match="train.data_seed is set by the grid"):
+        load_config(SweepConfig, None, {"model": "pythia-tiny", "data_seed": [1, 2], "train": {"data_seed": 0}})
+
+
+def test_the_expected_cost_uses_the_bench_figures_and_says_unknown_without_one():
+    from probes.sweep import BENCH_MACHINE, bench_key, describe_cost, run_gpu_hours
+
+    assert bench_key("hf:EleutherAI/pythia-1.4b") == "pythia-1.4b"
+    assert bench_key("hf:state-spaces/mamba-1.4b-hf") == "mamba-1.4b"
+    cfg = TrainConfig(model="pythia-1.4b", n=200, max_steps=1000, eval_every=100, eval_size=1000)
+    train_h, eval_h = run_gpu_hours(cfg)
+    assert train_h == pytest.approx(1000 * 64 * 203 / 53.3e3 / 3600)
+    assert eval_h == pytest.approx(11 * 1000 * 203 / 3 / 53.3e3 / 3600)  # steps 0, 100, ..., 1000
+    lines = describe_cost([cfg, TrainConfig(model="pythia-tiny", n=8)])
+    assert BENCH_MACHINE in lines[0]
+    assert any(line.strip().startswith("pythia-tiny: 1 runs, unknown") for line in lines)
+    assert lines[-1].strip() == f"total: {train_h + eval_h:,.1f} GPU-h plus pythia-tiny (unknown)"
+    assert describe_cost([TrainConfig(model="mamba-tiny", n=8)])[-1].strip() == "total: unknown"
+
+
+@pytest.mark.parametrize("name, runs", [("paper-probe", 108), ("paper-probe-small", 8)])
+def test_the_paper_presets_dry_run_prints_the_grid_and_gpu_hours_offline(tmp_path, cli_runner, monkeypatch,
+                                                                         name, runs):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cli_runner.invoke(app, ["sweep", "--config", str(ROOT / "configs" / f"{name}.yaml"),
+                                "--out", str(tmp_path / name), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert sum(line.endswith("  new") for line in lines) == runs
+    assert "expected GPU-hours on NVIDIA H200" in r.stdout
+    assert "unknown" not in r.stdout and lines[-1].strip().startswith("total: ")
+    assert not (tmp_path / name).exists()  # a dry run writes nothing

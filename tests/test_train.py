@@ -118,10 +118,12 @@ def test_positions_have_one_row_per_evaluation_and_target_position(finished):
 
 
 def test_summary_reports_the_outcome_and_throughput(finished):
-    _, s = finished
+    cfg, s = finished
     assert s["status"] == "not_reached" and s["step_reached"] is None and s["examples_to_threshold"] is None
-    assert s["threshold"] == 0.95 and s["max_steps"] == 20 and s["final_step"] == 20
-    assert s["final_accuracy"] == pytest.approx(s["final_accuracy"]) and s["wall_seconds"] > 0
+    assert s["threshold"] == 0.95 and s["max_steps"] == 20 and s["final_step"] == 20 and s["kind"] == "probe"
+    last = metrics(cfg.out).iloc[-1]
+    assert s["final_accuracy"] == pytest.approx(last.accuracy) and last.step == s["final_step"]
+    assert s["best_accuracy"] == pytest.approx(metrics(cfg.out).accuracy.max()) and s["wall_seconds"] > 0
     assert s["train_examples_per_s"] > 0 and s["eval_examples_per_s"] > 0 and s["device"] == "cpu"
 
 
@@ -455,3 +457,152 @@ def test_a_corrupt_run_directory_is_one_line_and_a_non_zero_exit(tmp_path, cli_r
     assert r.exit_code == 2, r.output
     assert message in r.output and "--overwrite" in r.output and len(r.output.strip().splitlines()) == 1
     assert cli_runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+# === Optimizer, schedules and seeds (issue 16) ===
+
+EXPECTED = ROOT / "tests" / "data" / "pre_schedules_metrics.json"
+
+
+@pytest.mark.parametrize("case", ["pythia-seed0-warmup", "pythia-seed1-data0", "mamba-seed0"])
+def test_old_configs_train_to_the_metrics_of_the_code_before_schedules(tmp_path, case):
+    """tests/data/pre_schedules_metrics.json: these runs trained by the code before schedules, split
+    seeds and decay groups (one thread, CPU). seed 1 with data_seed 0 is what an old config.yaml holds."""
+    expected = json.loads(EXPECTED.read_text())[case]
+    base = {"n": 6, "lr": 1e-3, "max_steps": 20, "eval_every": 5, "batch_size": 16, "train_size": 600,
+            "eval_size": 60, "out": str(tmp_path / "run"), "device": "cpu", "threads": 1}
+    train_run(TrainConfig(**{**base, **expected["config"]}), progress=False)
+    got = metrics(tmp_path / "run")
+    want = expected["metrics"]
+    assert got.step.tolist() == want["step"] and got.lr.tolist() == want["lr"]
+    np.testing.assert_allclose(got.loss, want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got.train_loss, want["train_loss"], rtol=1e-5)  # NaN at step 0 on both
+    np.testing.assert_allclose(got.accuracy, want["accuracy"], atol=1e-12)
+
+
+def test_an_old_config_yaml_without_the_new_keys_loads_with_its_seeds(tmp_path):
+    old = tiny(tmp_path, seed=1).model_dump(mode="json")
+    for key in ("init_seed", "order_seed", "lr_schedule", "warmup_ratio", "min_lr_ratio"):
+        old.pop(key)
+    old["data_seed"] = 0  # the old default, always written out
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = load_config(TrainConfig, tmp_path / "config.yaml")
+    assert (cfg.init_seed, cfg.order_seed, cfg.data_seed) == (1, 1, 0)
+    assert (cfg.lr_schedule, cfg.warmup_steps) == ("constant", 0)
+
+
+def test_seed_is_the_shorthand_and_each_seed_moves_only_its_part(tmp_path):
+    cfg = tiny(tmp_path, seed=4)
+    assert (cfg.init_seed, cfg.order_seed, cfg.data_seed) == (4, 4, 4)
+    device = torch.device("cpu")
+
+    def weights(c):
+        return train_mod.build_model(c, device, None).model.get_input_embeddings().weight
+
+    other_init = tiny(tmp_path, seed=4, init_seed=5)
+    assert not torch.equal(weights(cfg), weights(other_init))
+    assert torch.equal(weights(cfg), weights(tiny(tmp_path, seed=4, order_seed=5, data_seed=5)))
+    data = train_mod.load_data(cfg)
+    assert np.array_equal(data.train.context, train_mod.load_data(other_init).train.context)
+    assert not np.array_equal(data.train.context, train_mod.load_data(tiny(tmp_path, seed=4, data_seed=5)).train.context)
+
+
+def test_run_names_get_a_seed_suffix_only_where_a_seed_differs_from_seed():
+    assert run_name(TrainConfig(seed=2)).endswith("+s2")
+    assert run_name(TrainConfig(seed=2, order_seed=3)).endswith("+s2+o3")
+    assert run_name(TrainConfig(seed=0, init_seed=1, data_seed=2)).endswith("+s0+i1+d2")
+
+
+@pytest.mark.parametrize("model", ["pythia-tiny", "mamba-tiny"])
+def test_biases_and_norm_weights_get_no_weight_decay(model):
+    bb = train_mod.build_backbone(model, 0, "cpu")
+    opt = train_mod.make_optimizer(bb.model, TrainConfig(model=model, weight_decay=0.1), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    names = {id(p): n for n, p in bb.model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay_names and all(n.endswith("bias") or "norm" in n.lower() for n in no_decay_names)
+    assert not any(n.endswith("bias") or "norm" in n.lower() for n in (names[id(p)] for p in decay["params"]))
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(bb.model.parameters()))
+    assert not opt.defaults.get("fused")  # fused AdamW on CUDA only
+
+
+def test_the_loop_trains_through_train_step(tmp_path, monkeypatch):
+    calls = []
+    real = train_mod.train_step
+    monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train_run(tiny(tmp_path, max_steps=7, eval_every=7), progress=False)
+    assert len(calls) == 7
+
+
+def test_a_linear_schedule_run_logs_its_lr_and_records_the_schedule(tmp_path):
+    cfg = tiny(tmp_path, lr_schedule="linear", warmup_ratio=0.2, weight_decay=0.1, max_steps=20, eval_every=5)
+    s = train_run(cfg, progress=False)
+    lrs = metrics(cfg.out).set_index("step").lr
+    # warmup 4 updates (k / 4), then linear to 0 at update 20; row `step` shows update step - 1
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(1e-3 * 16 / 16) and lrs[10] == pytest.approx(1e-3 * 11 / 16)
+    assert lrs[20] == pytest.approx(1e-3 * 1 / 16)
+    assert {k: s[k] for k in ("lr_schedule", "warmup_steps", "warmup_ratio", "min_lr_ratio", "weight_decay")} == {
+        "lr_schedule": "linear", "warmup_steps": 4, "warmup_ratio": 0.2, "min_lr_ratio": 0.0, "weight_decay": 0.1}
+    assert (s["init_seed"], s["order_seed"], s["data_seed"]) == (0, 0, 0)
+
+
+def test_a_scheduled_run_resumes_exactly_with_its_scheduler_state(tmp_path, monkeypatch):
+    kw = {"lr_schedule": "cosine", "warmup": 3, "min_lr_ratio": 0.1, "weight_decay": 0.05}
+    whole = tiny(tmp_path / "whole", **kw)
+    train_run(whole, progress=False)
+    parts = tiny(tmp_path / "parts", **kw)
+    with monkeypatch.context() as m:
+        _interrupt_after_checkpoints(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(parts, progress=False)
+    state = torch.load(Path(parts.out) / "checkpoint" / "state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 10
+    train_run(parts, progress=False)
+    pd.testing.assert_frame_equal(without_timing(metrics(whole.out)), without_timing(metrics(parts.out)))
+
+
+def test_a_checkpoint_from_before_the_decay_groups_resumes_exactly(tmp_path, monkeypatch):
+    """Old checkpoints hold one AdamW parameter group (model.parameters() order) and no scheduler."""
+    kw = {"warmup": 4}
+    whole = tiny(tmp_path / "whole", **kw)
+    train_run(whole, progress=False)
+    parts = tiny(tmp_path / "parts", **kw)
+    real = train_mod.save_checkpoint
+
+    def save_old_style(run, bb, state):
+        opt = state["optimizer"]
+        ids = [i for g in opt["param_groups"] for i in g["params"]]
+        by_param = dict(zip((id(p) for g in _groups_of(bb.model) for p in g), ids))
+        order = [by_param[id(p)] for p in bb.model.parameters()]
+        old_state = {new: opt["state"][i] for new, i in enumerate(order) if i in opt["state"]}
+        group = {k: v for k, v in opt["param_groups"][0].items() if k not in ("params", "initial_lr")}
+        old = {"state": old_state, "param_groups": [{**group, "params": list(range(len(order)))}]}
+        real(run, bb, {k: v for k, v in {**state, "optimizer": old}.items() if k != "scheduler"})
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "save_checkpoint", save_old_style)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(parts, progress=False)
+    assert "scheduler" not in torch.load(Path(parts.out) / "checkpoint" / "state.pt", weights_only=True)
+    train_run(parts, progress=False)
+    pd.testing.assert_frame_equal(without_timing(metrics(whole.out)), without_timing(metrics(parts.out)))
+
+
+def _groups_of(model):
+    return train_mod.decay_groups(model)
+
+
+def test_schedule_flags_reach_the_config_and_bad_ones_are_one_line(tmp_path, cli_runner):
+    r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "r"), "--lr-schedule", "linear",
+                                "--warmup-ratio", "0.1", "--min-lr-ratio", "0.05", "--order-seed", "3"])
+    assert r.exit_code == 0, r.output
+    cfg = load_config(TrainConfig, tmp_path / "r" / "config.yaml")
+    assert (cfg.lr_schedule, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.order_seed, cfg.init_seed) == (
+        "linear", 0.1, 0.05, 3, 0)
+    for args, message in ((["--lr-schedule", "step"], "lr_schedule: Input should be 'constant', 'linear' or "
+                                                      "'cosine'"),
+                          (["--warmup-ratio", "1"], "warmup_ratio: Input should be less than 1")):
+        r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "bad"), *args])
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1

@@ -36,9 +36,11 @@ def _default(fields, name):
 
 # === train ===
 
-_TRAIN_KEYS = ["model", "encoder", "encoder2", "feature_layer", "encoder_image_size", "connector", "scan", "scan_shared", "layout",
-               "row_sep", "instruction", "marker_init", "max_steps", "stage1_steps", "stage1_lr", "lr", "warmup",
-               "weight_decay", "batch_size", "eval_batch_size", "eval_every", "threshold", "grad_clip", "seed",
+_TRAIN_KEYS = ["model", "encoder", "encoder2", "feature_layer", "feature_norm", "encoder_image_size", "concat",
+               "connector", "scan", "scan_shared", "layout", "row_sep", "instruction", "markers", "marker_ids",
+               "marker_init", "marker_noise", "max_steps", "stage1_steps", "stage1_lr", "lr", "warmup",
+               "weight_decay", "batch_size", "stage1_batch_size", "stage2_batch_size", "micro_batch_size",
+               "eval_batch_size", "eval_every", "threshold", "grad_clip", "seed",
                "out", "device", "precision", "scan_backend", "threads"]
 _DATA_KEYS = {"data": "data.kind", "train_size": "data.train_size", "eval_size": "data.eval_size",
               "image_size": "data.image_size", "max_objects": "data.max_objects", "train_file": "data.train_file",
@@ -53,9 +55,13 @@ def train(
     encoder: str = typer.Option(_T["encoder"].default, help="Vision encoder: siglip-* | clip-* | dinov2-* | "
                                 "eva02-* | hf:ID_OR_PATH | timm:NAME[@FILE]."),
     encoder2: Optional[str] = typer.Option(None, help="Second encoder: the visual long sequence (MambaVLM)."),
-    feature_layer: int = typer.Option(_T["feature_layer"].default, help="Encoder hidden layer of the features."),
+    feature_layer: int = typer.Option(_T["feature_layer"].default, help="Encoder hidden layer of the features "
+                                      "(-2: LLaVA-1.5; -1: all blocks, Shaking Up VLMs)."),
+    feature_norm: bool = typer.Option(_T["feature_norm"].default, help="Apply the encoder's final norm to them."),
     encoder_image_size: Optional[int] = typer.Option(None, help="Input resolution of the encoder(s) "
                                                      "[default: each one's own]."),
+    concat: str = typer.Option(_T["concat"].default, help="Two encoders: sequence (visual long sequence) | "
+                               "channels (Concat[f1; f2] per patch)."),
     connector: str = typer.Option(_T["connector"].default, help="mlp | vss-mlp | vss-l2 | mamba-projector."),
     scan: Optional[str] = typer.Option(None, help="bsm | csm (vss-*); cross-stitch | cross-cat (mamba-projector) "
                                        "[default: bsm / cross-stitch]."),
@@ -63,14 +69,24 @@ def train(
     layout: str = typer.Option(_T["layout"].default, help="task-agnostic | task-aware | query-first."),
     row_sep: str = typer.Option(_T["row_sep"].default, help="Row separator: after | between | none."),
     instruction: str = typer.Option(_T["instruction"].default, help="Task instruction text."),
-    marker_init: str = typer.Option(_T["marker_init"].default, help="Marker embeddings: default | mean | normal."),
+    markers: str = typer.Option(_T["markers"].default, help="new (<img> </img> <row>, new tokens) | paper "
+                                "(existing ### and && tokens)."),
+    marker_ids: Optional[str] = typer.Option(None, metavar="START,END,ROW", help="markers=paper: the three "
+                                             "token ids [default: ### and && of the tokenizer; see README]."),
+    marker_init: str = typer.Option(_T["marker_init"].default, help="New marker embeddings: default | mean | normal."),
+    marker_noise: float = typer.Option(_T["marker_noise"].default, help="Seeded noise on each new marker row, "
+                                       "in units of the vocabulary's std (0: none)."),
     max_steps: int = typer.Option(_T["max_steps"].default, help="Total steps of both stages."),
     stage1_steps: int = typer.Option(_T["stage1_steps"].default, help="Steps of stage 1 (connector only)."),
     stage1_lr: float = typer.Option(_T["stage1_lr"].default, help="Stage 1 learning rate."),
     lr: float = typer.Option(_T["lr"].default, help="Stage 2 learning rate (connector + LM)."),
     warmup: float = typer.Option(_T["warmup"].default, help="Warmup fraction of each stage."),
     weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay."),
-    batch_size: int = typer.Option(_T["batch_size"].default, help="Training examples per step."),
+    batch_size: int = typer.Option(_T["batch_size"].default, help="Training examples per step (both stages)."),
+    stage1_batch_size: Optional[int] = typer.Option(None, help="Stage 1 examples per step [default: batch-size]."),
+    stage2_batch_size: Optional[int] = typer.Option(None, help="Stage 2 examples per step [default: batch-size]."),
+    micro_batch_size: Optional[int] = typer.Option(None, help="Examples per forward/backward; a step "
+                                                   "accumulates its micro-batches [default: the whole batch]."),
     eval_batch_size: int = typer.Option(_T["eval_batch_size"].default, help="Examples per evaluation batch."),
     eval_every: int = typer.Option(_T["eval_every"].default, help="Steps between evaluations."),
     threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out Acc@IoU>=0.5 reaches this."),
@@ -98,6 +114,8 @@ def train(
     from probes.vlm.train import train_vlm
 
     given = _given(ctx, {**{k: k for k in _TRAIN_KEYS}, **_DATA_KEYS})
+    if "marker_ids" in given:
+        given["marker_ids"] = parse_ids(given["marker_ids"])
     cfg = load_config(VLMTrainConfig, config, given)
     summary = train_vlm(cfg, overwrite=overwrite, log=lambda msg: console.print(msg, highlight=False, markup=False))
     status = summary["status"]
@@ -107,6 +125,50 @@ def train(
     console.print(f"{cfg.out or summary['run']}: {status} ({detail})", highlight=False, markup=False)
     if status == "failed":
         raise typer.Exit(1)
+
+
+def parse_ids(text: str) -> list[int]:
+    """`--marker-ids 4118,4118,10494` → [4118, 4118, 10494]; anything else is a UserError."""
+    from probes.errors import UserError
+
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise UserError(f"--marker-ids '{text}' is not three token ids START,END,ROW (e.g. 4118,4118,10494)")
+    return [int(p) for p in parts]
+
+
+# === preview ===
+
+_PREVIEW_KEYS = ["model", "encoder", "encoder2", "concat", "layout", "row_sep", "instruction", "markers",
+                 "marker_ids"]
+
+
+@vlm_app.command("preview")
+@user_errors
+def preview_(
+    ctx: typer.Context,
+    n: int = typer.Option(2, "-n", min=1, help="How many training sequences to print."),
+    model: str = typer.Option(_T["model"].default, help="Backbone (its tokenizer or byte codec writes the text)."),
+    encoder: str = typer.Option(_T["encoder"].default, help="Vision encoder (sets the patch grid)."),
+    encoder2: Optional[str] = typer.Option(None, help="Second encoder."),
+    concat: str = typer.Option(_T["concat"].default, help="sequence | channels."),
+    layout: str = typer.Option(_T["layout"].default, help="task-agnostic | task-aware | query-first."),
+    row_sep: str = typer.Option(_T["row_sep"].default, help="after | between | none."),
+    instruction: str = typer.Option(_T["instruction"].default, help="Task instruction text."),
+    markers: str = typer.Option(_T["markers"].default, help="new | paper."),
+    marker_ids: Optional[str] = typer.Option(None, metavar="START,END,ROW", help="markers=paper: token ids."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Print the first training sequences as the model reads them: markers by name, image slots as p."""
+    from probes.config import load_config
+    from probes.vlm.train import preview
+
+    given = _given(ctx, {k: k for k in _PREVIEW_KEYS})
+    if "marker_ids" in given:
+        given["marker_ids"] = parse_ids(given["marker_ids"])
+    cfg = load_config(VLMTrainConfig, config, given)
+    for line in preview(cfg, n):
+        out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 # === eval ===

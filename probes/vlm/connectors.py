@@ -1,8 +1,10 @@
 """CONNECTORS registry: vision features → language-model embeddings.
 
-A connector takes one feature map per encoder, `[(B, rows, cols, D_s) for s in sources]` (all on
+A connector takes one feature map per source, `[(B, rows, cols, D_s) for s in sources]` (all on
 the same grid), and returns the image embeddings as a grid `(B, sources·rows, cols, lm_dim)`:
-the maps one after another (source-major), in patch order, ready for sequence assembly.
+the maps one after another (source-major), in patch order, ready for sequence assembly. Two
+encoders are two sources (`concat: sequence`) or, joined per patch by the VLM (`concat:
+channels`), one source of width D_1 + D_2.
 
 | name              | paper                         | equation |
 |-------------------|-------------------------------|----------|
@@ -43,8 +45,9 @@ def _single(feats: list[torch.Tensor]) -> torch.Tensor:
 
 
 class MLPConnector(nn.Module):
-    """Two layers with GELU (LLaVA-1.5). With several encoders, W1 is one linear per encoder
-    (the same as one linear over their channels placed side by side), W2 is shared."""
+    """Two layers with GELU (LLaVA-1.5). With several maps (concat=sequence, the visual long
+    sequence), W1 is one linear per encoder and the maps follow one another, W2 is shared; for
+    Cobra's Concat[f1; f2] per patch (concat=channels) the VLM joins the maps first: one map."""
 
     def __init__(self, vision_dims: Sequence[int], lm_dim: int):
         super().__init__()

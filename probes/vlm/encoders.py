@@ -15,7 +15,10 @@ Users with weights load them by id or path:
 EVA-02 needs timm (`pip install probes[vlm]`); it is imported only when an EVA-02 is built.
 The encoder is frozen: no parameter requires grad and it always runs in eval mode. Features are
 taken from hidden layer `feature_layer` (default -2, the penultimate layer, as LLaVA-1.5 whose
-connector the paper follows), prefix tokens (CLS, registers) dropped, reshaped to the grid.
+connector the paper follows; -1 is the output of all blocks), optionally passed through the
+tower's final norm (`feature_norm`: SigLIP / CLIP `post_layernorm`, DINOv2 `layernorm`, timm
+`norm`; *Shaking Up VLMs* takes all EVA-02 blocks plus that norm), prefix tokens (CLS, registers)
+dropped, reshaped to the grid.
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ class VisionEncoder(nn.Module):
     """A frozen tower: pixels (B, 3, H, W) in [0, 1] → features (B, rows, cols, dim)."""
 
     def __init__(self, name: str, family: str, model: nn.Module, image_size: int, patch_size: int,
-                 dim: int, mean, std, feature_layer: int, prefix_tokens: int):
+                 dim: int, mean, std, feature_layer: int, prefix_tokens: int, feature_norm: bool = False):
         super().__init__()
+        self.feature_norm = feature_norm
         self.name, self.family, self.model = name, family, model
         self.image_size, self.patch_size, self.dim = image_size, patch_size, dim
         self.grid = (image_size // patch_size, image_size // patch_size)
@@ -119,11 +123,28 @@ class VisionEncoder(nn.Module):
                 extra["interpolate_pos_encoding"] = True  # another resolution than the tower's own
             out = self.model(pixel_values=x.to(self.mean.dtype), output_hidden_states=True, **extra)
             tokens = out.hidden_states[self.feature_layer]
+        if self.feature_norm:
+            tokens = final_norm(self.model, self.family)(tokens)
         tokens = tokens[:, self.prefix_tokens:]
         rows, cols = self.grid
         if tokens.shape[1] != rows * cols:
             raise UserError(f"encoder {self.name}: {tokens.shape[1]} patch tokens, expected {rows}×{cols}")
         return tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
+
+
+_FINAL_NORM = {"siglip": ("post_layernorm", "vision_model.post_layernorm"),
+               "clip": ("post_layernorm", "vision_model.post_layernorm"),
+               "dinov2": ("layernorm",), "eva02": ("norm",)}  # transformers 5 paths first, then 4's
+
+
+def final_norm(model: nn.Module, family: str) -> nn.Module:
+    """The tower's last norm (what its own output applies after the blocks)."""
+    for path in _FINAL_NORM[family]:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise UserError(f"cannot find the final norm of this {family} tower (looked for {', '.join(_FINAL_NORM[family])})")
 
 
 def _timm_tokens(model: nn.Module, x: torch.Tensor, feature_layer: int) -> torch.Tensor:
@@ -146,10 +167,11 @@ def _timm_tokens(model: nn.Module, x: torch.Tensor, feature_layer: int) -> torch
 
 
 def build_encoder(name: str, seed: int = 0, device: str | torch.device = "cpu",
-                  feature_layer: int = -2, image_size: int | None = None) -> VisionEncoder:
+                  feature_layer: int = -2, image_size: int | None = None,
+                  feature_norm: bool = False) -> VisionEncoder:
     """Build `name` (random weights from its config), or load `hf:` / `timm:` weights; frozen.
     `image_size` feeds the tower another resolution than its own (position embeddings are
-    interpolated; timm towers keep their own size)."""
+    interpolated; timm towers keep their own size); `feature_norm` applies its final norm."""
     check_encoder_name(name)
     if name.startswith("hf:"):
         enc = _load_hf(name, name[3:], feature_layer)
@@ -175,6 +197,7 @@ def build_encoder(name: str, seed: int = 0, device: str | torch.device = "cpu",
     if not -(n_hidden + 1) <= feature_layer <= n_hidden:
         raise UserError(f"feature_layer {feature_layer} is outside encoder {name}'s {n_hidden} layers "
                         f"(allowed: {-(n_hidden + 1)} … {n_hidden})")
+    enc.feature_norm = feature_norm
     return enc.to(device)
 
 
@@ -279,4 +302,5 @@ def _build_timm(name: str, timm_name: str, kwargs: dict, image_size: int | None,
                          int(getattr(model, "num_prefix_tokens", 1)))
 
 
-__all__ = ["ENCODERS", "EncoderSpec", "VisionEncoder", "build_encoder", "check_encoder_name", "known_encoders"]
+__all__ = ["ENCODERS", "EncoderSpec", "VisionEncoder", "build_encoder", "check_encoder_name", "final_norm",
+           "known_encoders"]

@@ -1,16 +1,19 @@
 """The VLM: frozen encoder(s) → connector → any backbone of BACKBONES, and its token sequence.
 
 Sequence assembly (one place: `SequenceBuilder`). With `rows × cols` image embeddings, marker
-tokens `<img>`, `</img>` (the paper's "##" before and after the image) and `<row>` (its "&&",
-the image-newline that ends a row of patches), an instruction I and a referring expression E:
+tokens `<img>`, `</img>` and `<row>` (`markers: new`, three new rows of the embedding; `markers:
+paper` uses existing tokens instead, as the paper's code does: `###` before and after the image,
+`&&` for rows), an instruction I and a referring expression E:
 
     task-agnostic  <img> p p p <row> p p p <row> </img> I\\n E\\n  [x1, y1, x2, y2] <eos>   (paper default)
     task-aware     I\\n <img> … </img> E\\n                        [x1, y1, x2, y2] <eos>   (paper Sec. 5.3.1)
     query-first    I\\n E\\n <img> … </img>                        [x1, y1, x2, y2] <eos>   (paper's suggestion)
 
 `row_sep`: `after` puts `<row>` after every row (Fuyu, Fig. 1), `between` only between rows (App.
-A.2's `##p11…p1N&&…pNN##`), `none` leaves rows unmarked. With two encoders (the visual long
-sequence), the second map's rows follow the first's inside the same markers. Labels are on the
+A.2's `##p11…p1N&&…pNN##` and the paper's code: `### p p && p p ###`), `none` leaves rows
+unmarked. With two encoders concatenated along the sequence (`concat: sequence`, the visual long
+sequence), the second map's rows follow the first's inside the same markers; `concat: channels`
+joins them per patch before the connector (one map). Labels are on the
 answer only: the box text and end-of-text.
 
 Text → ids. A backbone with a tokenizer (hf: models) uses it. Config-built backbones have none, so
@@ -31,6 +34,7 @@ from torch import nn
 
 from probes.backbones import Backbone, build_backbone, extend_vocabulary, hidden_states
 from probes.errors import UserError
+from probes.vlm.config import PAPER_MARKER_IDS, PAPER_MARKER_TEXT
 from probes.vlm.connectors import build_connector
 from probes.vlm.encoders import VisionEncoder, build_encoder
 from probes.vlm.grounding import format_box
@@ -38,6 +42,7 @@ from probes.vlm.grounding import format_box
 PATCH = -1  # placeholder id of an image-embedding slot in an assembled sequence
 IGNORE = -100
 MARKERS = ("<img>", "</img>", "<row>")
+MARKER_NOISE_SEED = 7919  # the noise generator's seed is cfg.seed + this (the init's own uses cfg.seed)
 BOX_TEXT_CHARS = len(format_box((0, 0, 0, 0)))  # "[0.00, 0.00, 0.00, 0.00]": 24 characters
 
 
@@ -99,6 +104,7 @@ class Markers:
     image_start: int
     image_end: int
     row_sep: int
+    names: tuple[str, str, str] = MARKERS  # how render() shows them
 
 
 class SequenceBuilder:
@@ -133,8 +139,9 @@ class SequenceBuilder:
 
     def render(self, ids: list[int]) -> str:
         """Readable form for tests and previews: markers by name, patches as `p`, text decoded."""
-        names = {self.markers.image_start: "<img>", self.markers.image_end: "</img>",
-                 self.markers.row_sep: "<row>", PATCH: "p", self.eos_id: "<eos>"}
+        m = self.markers
+        names = {m.image_start: m.names[0], m.image_end: m.names[1], m.row_sep: m.names[2],
+                 PATCH: "p", self.eos_id: "<eos>"}
         parts, text = [], []
         for i in ids:
             if i in names:
@@ -183,14 +190,15 @@ def make_batch(builder: SequenceBuilder, pixels: torch.Tensor, expressions: list
 
 class VLM(nn.Module):
     def __init__(self, encoders: list[VisionEncoder], connector: nn.Module, backbone: Backbone,
-                 builder: SequenceBuilder):
+                 builder: SequenceBuilder, concat: str = "sequence"):
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.connector = connector
         self.lm = backbone.model
-        self.backbone, self.builder = backbone, builder
+        self.backbone, self.builder, self.concat = backbone, builder, concat
         rows, cols = encoders[0].grid
-        self.grid = (rows * len(encoders), cols)  # rows × cols of image embeddings in the sequence
+        maps = 1 if concat == "channels" else len(encoders)
+        self.grid = (rows * maps, cols)  # rows × cols of image embeddings in the sequence
         self.image_size = max(e.image_size for e in encoders)
 
     def visual(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -201,6 +209,8 @@ class VLM(nn.Module):
             if feats[k].shape[1:3] != grid:
                 feats[k] = F.interpolate(feats[k].permute(0, 3, 1, 2), size=tuple(grid), mode="bilinear",
                                          align_corners=False, antialias=True).permute(0, 2, 3, 1)
+        if self.concat == "channels":  # Concat[f1; f2] per patch (grids checked equal by build_vlm)
+            feats = [torch.cat(feats, dim=-1)]
         dtype = next(self.connector.parameters()).dtype
         return self.connector([f.to(dtype) for f in feats])
 
@@ -280,33 +290,95 @@ def greedy_reference(lm: nn.Module, embeds: torch.Tensor, max_new_tokens: int, e
 
 
 def build_vlm(cfg, device: str | torch.device = "cpu", lm_checkpoint: str | Path | None = None) -> VLM:
-    """Encoder(s), backbone with the 3 marker tokens, connector, seeded; `cfg` is a VLMTrainConfig.
+    """Encoder(s), backbone with its markers, connector, seeded; `cfg` is a VLMTrainConfig.
     With `lm_checkpoint` (a save_pretrained directory of a trained run) the LM, markers included,
     is loaded from there instead."""
     encoders = [build_encoder(name, seed=cfg.seed + k, device=device, feature_layer=cfg.feature_layer,
-                              image_size=cfg.encoder_image_size) for k, name in enumerate(cfg.encoders)]
+                              image_size=cfg.encoder_image_size, feature_norm=cfg.feature_norm)
+                for k, name in enumerate(cfg.encoders)]
+    if cfg.concat == "channels":
+        check_same_grid(encoders)
+    new = cfg.markers == "new"
     if lm_checkpoint is None:
         bb = build_backbone(cfg.model, seed=cfg.seed, device=device)
         bb.model.float()  # fp32 master weights; autocast handles bf16
-        ids = extend_vocabulary(bb, list(MARKERS), init=cfg.marker_init, seed=cfg.seed)
+        if new:
+            ids = extend_vocabulary(bb, list(MARKERS), init=cfg.marker_init, seed=cfg.seed)
+            perturb_rows(bb, ids, cfg.marker_noise, cfg.seed + MARKER_NOISE_SEED)
     else:
-        bb = _load_lm(cfg.model, Path(lm_checkpoint), device)
+        bb = _load_lm(cfg.model, Path(lm_checkpoint), device, list(MARKERS) if new else [])
         ids = list(range(bb.base_vocab, bb.base_vocab + len(MARKERS)))
     codec = text_codec(bb)
-    builder = SequenceBuilder(codec, Markers(*ids), bb.eos_id, cfg.layout, cfg.row_sep, cfg.instruction)
+    markers = Markers(*ids) if new else paper_markers(bb, codec, cfg.marker_ids)
+    builder = SequenceBuilder(codec, markers, bb.eos_id, cfg.layout, cfg.row_sep, cfg.instruction)
     torch.manual_seed(cfg.seed)
-    connector = build_connector(cfg.connector, [e.dim for e in encoders], bb.model.config.hidden_size,
-                                scan=cfg.scan, shared=cfg.scan_shared).to(device)
-    return VLM(encoders, connector, bb, builder)
+    dims = [e.dim for e in encoders]
+    connector = build_connector(cfg.connector, [sum(dims)] if cfg.concat == "channels" else dims,
+                                bb.model.config.hidden_size, scan=cfg.scan, shared=cfg.scan_shared).to(device)
+    return VLM(encoders, connector, bb, builder, cfg.concat)
 
 
-def _load_lm(name: str, path: Path, device) -> Backbone:
+def check_same_grid(encoders: list[VisionEncoder]) -> None:
+    """concat=channels joins the maps patch by patch: their grids must be equal."""
+    grids = {e.grid for e in encoders}
+    if len(grids) > 1:
+        shown = ", ".join(f"{e.name} {e.grid[0]}×{e.grid[1]}" for e in encoders)
+        raise UserError(f"concat=channels needs one patch grid, got {shown}; set encoder_image_size so "
+                        f"they match, or use concat=sequence")
+
+
+def perturb_rows(bb: Backbone, ids: list[int], scale: float, seed: int) -> None:
+    """Add seeded N(0, 1) · scale · (per-coordinate std of the existing rows) to rows `ids` of the
+    input embedding (and of the output embedding when untied): new rows that start distinct."""
+    if scale == 0:
+        return
+    model = bb.model
+    tables = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not tables[0]:
+        tables.append(out.weight)
+    gen = torch.Generator().manual_seed(seed)
+    for w in tables:
+        std = w[:bb.base_vocab].detach().float().std(0).cpu()
+        noise = torch.randn(len(ids), w.shape[1], generator=gen) * std * scale
+        with torch.no_grad():
+            w[ids] += noise.to(w.device, w.dtype)
+
+
+def paper_markers(bb: Backbone, codec, marker_ids: tuple[int, int, int] | None) -> Markers:
+    """`markers: paper`: existing tokens `###` (image start and end) and `&&` (rows). Ids: `marker_ids`
+    if given; else, with a tokenizer, its ids of those strings (each must be one token); without one,
+    GPT-NeoX's 4118 / 10494 when the vocabulary holds them, else its last two ids (never text)."""
+    vocab = bb.base_vocab
+    if marker_ids is None:
+        if isinstance(codec, TokenizerCodec):
+            marker_ids = tuple(_single_token(codec, text, bb.name) for text in PAPER_MARKER_TEXT)
+        elif max(PAPER_MARKER_IDS) < vocab:
+            marker_ids = PAPER_MARKER_IDS
+        else:
+            marker_ids = (vocab - 2, vocab - 2, vocab - 1)
+    for i in marker_ids:
+        if not 0 <= i < vocab or i == bb.eos_id:
+            raise UserError(f"marker_ids {list(marker_ids)}: {i} is not a usable id of {bb.name}'s "
+                            f"vocabulary (allowed: 0 … {vocab - 1}, except end-of-text {bb.eos_id})")
+    return Markers(*marker_ids, names=PAPER_MARKER_TEXT)
+
+
+def _single_token(codec: TokenizerCodec, text: str, model: str) -> int:
+    ids = codec.encode(text)
+    if len(ids) != 1:
+        raise UserError(f"markers=paper: '{text}' is {len(ids)} tokens in {model}'s tokenizer, not one; "
+                        f"set marker_ids [start, end, row]")
+    return ids[0]
+
+
+def _load_lm(name: str, path: Path, device, added: list[str]) -> Backbone:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path)).float().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").is_file() else None
     family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
-    return Backbone(name, family, model, tokenizer, list(MARKERS))
+    return Backbone(name, family, model, tokenizer, added)
 
 
 def max_answer_tokens(builder: SequenceBuilder) -> int:
@@ -325,9 +397,12 @@ __all__ = [
     "SequenceBuilder",
     "TokenizerCodec",
     "build_vlm",
+    "check_same_grid",
     "greedy",
     "greedy_reference",
     "make_batch",
     "max_answer_tokens",
+    "paper_markers",
+    "perturb_rows",
     "text_codec",
 ]

@@ -2,9 +2,13 @@
 
     summary = train_vlm(VLMTrainConfig(model="mamba-tiny", connector="vss-l2", out="runs/vlm/x"))
 
-Stage 1 (steps 0 … stage1_steps) trains the connector only (lr `stage1_lr`, 1e-3 in the paper);
-stage 2 trains connector + LM (lr `lr`, 2e-5). Each stage has its own AdamW and its own schedule:
-linear warmup over `warmup` (3%) of the stage's steps, then cosine decay to 0 (Table 8). The
+Stage 1 (steps 0 … stage1_steps) trains the connector only (lr `stage1_lr`, 1e-3 in the paper;
+`stage1_batch_size` examples a step, 256 in the paper); stage 2 trains connector + LM (lr `lr`,
+2e-5; `stage2_batch_size`, 128). Both default to `batch_size`. A step with `micro_batch_size` set
+accumulates the gradients of its micro-batches (each weighted by its share of the step's batch):
+the same update, in less memory. The examples are read in one seeded stream (epoch e is the
+permutation drawn from (seed, e), as probes.train.BatchOrder), each step taking the next ones.
+Each stage has its own AdamW and its own schedule: linear warmup over `warmup` (3%) of the stage's steps, then cosine decay to 0 (Table 8). The
 encoder is always frozen. The loss is each sequence's mean over its answer tokens, averaged over
 the batch. Evaluation (step 0, every `eval_every` steps, at the end of each stage) decodes a box
 for every held-out example greedily and scores Acc@IoU≥0.5; training stops once it reaches
@@ -66,12 +70,13 @@ from probes.train import (
     run_threads,
     torch_threads,
 )
-from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
+from probes.vlm.config import LEGACY_VALUES, VLMEvalConfig, VLMTrainConfig
 from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
 from probes.vlm.grounding import GRID, cell, format_box, score
 from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
 
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads")  # how it runs, not what
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads",
+                     "micro_batch_size")  # how it runs, not what
 METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                   "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -106,12 +111,45 @@ def load_splits(cfg: VLMTrainConfig):
             RecordSet(read_records(d.eval_file, d.box_format, limit=d.eval_size)))
 
 
+class ExampleStream:
+    """Training rows of each step when the stages' batch sizes differ: step k takes the examples
+    `cfg.examples_seen(k)` … `cfg.examples_seen(k + 1) - 1` of one stream in which epoch e is the
+    permutation drawn from (seed, e). With one batch size it is exactly probes.train.BatchOrder."""
+
+    def __init__(self, cfg: VLMTrainConfig, size: int):
+        self.cfg, self.size = cfg, size
+        self._orders: dict[int, BatchOrder] = {}
+
+    def rows(self, step: int) -> np.ndarray:
+        start, stop = self.cfg.examples_seen(step), self.cfg.examples_seen(step + 1)
+        size = stop - start
+        if start % size == 0:  # aligned: one call at this batch size (always so with one batch size)
+            return self._order(size).rows(start // size)
+        return np.concatenate([self._order(1).rows(i) for i in range(start, stop)])  # one example at a time
+
+    def _order(self, batch_size: int) -> BatchOrder:
+        if batch_size not in self._orders:
+            self._orders[batch_size] = BatchOrder(self.size, batch_size, self.cfg.seed)
+        return self._orders[batch_size]
+
+
 def collate(model: VLM, split, rows: np.ndarray | list[int]):
     examples = [split[int(i)] for i in rows]
     pixels = to_pixels([e.image for e in examples], model.image_size)
     batch = make_batch(model.builder, pixels, [e.expression for e in examples], [e.box for e in examples],
                        *model.grid)
     return batch, examples
+
+
+def preview(cfg: VLMTrainConfig, k: int = 2) -> list[str]:
+    """The first `k` training sequences as the model reads them (prompt + answer, rendered:
+    markers by name, image slots as `p`); builds the model, so large ones take a while."""
+    model = build_vlm(cfg)
+    train, _ = load_splits(cfg)
+    rows, cols = model.grid
+    b = model.builder
+    return [b.render(b.prompt(ex.expression, rows, cols) + b.answer(ex.box))
+            for ex in (train[i] for i in range(min(k, len(train))))]
 
 
 # === Schedule ===
@@ -133,6 +171,23 @@ def lr_at(cfg: VLMTrainConfig, step: int) -> float:
     if k < warm:
         return peak * (k + 1) / warm
     return peak * 0.5 * (1.0 + math.cos(math.pi * (k - warm) / max(1, length - warm)))
+
+
+def accumulate(model: VLM, split, rows: np.ndarray, micro: int | None, device: torch.device,
+               autocast: torch.dtype | None) -> float:
+    """Backward of one step's loss (the batch mean of each sequence's answer loss) over micro-batches
+    of at most `micro` rows, each weighted by its share of the batch; returns the step's loss."""
+    micro = micro or len(rows)
+    total = 0.0
+    for start in range(0, len(rows), micro):
+        part = rows[start:start + micro]
+        batch, _ = collate(model, split, part)
+        with _autocast(device, autocast):
+            loss, _ = model.loss(batch.to(device))
+        weighted = loss * (len(part) / len(rows))
+        weighted.backward()
+        total += float(weighted.detach())
+    return total
 
 
 def trainable(model: VLM, stage: int) -> list[torch.nn.Parameter]:
@@ -202,6 +257,15 @@ def _encoder_fingerprint(model: VLM) -> float:
     return float(sum(p.detach().double().abs().sum() for p in model.encoders.parameters()))
 
 
+def legacy_values(run: Path) -> dict:
+    """config.LEGACY_VALUES of the keys that the run's config.yaml lacks (written before they
+    existed): the values that reproduce what the run did."""
+    import yaml
+
+    saved = yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}
+    return {k: v for k, v in LEGACY_VALUES.items() if k not in saved}
+
+
 def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict] | None) -> VLM:
     """A fresh VLM, or the one of checkpoint `found` (LM from save_pretrained, connector from state.pt)."""
     model = build_vlm(cfg, device, lm_checkpoint=found[0] if found else None)
@@ -229,6 +293,8 @@ def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str],
 def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], threads: int) -> dict:
     run = run_dir(cfg)
     found = latest_checkpoint(run) if state == "resume" else None
+    if state == "resume":  # a run from before a key existed continues as it began
+        cfg = cfg.model_copy(update=legacy_values(run))
 
     from transformers.utils import logging as hf_logging
 
@@ -238,7 +304,7 @@ def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], thre
     train, held = load_splits(cfg)
     model = load_vlm(cfg, device, found)
     scan = _scan_backends(model, cfg.scan_backend)
-    order = BatchOrder(len(train), cfg.batch_size, cfg.seed)
+    order = ExampleStream(cfg, len(train))
 
     cfg = cfg.model_copy(update={"out": run})
     start_run_dir(run, cfg, state, extra_dirs=("predictions",))
@@ -273,7 +339,8 @@ def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], thre
     step = rec["step"]
 
     def summary_now(status: str, message: str = "") -> dict:
-        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0),
+        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="vlm"),
+                "train_examples_per_s": rate(cfg.examples_seen(step), rec["train_seconds"]),
                 "stage1_steps": cfg.stage1_steps, **info}
 
     def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
@@ -284,9 +351,10 @@ def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], thre
         rec["eval_examples"] += len(preds)
         metrics, cells = summarise(preds)
         rec["metrics"].append({
-            "step": step, "examples_seen": step * cfg.batch_size, "stage": stage_of(cfg, max(step - 1, 0)),
+            "step": step, "examples_seen": cfg.examples_seen(step), "stage": stage_of(cfg, max(step - 1, 0)),
             "loss": loss, **metrics, "train_loss": train_loss, "lr": lr_at(cfg, max(step - 1, 0)),
-            "train_examples_per_s": rate(train_steps * cfg.batch_size, train_seconds),
+            "train_examples_per_s": rate(cfg.examples_seen(step) - cfg.examples_seen(step - train_steps),
+                                         train_seconds),
             "eval_examples_per_s": rate(len(preds), dt), "eval_seconds": dt,
             "wall_seconds": time.monotonic() - t0,
         })
@@ -332,18 +400,14 @@ def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], thre
             log(f"step {step:>6}: stage 2 (connector + LM, lr {cfg.lr:g})")
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        batch, _ = collate(model, train, order.rows(step))
-        batch = batch.to(device)
-        with _autocast(device, autocast):
-            loss, _ = model.loss(batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate(model, train, order.rows(step), cfg.micro_batch_size, device, autocast)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         step += 1
         since_eval += 1
-        loss_sum += float(loss.detach())
+        loss_sum += loss
         loss_steps += 1
         if not math.isfinite(loss_sum):
             return finish("failed", f"training loss became {loss_sum} at step {step} (lr={lr_at(cfg, step - 1):g}); "
@@ -372,6 +436,7 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
     cfg = read_config(run, VLMTrainConfig, hint="")
     if cfg is None:
         raise UserError(f"{run} holds no VLM run (no config.yaml)")
+    cfg = cfg.model_copy(update=legacy_values(run))
     found = latest_checkpoint(run)
     if found is None:
         raise UserError(f"{run} has no checkpoint yet (train it with `probes vlm train`)")
@@ -400,11 +465,15 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
 __all__ = [
     "METRIC_COLUMNS",
     "POSITION_COLUMNS",
+    "ExampleStream",
+    "accumulate",
     "evaluate",
     "evaluate_run",
+    "legacy_values",
     "load_splits",
     "load_vlm",
     "lr_at",
+    "preview",
     "run_dir",
     "run_name",
     "stage_of",

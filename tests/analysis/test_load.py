@@ -22,6 +22,7 @@ from analysis.load import (
     model_family,
 )
 from probes.errors import UserError
+from probes.schema import SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,23 +115,31 @@ def test_model_family_is_read_from_the_name(name, family):
     assert model_family(name) == family
 
 
-def test_text_and_vlm_runs_are_told_apart_in_the_kind_column(tmp_path):
-    write_run(tmp_path / "text", name="t")
+def test_probe_and_vlm_runs_are_told_apart_in_the_kind_column(tmp_path):
+    write_run(tmp_path / "text", name="t")  # an old run: its summary names no kind
     write_vlm_run(tmp_path / "vlm", name="v")
     write_vlm_run(tmp_path / "vlm", name="starting", summary=False)  # no summary yet: its config says so
     runs = load_runs(tmp_path).set_index("run")
-    assert runs["kind"].to_dict() == {"text/t": "text", "vlm/starting": "vlm", "vlm/v": "vlm"}
+    assert runs["kind"].to_dict() == {"text/t": "probe", "vlm/starting": "vlm", "vlm/v": "vlm"}
     assert runs.loc["vlm/starting", "status"] == "running"
     positions = load_positions(tmp_path)
     assert is_vlm(positions).tolist() == positions["run"].str.startswith("vlm/").tolist()  # inherited
     assert (
         kind_of(load_metrics(tmp_path / "vlm")) == "vlm"
-        and kind_of(load_metrics(tmp_path / "text")) == "text"
+        and kind_of(load_metrics(tmp_path / "text")) == "probe"
     )
-    with pytest.raises(UserError, match="mixes text-probe and VLM runs"):
+    with pytest.raises(UserError, match="mixes runs of kinds probe, vlm"):
         kind_of(positions)
     by_hand = positions.drop(columns="kind")  # a table without the column: read from the run's config keys
     assert is_vlm(by_hand).equals(is_vlm(positions))
+
+
+def test_the_kind_written_in_the_summary_wins_over_the_config_guess(tmp_path):
+    run = write_run(tmp_path, name="p")
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    (run / SUMMARY_FILE).write_text(json.dumps({**summary, "kind": "pretrain"}))
+    assert load_runs(tmp_path)["kind"].tolist() == ["pretrain"]
+    assert kind_of(load_runs(tmp_path)) == "pretrain"
 
 
 def test_the_vlm_grid_is_the_training_codes():

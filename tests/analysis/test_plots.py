@@ -16,6 +16,7 @@ from analysis.plots import (
     save_figure,
 )
 from cli import app
+from probes.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,23 @@ def test_vlm_runs_without_n_are_drawn_apart_per_connector(tmp_path):
     assert len(written) == 4
     heat = plot_heatmap(tables.positions)
     assert len([ax for ax in heat.axes if ax.get_label() != "<colorbar>"]) == 2 * 3  # connectors × snapshots
+
+
+def test_learning_rates_are_labelled_as_the_run_names_write_them(tmp_path):
+    for lr in (2.5e-4, 3e-4):  # the old label rounded both to "3e-4"
+        write_run(tmp_path, lr=lr, name=f"lr{lr}")
+    labels = {t.get_text() for t in plot_curves(load(tmp_path).metrics).legends[0].get_texts()}
+    assert {"lr 2.5e-4", "lr 3e-4"} <= labels
+
+
+def test_figures_pick_their_variant_by_the_kind_in_the_summary(tmp_path):
+    """A run whose summary says `kind: pretrain` has no grounding figures: one clear error."""
+    import json
+
+    run = write_run(tmp_path, name="p")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "kind": "pretrain"}))
+    with pytest.raises(UserError, match="no per-position heatmap for pretrain runs .drawn for: probe, vlm"):
+        plot_heatmap(load(tmp_path).positions)
+    with pytest.raises(UserError, match="runs are of kind pretrain; figures are drawn for probe, vlm runs"):
+        plot_runs(tmp_path, out=tmp_path / "figs")

@@ -2,6 +2,7 @@
 reference forward; generation falls back; clear errors for unknown or unavailable backends."""
 
 import copy
+import importlib.machinery
 import sys
 import types
 
@@ -102,14 +103,9 @@ def test_rmsnorm_kernel(tiny_tiles, device):
 
 def test_mamba_ssm_backend_with_a_stand_in_module(tiny_tiles, device, monkeypatch):
     """The mamba-ssm path, with the reference scan standing in for the compiled kernel."""
-    from probes.kernels import selective_scan_ref, set_scan_backend
+    from probes.kernels import set_scan_backend
 
-    pkg, ops, iface = (types.ModuleType(n) for n in
-                       ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface"))
-    iface.selective_scan_fn = selective_scan_ref
-    pkg.__path__, ops.__path__ = [], []
-    for m in (pkg, ops, iface):
-        monkeypatch.setitem(sys.modules, m.__name__, m)
+    _stand_in_mamba_ssm(monkeypatch)
     ref = tiny_mamba(seed=4, hidden=8)
     fast = copy.deepcopy(ref)
     assert set_scan_backend(fast, "mamba-ssm") == "mamba-ssm"
@@ -152,7 +148,7 @@ def test_selective_scan_ref_matches_a_step_by_step_recurrence():
 
 
 def test_backend_errors(monkeypatch):
-    from probes.kernels import mamba_mixer, set_scan_backend
+    from probes.kernels import set_scan_backend
 
     model = tiny_mamba()
     with pytest.raises(ValueError, match="allowed: auto, triton, mamba-ssm, torch, reference"):
@@ -164,8 +160,31 @@ def test_backend_errors(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA"):
         set_scan_backend(model, "triton")
-    monkeypatch.setattr(mamba_mixer.importlib.util, "find_spec", lambda name: None)
     assert set_scan_backend(model, "auto") == "torch"
+
+
+def _stand_in_mamba_ssm(monkeypatch):
+    """An importable `mamba_ssm` whose scan is the reference (the compiled kernel stands in)."""
+    from probes.kernels import selective_scan_ref
+
+    pkg, ops, iface = (types.ModuleType(n) for n in
+                       ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface"))
+    iface.selective_scan_fn = selective_scan_ref
+    pkg.__path__, ops.__path__ = [], []
+    for m in (pkg, ops, iface):
+        m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])
+def test_auto_picks_triton_on_cuda_even_with_mamba_ssm_installed(monkeypatch, cuda):
+    """`auto` chooses by measured speed (issue 17): Triton on CUDA, torch elsewhere; mamba-ssm only by name."""
+    from probes.kernels import mamba_mixer, resolve_backend
+
+    _stand_in_mamba_ssm(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_backend("auto") == ("triton" if cuda and mamba_mixer.HAS_TRITON else "torch")
+    assert resolve_backend("mamba-ssm") == "mamba-ssm"
 
 
 # === CUDA ===
@@ -184,3 +203,51 @@ def test_cuda_bf16_training_matches_reference():
     l_fast = train_losses(fast, ids, 5, "cuda", autocast=True, lr=1e-3)
     l_ref = train_losses(ref, ids, 5, "cuda", autocast=True, lr=1e-3)
     assert l_fast == pytest.approx(l_ref, rel=2e-2), (l_fast, l_ref)
+
+
+# === Lever: the residual add fused into the next RMSNorm ===
+
+
+@pytest.mark.parametrize("delta_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-delta"])
+def test_add_rms_norm_matches_its_twin(tiny_tiles, device, delta_dtype):
+    from probes.kernels.fused_norm import add_rms_norm, add_rms_norm_ref
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 24, generator=g).to(device).requires_grad_()
+    d = torch.randn(2, 5, 24, generator=g).to(device, delta_dtype).requires_grad_()
+    w = (torch.rand(24, generator=g) + 0.5).to(device).requires_grad_()
+    s, y = add_rms_norm(x, d, w, 1e-6)
+    s_r, y_r = add_rms_norm_ref(x, d, w, 1e-6)
+    assert s.dtype == s_r.dtype and y.dtype == y_r.dtype
+    assert torch.equal(s, s_r) and torch.allclose(y, y_r, atol=1e-5)
+    gs, gy = torch.randn_like(s_r), torch.randn_like(y_r)
+    for a, b in zip(torch.autograd.grad((s, y), [x, d, w], (gs, gy)),
+                    torch.autograd.grad((s_r, y_r), [x, d, w], (gs, gy))):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-2 if a.dtype == torch.bfloat16 else 1e-4)
+
+
+def test_fused_residual_trunk_trains_like_the_unfused_one(tiny_tiles, device, monkeypatch):
+    from probes.kernels import fuse_residual_norm, mamba_mixer, set_scan_backend
+
+    fused_calls = []
+    real = mamba_mixer.add_rms_norm
+    monkeypatch.setattr(mamba_mixer, "add_rms_norm", lambda *a: fused_calls.append(1) or real(*a))
+    ref = tiny_mamba(seed=11, hidden=8, layers=3)
+    plain, fused = copy.deepcopy(ref), copy.deepcopy(ref)
+    set_scan_backend(plain, "triton")
+    set_scan_backend(fused, "triton")
+    assert fuse_residual_norm(fused) is True
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(12)).to(device)
+    l_fused = train_losses(fused, ids, 2, device)
+    assert len(fused_calls) == 2 * 2  # blocks 2 and 3 of each step took the fused add + norm
+    assert l_fused == pytest.approx(train_losses(plain, ids, 2, device), rel=1e-5)
+    assert l_fused == pytest.approx(train_losses(ref, ids, 2, device), rel=1e-4)
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+    with torch.no_grad():  # the fallbacks: hidden states out, and generation with a cache
+        out = fused(ids, output_hidden_states=True)
+        assert len(out.hidden_states) == 4
+        assert torch.equal(fused.generate(ids[:1, :4], max_new_tokens=2, do_sample=False),
+                           plain.generate(ids[:1, :4], max_new_tokens=2, do_sample=False))
+    assert fuse_residual_norm(fused, enabled=False) is False
+    assert fuse_residual_norm(tiny_mamba()) is False  # no fast backend chosen: nothing to fuse

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from analysis import load, plots
 from probes.errors import UserError
 from probes.rundir import latest_checkpoint
 from probes.train import resolve_device
@@ -65,7 +66,6 @@ def test_pythia_vl_trains_and_writes_a_complete_run_directory(pythia_run):
 
 
 def test_the_analysis_package_reads_vlm_runs(pythia_run):
-    load = pytest.importorskip("analysis.load")
     run, _ = pythia_run
     tables = load.load(run)
     assert tables.runs["model"].tolist() == ["pythia-tiny"] and tables.runs["status"].tolist() == ["not_reached"]
@@ -74,11 +74,10 @@ def test_the_analysis_package_reads_vlm_runs(pythia_run):
 
 
 def test_probes_plot_draws_a_real_vlm_run_as_image_cells_and_layouts(pythia_run, tmp_path):
-    plots = pytest.importorskip("analysis.plots")
     run, _ = pythia_run
     written = plots.plot_runs(run, out=tmp_path, formats=["png"])
     assert sorted(p.name for p in written) == ["curves.png", "efficiency.png", "heatmap.png", "learning_order.png"]
-    tables = pytest.importorskip("analysis.load").load(run)
+    tables = load.load(run)
     heat = plots.plot_heatmap(tables.positions)
     assert all(ax.images[0].get_array().shape == (3, 3) for ax in heat.axes if ax.get_label() != "<colorbar>")
     eff = plots.plot_efficiency(tables.runs).axes[-1]

@@ -1,0 +1,126 @@
+"""`probes plot`: every figure for the runs under some directories (PlotConfig says which), each
+kind of run drawn apart (its file names prefixed by NAME_PREFIX where kinds are mixed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from matplotlib.figure import Figure
+from pydantic import Field
+
+from analysis.load import PROBE, VLM, NoRunsError, Tables, load_metrics, load_positions, load_runs
+from analysis.plots.curves import plot_curves
+from analysis.plots.efficiency import plot_efficiency
+from analysis.plots.heatmap import plot_heatmap
+from analysis.plots.learning_order import plot_learning_order
+from analysis.plots.style import save_figure
+from probes.config import Config
+from probes.errors import UserError
+
+KINDS = ("curves", "heatmap", "efficiency")
+Kind = Literal["curves", "heatmap", "efficiency", "all"]
+NAME_PREFIX = {PROBE: "", VLM: "vlm-"}  # kinds of run with figures; the prefix of their files where kinds mix
+
+
+class PlotConfig(Config):
+    """What `probes plot` draws (every field is also a flag)."""
+
+    kind: Kind = Field("all", description="curves | heatmap | efficiency | all")
+    out: str = Field("figures", description="output directory for the PNG and PDF files")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="threshold line / steps to threshold / learning order (default: each run's own)"
+    )
+    formats: list[Literal["png", "pdf", "svg"]] = Field(
+        ["png", "pdf"], min_length=1, description="file formats written"
+    )
+    heatmap: Literal["representative", "mean"] = Field(
+        "representative", description="heatmap of the median run of each group, or the mean over runs"
+    )
+    dpi: int = Field(150, ge=50, le=600, description="PNG resolution")
+    only: dict[str, Any] = Field(
+        {},
+        description="draw only the runs whose columns have these values "
+        "(n: 10, layout: suffix; a list matches any of its items)",
+    )
+    prefix: str = Field("", description="prefix of the file names (heatmap.png → PREFIXheatmap.png)")
+    order_rule: Literal["stays", "first"] = Field(
+        "stays",
+        description="learning order: a position is learned when its accuracy stays above the "
+        "threshold from then on (stays) or first passes it (first)",
+    )
+
+
+def select_runs(runs: pd.DataFrame, only: dict[str, Any] | None) -> pd.DataFrame:
+    """The runs whose columns match every `only` item ({"n": 10, "layout": "suffix"}); values
+    are compared as text, and a list value matches any of its items."""
+    for key, want in (only or {}).items():
+        if key not in runs:
+            raise UserError(
+                f"cannot select on '{key}': the runs have no such column "
+                f"(some are: {', '.join(c for c in runs.columns[:12])})"
+            )
+        wanted = {_text(w) for w in (want if isinstance(want, (list, tuple)) else [want])}
+        runs = runs[runs[key].map(_text).isin(wanted)]
+    if not len(runs):
+        shown = [
+            f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in only.items()
+        ]
+        raise NoRunsError(f"no run matches {' '.join(shown)}")
+    return runs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def plot_runs(
+    *paths,
+    kind: Kind = "all",
+    out: str | Path = "figures",
+    threshold: float | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    heatmap: str = "representative",
+    dpi: int = 150,
+    only: dict[str, Any] | None = None,
+    prefix: str = "",
+    order_rule: str = "stays",
+) -> list[Path]:
+    """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
+    as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
+    Probe and VLM runs are drawn apart; where both are present the VLM figures are named
+    `prefix` + vlm-curves.* and so on. Pretraining runs have no grounding figures."""
+    kinds = KINDS if kind == "all" else (kind,)
+    if any(k not in KINDS for k in kinds):
+        raise UserError(f"unknown figure kind '{kind}' (allowed: {', '.join(KINDS)}, all)")
+    runs = select_runs(load_runs(*paths), only)
+    run_kinds = [k for k in NAME_PREFIX if runs["kind"].eq(k).any()]
+    if not run_kinds:
+        found = ", ".join(sorted(set(runs["kind"])))
+        raise NoRunsError(f"no run to draw: the runs are of kind {found}; "
+                          f"figures are drawn for {', '.join(NAME_PREFIX)} runs")
+    written = []
+    for run_kind in run_kinds:  # probe and VLM runs under one DIR: each kind its own figures
+        name = prefix + (NAME_PREFIX[run_kind] if len(run_kinds) > 1 else "")
+        selected = runs[runs["kind"] == run_kind]
+        tables = Tables(selected, load_metrics(selected), load_positions(selected))
+        figures = _figures(tables, kinds, threshold, heatmap, order_rule)
+        written += [path for file, make in figures for path in save_figure(make(), out, name + file, formats, dpi=dpi)]
+    return written
+
+
+def _figures(tables: Tables, kinds, threshold, heatmap, order_rule) -> list[tuple[str, Callable[[], Figure]]]:
+    """(file name, drawer) of each figure of `kinds`, in order."""
+    figures = {
+        "curves": [("curves", lambda: plot_curves(tables.metrics, threshold))],
+        "heatmap": [("heatmap", lambda: plot_heatmap(tables.positions, aggregate=heatmap))],
+        "efficiency": [
+            ("efficiency", lambda: plot_efficiency(tables.runs, metrics=tables.metrics, threshold=threshold)),
+            ("learning_order", lambda: plot_learning_order(tables.positions, threshold, order_rule)),
+        ],
+    }
+    return [figure for k in kinds for figure in figures[k]]

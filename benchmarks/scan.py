@@ -1,0 +1,132 @@
+"""The Triton selective scan at the paper shapes: fwd and fwd+bwd milliseconds, against its memory floor.
+
+    python benchmarks/scan.py --out bench/                  # B=64, L=203, N=16, D = 1536 / 2048 / 4096
+    python benchmarks/scan.py --shape 64,1536,203,16 --reps 50 --out bench/
+
+Inputs are laid out as the fused mixer passes them (channel-last views of (B, L, D) tensors, bf16;
+A, D, delta_bias float32; softplus, D skip and z gate on). The floor: fwd reads u, delta, z and
+writes out (4 x B.D.L values); the backward's two passes read u, delta (pass 1), u, delta, z,
+dout and write du, ddelta, dz (pass 2): 13 x B.D.L bf16 values in all (B, C and the chunk states
+are N / D of that or less). floor_ms = bytes / the copy bandwidth measured here (a large
+device-to-device clone), so `x_floor` = measured / floor says how far the kernels are from the
+memory system. Writes OUT/scan.json and OUT/scan.md. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch
+
+PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
+VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
+
+
+def inputs(batch: int, dim: int, L: int, N: int, device: str = "cuda", dtype=torch.bfloat16, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def bld(scale=1.0, shift=0.0):  # (B, D, L) view of a contiguous (B, L, D) tensor
+        t = torch.randn(batch, L, dim, generator=g) * scale + shift
+        return t.to(device, dtype).transpose(1, 2).requires_grad_()
+
+    def bnl():
+        return torch.randn(batch, L, N, generator=g).to(device, dtype).transpose(1, 2).requires_grad_()
+
+    return {"u": bld(), "delta": bld(0.5, -1.0), "A": (-torch.exp(torch.randn(dim, N, generator=g) * 0.5)).to(device),
+            "B": bnl(), "C": bnl(), "D": torch.randn(dim, generator=g).to(device),
+            "z": bld(), "delta_bias": (torch.randn(dim, generator=g) * 0.1).to(device)}
+
+
+def cuda_ms(fn, reps: int, warmup: int = 3) -> float:
+    """Median milliseconds of fn() over `reps` CUDA-event-timed calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth(gib: float = 2.0, reps: int = 10) -> float:
+    """Bytes per second of a device-to-device clone (read + write) of `gib` GiB."""
+    x = torch.empty(int(gib * 2**30) // 2, dtype=torch.bfloat16, device="cuda")
+    ms = cuda_ms(lambda: x.clone(), reps)
+    return 2 * x.numel() * x.element_size() / (ms / 1e3)
+
+
+def time_shape(shape, reps: int, bandwidth: float) -> dict:
+    from probes.kernels.selective_scan import selective_scan_fn
+
+    batch, dim, L, N = shape
+    ins = inputs(batch, dim, L, N)
+    args = [ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    dout = torch.randn_like(ins["u"])
+
+    def fwd():
+        with torch.no_grad():
+            selective_scan_fn(*args, delta_softplus=True)
+
+    def fwd_bwd():
+        out = selective_scan_fn(*args, delta_softplus=True)
+        torch.autograd.grad(out, [ins["u"], ins["delta"], ins["B"], ins["C"], ins["z"]], dout)
+
+    floor_ms = VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
+    ms_f, ms_fb = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps)
+    return {"B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb, "floor_ms": floor_ms,
+            "x_floor": ms_fb / floor_ms, "pct_of_floor": 100 * floor_ms / ms_fb}
+
+
+def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
+    title = (f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
+             f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.")
+    lines = [title, "",
+             "| B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['B']} | {r['D']} | {r['L']} | {r['N']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
+                     f"{r['floor_ms']:.3f} | {r['x_floor']:.1f} | {r['pct_of_floor']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r} (allowed: four positive integers B,D,L,N)")
+    return tuple(int(p) for p in parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", type=parse_shape, action="append", help="B,D,L,N (repeat; default: paper)")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    bandwidth = copy_bandwidth()
+    rows = [time_shape(s, args.reps, bandwidth) for s in (args.shape or PAPER_SHAPES)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(rows, bandwidth, env)
+    (args.out / "scan.md").write_text(md)
+    (args.out / "scan.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 15's study on one GPU (README "Findings", part b): pretrained vs random-init twins on the probe.
+#   bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]
+# 1. pretrain the ~20M GPT-NeoX / Mamba pair on the same tokens (configs/pretrain-{pythia,mamba}-20m.yaml)
+# 2. copy test of each pretrained model and of its random twin (config:DIR, same architecture, seed 0)
+# 3. learning-rate search: N=32 suffix, 3,000 steps, lr 1e-4 / 3e-4 / 1e-3, per model (configs/study-lr.yaml)
+# 4. the probe with each model's best lr: N = 16, 32, 64, both layouts, seeds 0-2, 20,000 steps or 95%,
+#    evaluation every 1% on the whole held-out set (configs/study-probe.yaml)
+# Every step resumes: run the same command again after a kill. Past DEADLINE_SECONDS (default: none)
+# the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
+set -u
+W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
+DEADLINE=${2:-0}
+cd "$(dirname "$0")/.."
+probes() { python3 -c "from cli import app; app()" "$@"; }
+T0=$(date +%s)
+# the best lr of a search: the fewest steps to 95% among runs that reached it, else the best accuracy
+best_lr() {
+  python3 - "$1" <<'PY'
+import json, pathlib, sys, yaml
+best = []
+for p in pathlib.Path(sys.argv[1]).glob("*/summary.json"):
+    r, lr = json.loads(p.read_text()), yaml.safe_load((p.parent / "config.yaml").read_text())["lr"]
+    best.append((r["status"] != "reached", r["step_reached"] or 0, -(r["best_accuracy"] or 0), lr))
+print(min(best)[3])
+PY
+}
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+mkdir -p "$W/copy" "$W/lr" "$W/probe"
+PT=$W/pretrain
+MODELS=(pythia-20m mamba-20m)
+
+stamp "1. pretraining ${MODELS[*]}"
+for m in "${MODELS[@]}"; do
+  probes pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
+done
+wait
+for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
+
+stamp "2. copy test"
+for m in "${MODELS[@]}"; do
+  probes copytest --model "hf:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$W/copy/$m-pretrained.parquet"
+  probes copytest --model "config:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$W/copy/$m-random.parquet"
+done
+
+stamp "3. learning-rate search"
+pids=()
+for m in "${MODELS[@]}"; do
+  for w in hf config; do
+    probes sweep --config configs/study-lr.yaml --model "$w:$PT/$m/model" --out "$W/lr/$w-$m" --jobs 3 \
+      --no-progress > "$W/lr-$w-$m.log" 2>&1 &
+    pids+=($!)
+  done
+done
+wait "${pids[@]}"
+
+stamp "4. the probe"
+pids=()
+for m in "${MODELS[@]}"; do
+  for w in hf config; do
+    lr=$(best_lr "$W/lr/$w-$m")
+    echo "$w:$m best lr $lr"
+    probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$w-$m" \
+      --jobs 6 --no-progress > "$W/probe-$w-$m.log" 2>&1 &
+    pids+=($!)
+  done
+done
+if [ "$DEADLINE" -gt 0 ]; then
+  alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+  while alive && [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; do sleep 5; done
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+fi
+wait
+stamp "done"
