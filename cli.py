@@ -8,46 +8,18 @@ traceback.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 
 from probes.config import DataConfig, load_config
+from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Synthetic grounding probes for Transformer and Mamba backbones.")
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True, highlight=False)
-
-
-def user_errors(fn):
-    """Turn a UserError into one red line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def flags_given(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
-    """{config key: value} for the options the user typed (not defaults): `mapping` is
-    option name → dotted config key."""
-    given = {}
-    for param, key in mapping.items():
-        source = ctx.get_parameter_source(param)
-        if source is not None and source.name == "COMMANDLINE":  # typer may vendor its own click
-            given[key] = ctx.params[param]
-    return given
 
 
 @app.callback()
@@ -86,22 +58,22 @@ def generate(
     from probes import tasks
 
     keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
+    if preview < 0:
+        raise UserError(f"--preview {preview}: allowed: 0 or more examples")
     if from_paper is not None:
         _generate_from_paper(ctx, from_paper, out, paper_heldout, overwrite, preview, config)
         return
     cfg = load_config(DataConfig, config, flags_given(ctx, keys))
-    if tasks.check_out_dir(out, cfg, overwrite):
-        console.print(f"{out} already holds this dataset; nothing to do.")
+    with console.status("generating") as status:
+        ds = tasks.generate_into(cfg, out, overwrite, status=lambda msg: status.update(msg))
+    if ds is None:
+        console.print(f"{out} already holds this dataset; nothing to do.", markup=False)
         ds = tasks.load_dataset(out) if preview else None
     else:
-        with console.status("generating") as status:
-            ds = tasks.generate(cfg, status=lambda msg: status.update(msg))
-            status.update(f"saving to {out}")
-            tasks.save_dataset(ds, out)
         console.print(
             f"wrote {out}: {cfg.train_size:,} train + {cfg.eval_size:,} held-out, n={cfg.n}, "
             f"layout={cfg.layout}; held-out shares {ds.shared_pairs} (context, query) pairs with "
-            f"training ({ds.resampled} training rows redrawn)"
+            f"training ({ds.resampled} training rows redrawn)", markup=False
         )
     for line in tasks.preview(ds.train, cfg.layout, preview) if ds else []:
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -109,7 +81,7 @@ def generate(
 
 def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: str, overwrite: bool,
                          preview: int, config: Optional[Path]) -> None:
-    from probes import paper_data, tasks
+    from probes import locks, paper_data, tasks
 
     fixed = [k for k in ("train_size", "eval_size", "seed", "heldout_seed") if flags_given(ctx, {k: k})]
     if fixed or config is not None:
@@ -118,20 +90,21 @@ def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: s
     given = flags_given(ctx, {"n": "n", "layout": "layout"})
     with console.status(f"reading {source}"):
         ds, origin = paper_data.import_paper(source, given.get("n"), given.get("layout", "suffix"), heldout)
-    meta = tasks.read_meta(out) if out.is_dir() else None
-    if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
-        console.print(f"{out} already holds this dataset; nothing to do.")
-    else:
-        if meta is not None and not overwrite:
-            raise UserError(f"--out {out} already holds a different dataset; choose another --out or pass --overwrite")
-        tasks.save_dataset(ds, out)
-        paper_data.write_source(out, origin)
-        (lo, hi), (hlo, hhi) = paper_data.balance(ds.train), paper_data.balance(ds.heldout)
-        console.print(
-            f"wrote {out} from the paper's files: {len(ds.train):,} train + {len(ds.heldout):,} held-out "
-            f"({heldout}), n={ds.config.n}, layout={ds.config.layout}; examples per target position: "
-            f"train {lo:,}–{hi:,}, held-out {hlo:,}–{hhi:,}; held-out shares {ds.shared_pairs} (context, query) "
-            f"pairs with training (kept as released)")
+    with locks.hold(out, what="dataset"):  # one writer per --out, as `generate` (probes.tasks.generate_into)
+        meta = tasks.read_meta(out) if out.is_dir() else None
+        if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
+            console.print(f"{out} already holds this dataset; nothing to do.", markup=False)
+        else:
+            if meta is not None and not overwrite:
+                raise UserError(f"--out {out} already holds a different dataset; choose another --out or pass --overwrite")
+            tasks.save_dataset(ds, out)
+            paper_data.write_source(out, origin)
+            (lo, hi), (hlo, hhi) = paper_data.balance(ds.train), paper_data.balance(ds.heldout)
+            console.print(
+                f"wrote {out} from the paper's files: {len(ds.train):,} train + {len(ds.heldout):,} held-out "
+                f"({heldout}), n={ds.config.n}, layout={ds.config.layout}; examples per target position: "
+                f"train {lo:,}–{hi:,}, held-out {hlo:,}–{hhi:,}; held-out shares {ds.shared_pairs} (context, query) "
+                f"pairs with training (kept as released)", markup=False)
     for line in tasks.preview(ds.train, ds.config.layout, preview):
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -345,7 +318,7 @@ def copytest(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_parquet(out, [{"model": model, **r} for r in rows], ["model", *COPY_COLUMNS])
-        console.print(f"wrote {out}", highlight=False)
+        console.print(f"wrote {out}", highlight=False, markup=False)
 
 
 @app.command()
@@ -387,7 +360,7 @@ def sweep(
     """Run a grid model × n × layout × lr × init × seeds: skip finished runs, resume unfinished ones."""
     import yaml
 
-    from probes.sweep import describe_cost, expand_grid, plan, run_sweep
+    from probes.sweep import check_backend, describe_cost, expand_grid, plan, run_sweep
 
     given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
                                              "address", "cpus_per_run", "gpus_per_run", "retries",
@@ -399,11 +372,17 @@ def sweep(
         if not sep or not key.strip():
             raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set max_steps=2000)")
         given[f"train.{key.strip()}"] = yaml.safe_load(value)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: allowed: 1 or more threads per run")
     cfg = load_config(SweepConfig, config, given)
+    check_backend(cfg.backend)
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     if dry_run:
         todo, skipped = plan(expand_grid(cfg))
         for result in skipped:
-            out_console.print(f"{result['dir']}  skip ({result['status']})", highlight=False, markup=False)
+            why = f": {result['message']}" if result["action"] == "skipped" and result["message"] else ""
+            out_console.print(f"{result['dir']}  skip ({result['status']}{why})", highlight=False, markup=False)
         for job in todo:
             out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
         for line in describe_cost([job.cfg for job in todo]):
@@ -412,6 +391,9 @@ def sweep(
     results = run_sweep(cfg, progress=progress,
                         retry_failed=retry_failed, threads=threads)
     counts = {s: sum(r["status"] == s for r in results) for s in ("reached", "not_reached", "failed")}
+    for result in results:
+        if result["status"] == "failed" and result["action"] == "skipped":  # damaged: not run
+            console.print(f"{result['dir']}: not run: {result['message']}", markup=False)
     out_console.print(f"{cfg.out}: {len(results)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                       + f"; results in {cfg.out / 'sweep.json'}", highlight=False, markup=False)
     if counts["failed"]:
@@ -459,6 +441,10 @@ def plot(
             raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
         given["only"] = {key: value.split(",") for key, _, value in pairs}
     cfg = load_config(PlotConfig, config, given)
+    if "/" in cfg.prefix or "\\" in cfg.prefix or cfg.prefix in (".", ".."):
+        raise UserError(f"--prefix {cfg.prefix!r}: allowed: a file-name prefix without / (files go into --out)")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
         written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold, formats=cfg.formats,
                             heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, prefix=cfg.prefix,
@@ -525,14 +511,9 @@ def bench(
     """Time Pythia and Mamba side by side: training tokens/s, peak memory, eval examples/s."""
     import torch
 
-    from probes.backbones import check_model_name
-    from probes.bench import parse_spec, run_bench
+    from probes.bench import check_args, run_bench
 
-    for spec in models:
-        try:
-            check_model_name(parse_spec(spec)["name"])
-        except ValueError as err:
-            raise UserError(str(err)) from None
+    check_args(models, batch_size, n, steps, warmup, device, eval_batch_size, max_seconds)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU here (allowed: cpu, or run on a GPU machine)")
     table = run_bench(models, batch_size=batch_size, n=n, steps=steps, warmup=warmup, out_dir=out,

@@ -63,6 +63,10 @@ class NoRunsError(UserError):
     """None of the paths given holds a run directory."""
 
 
+class DamagedRunWarning(UserWarning):
+    """A run directory that cannot be read (a damaged config.yaml): skipped, the others load."""
+
+
 # === Finding runs ===
 
 
@@ -150,7 +154,8 @@ def read_summary(run_dir: PathLike) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        warnings.warn(f"{path}: unreadable summary ({err}); treating the run as running", stacklevel=2)
+        warnings.warn(f"{path}: unreadable summary ({err}); treating the run as running", DamagedRunWarning,
+                      stacklevel=2)
         return {"status": RUNNING}
     return flatten(data) if isinstance(data, dict) else {"status": RUNNING}
 
@@ -251,10 +256,17 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     rows = []
     for run, run_dir in zip(run_ids(dirs), dirs):
         row = {"run": run, "run_dir": str(run_dir)}
-        row.update(_unreserved(read_config(run_dir), "config"))
+        try:
+            config = read_config(run_dir)
+        except UserError as err:  # one damaged run does not hide the others
+            warnings.warn(f"skipped {run_dir}: {err}", DamagedRunWarning, stacklevel=2)
+            continue
+        row.update(_unreserved(config, "config"))
         summary = _unreserved(read_summary(run_dir), "summary")
         row.update({k: v for k, v in summary.items() if v is not None or k not in row})
         rows.append(row)
+    if not rows:
+        raise NoRunsError(f"every run directory found is damaged ({len(dirs)} skipped)")
     runs = pd.DataFrame(rows)
     for col in ("model", "status", "step_reached", "examples_to_threshold", "max_steps", "threshold"):
         if col not in runs:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from probes.errors import UserError
+
 # Pythia of matching size for each Mamba (Gu & Dao 2023, table 3 pairs)
 PAIRS = {"mamba-130m": "pythia-160m", "mamba-370m": "pythia-410m", "mamba-790m": "pythia-1b",
          "mamba-1.4b": "pythia-1.4b", "mamba-2.8b": "pythia-2.8b", "mamba-tiny": "pythia-tiny"}
@@ -60,7 +62,7 @@ def parse_spec(spec: str) -> dict:
         elif o.startswith("b") and o[1:].isdigit():
             out["batch"] = int(o[1:])
         else:
-            raise ValueError(f"bad option '{o}' in '{spec}' (expected bNN, gc or fr)")
+            raise UserError(f"bad option '{o}' in --model '{spec}' (allowed: NAME[@BACKEND][:bNN][:gc][:fr])")
     return out
 
 
@@ -312,6 +314,30 @@ def environment(device: str) -> dict:
     return env
 
 
+DEVICES = ("cuda", "cpu")  # cuda[:i] too
+
+
+def check_args(models: list[str], batch_size: int, n: int, steps: int, warmup: int, device: str,
+               eval_batch_size: int | None = None, max_seconds: float = 60.0) -> None:
+    """A UserError naming the first bad argument and what is allowed, before anything loads."""
+    from probes.backbones import check_model_name
+    from probes.config import MAX_N
+
+    for spec in models:
+        check_model_name(parse_spec(spec)["name"])
+    rules = [("--batch-size", batch_size, batch_size >= 1, "1 or more"),
+             ("--n", n, 2 <= n <= MAX_N, f"2 … {MAX_N}"),
+             ("--steps", steps, steps >= 1, "1 or more timed steps"),
+             ("--warmup", warmup, warmup >= 0, "0 or more"),
+             ("--eval-batch-size", eval_batch_size, eval_batch_size is None or eval_batch_size >= 1, "1 or more"),
+             ("--max-seconds", max_seconds, max_seconds > 0, "more than 0"),
+             ("--device", device, device.split(":")[0] in DEVICES and (device.count(":") == 0 or (
+                 device.startswith("cuda:") and device[5:].isdigit())), "cuda, cuda:I, cpu")]
+    for flag, value, ok, allowed in rules:
+        if not ok:
+            raise UserError(f"{flag} {value}: allowed: {allowed}")
+
+
 def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 10, warmup: int = 3,
               out_dir: str | Path = "bench", eval_batch_size: int | None = None, eval_steps: int = 10,
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
@@ -319,7 +345,10 @@ def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int 
     """Time every model spec in one process; write bench.csv / bench.md / bench.json; return the table."""
     import pandas as pd
 
+    check_args(models, batch_size, n, steps, warmup, device, eval_batch_size, max_seconds)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     specs = [parse_spec(m) for m in models]
     rows = []

@@ -86,13 +86,14 @@ def make_data(cfg: DemoConfig, console) -> None:
     from probes import tasks
 
     for n, layout in itertools.product(cfg.n, cfg.layouts):
-        dc = DataConfig(n=n, layout=layout, train_size=cfg.train_size, eval_size=cfg.eval_size, seed=cfg.seed)
+        dc = validate(DataConfig, {"n": n, "layout": layout, "train_size": cfg.train_size,
+                                   "eval_size": cfg.eval_size, "seed": cfg.seed})  # train_size < n: one line
         out = data_dir(cfg, layout, n)
-        if tasks.check_out_dir(out, dc, overwrite=False):
-            console.print(f"  data  {out} (already there)", highlight=False)
+        if tasks.generate_into(dc, out) is None:
+            console.print(f"  data  {out} (already there)", highlight=False, markup=False)
             continue
-        tasks.save_dataset(tasks.generate(dc), out)
-        console.print(f"  data  {out}: {dc.train_size:,} train + {dc.eval_size:,} held-out", highlight=False)
+        console.print(f"  data  {out}: {dc.train_size:,} train + {dc.eval_size:,} held-out", highlight=False,
+                      markup=False)
 
 
 def run_demo(cfg: DemoConfig, overwrite: bool = False, progress: bool = True, console=None) -> dict[str, Any]:
@@ -136,6 +137,8 @@ def _run_demo(cfg: DemoConfig, overwrite: bool, progress: bool, console) -> dict
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     cfg = cfg.effective()
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     configs = train_configs(cfg)
     console.print(
         f"[bold]probes demo[/bold]: {' and '.join(cfg.models)} on {' and '.join(cfg.layouts)} at "

@@ -69,6 +69,7 @@ from probes.train import (
     format_lr,
     resolve_device,
     resolve_precision,
+    run_threads,
     torch_threads,
 )
 
@@ -213,18 +214,25 @@ def pretrain_run(cfg: PretrainConfig, overwrite: bool = False, progress: bool = 
 
     A finished run is a UserError unless `overwrite`. Bad input (a missing or empty corpus, a
     corpus smaller than one window, an unknown tokenizer) is a UserError before anything is written.
+    The run holds its directory's lock (rundir.open_run) for its whole life, as `probes train`
+    does, and a resume keeps the CPU thread count config.yaml records (train.run_threads).
     """
-    with torch_threads(cfg.threads, cfg.device, [cfg.label]) as threads:
-        return _pretrain(cfg, overwrite, progress, threads)
+    run = run_dir(cfg)
+    with rundir.open_run(cfg, run, RESUMABLE_CHANGES, overwrite, log=_stderr) as state:
+        with torch_threads(run_threads(cfg, run, state), cfg.device, [cfg.label]) as threads:
+            return _pretrain(cfg.model_copy(update={"threads": threads}), state, progress, threads)
 
 
-def _pretrain(cfg: PretrainConfig, overwrite: bool, progress: bool, threads: int) -> dict:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _pretrain(cfg: PretrainConfig, state: str, progress: bool, threads: int) -> dict:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     run = run_dir(cfg)
-    state = rundir.start_state(cfg, run, RESUMABLE_CHANGES, overwrite)
     found = latest_checkpoint(run) if state == "resume" else None
     device = resolve_device(cfg.device)
     autocast = resolve_precision(cfg.precision, device)
@@ -252,6 +260,7 @@ def _pretrain(cfg: PretrainConfig, overwrite: bool, progress: bool, threads: int
         write_parquet(run / "copy.parquet", rec["copy"], COPY_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         rec["resumed_at"] = [0]
+    rundir.note_threads(rec, threads)
 
     windows = PackedWindows(corpus.train, cfg.seq_len, cfg.batch_size, cfg.seed)
     held = torch.from_numpy(heldout_windows(corpus.heldout, cfg.seq_len, cfg.eval_windows)).to(device)
@@ -290,6 +299,7 @@ def _pretrain(cfg: PretrainConfig, overwrite: bool, progress: bool, threads: int
             "train_tokens_per_s": rate(rec["train_steps"] * step_tokens, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             "resumed_at": rec["resumed_at"],
+            "threads_used": rec["threads_used"], "bit_reproducible": len(set(rec["threads_used"])) <= 1,
         }
 
     def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> str:

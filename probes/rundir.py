@@ -23,9 +23,12 @@ Lifecycle: `inspect_run(cfg, run)` says what the directory holds for `cfg`:
               (describe_finished) unless asked to overwrite, which starts it as new: start_run_dir
               removes what the run wrote (clear_run) and nothing else
 
+One writer at a time: trainers run inside `open_run(cfg, run, resumable, overwrite)`, which holds
+the directory's lock (DIR/.lock, probes.locks) for the run's whole life and yields start_state.
+
 Anything else (a directory of other files, an unfinished run of another config, a damaged
 config.yaml, summary.json or checkpoint) is a UserError that names --overwrite where it helps.
-Trainers (probes.train, probes.vlm.train) decide with `start_state(cfg, run, resumable,
+Trainers (probes.train, probes.vlm.train, probes.pretrain) decide with `start_state(cfg, run, resumable,
 overwrite)`: 'new' or 'resume', where overwrite turns a finished, damaged or different run into new.
 
 Writes are atomic: metrics, positions, summary and checkpoint state go to a temporary `.NAME.tmp`
@@ -37,19 +40,22 @@ moment leaves a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from probes import locks
 from probes.config import format_validation_error, save_config
 from probes.errors import UserError
 from probes.schema import (  # noqa: F401 - re-exported: the schema's names, as rundir offered them before
     FINISHED,
+    LOCK_FILE,
     LOG_FILE,
     POSITION_COLUMNS,
     RUN_FILES,
@@ -91,24 +97,45 @@ def write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
 # === Reading a run directory ===
 
 
+OVERWRITE_ADVICE = "pass --overwrite to start the run again"
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used as asked: `reason` (what is there) and `advice` (what
+    the user does). The message is both; a sweep, which has no --overwrite, gives its own advice."""
+
+    def __init__(self, reason: str, advice: str = OVERWRITE_ADVICE):
+        self.reason, self.advice = reason, advice
+        super().__init__(f"{reason}; {advice}" if advice else reason)
+
+
+class OtherKindError(RunDirError):
+    """The directory holds a run of another kind (a text run given to `vlm train`): never overwritten."""
+
+
 def read_summary(run: Path) -> dict | None:
-    """summary.json of a run directory, None when there is none; a damaged one is a UserError."""
+    """summary.json of a run directory, None when there is none; a damaged one is a RunDirError."""
     path = Path(run) / "summary.json"
     if not path.exists():
         return None
     try:
         summary = json.loads(path.read_text())
-        if summary.get("status") not in STATUSES:
-            raise ValueError(f"status {summary.get('status')!r}")
+        if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
+            raise ValueError(f"status {summary.get('status') if isinstance(summary, dict) else None!r}")
         return summary
-    except (OSError, ValueError, AttributeError) as err:
-        raise UserError(f"{path} is damaged ({err}); pass --overwrite to start the run again") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path} is damaged ({_first_line(err)})") from None
 
 
-def read_config(run: Path, config_class: type[C],
-                hint: str = "pass --overwrite to start the run again") -> C | None:
-    """config.yaml of a run directory as `config_class`, None when there is none; a damaged one
-    (or one of another kind of run) is a UserError that ends with `hint`."""
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_config(run: Path, config_class: type[C], hint: str = OVERWRITE_ADVICE) -> C | None:
+    """config.yaml of a run directory as `config_class`, None when there is none. A damaged one is
+    a RunDirError whose advice is `hint`; one of another kind of run (keys `config_class` does not
+    have) an OtherKindError, whatever `hint` says: overwriting would destroy that other run."""
     path = Path(run) / "config.yaml"
     if not path.exists():
         return None
@@ -118,10 +145,15 @@ def read_config(run: Path, config_class: type[C],
         data = yaml.safe_load(path.read_text())
         return config_class.model_validate(data)
     except ValidationError as err:  # the value and what is allowed, as for a config file
+        foreign = [e["loc"][0] for e in err.errors() if e["type"] == "extra_forbidden" and e["loc"]]
+        if foreign:
+            raise OtherKindError(f"{run} holds another kind of run (its config.yaml has {foreign[0]!r}, "
+                                 f"which {config_class.__name__} has not)",
+                                 "choose another --out; that run is left as it is") from None
         first = format_validation_error(err, config_class)
     except Exception as err:  # noqa: BLE001 - any damage means the same thing to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    raise UserError(f"{path} is damaged ({first})" + (f"; {hint}" if hint else ""))
+        first = _first_line(err)
+    raise RunDirError(f"{path} is damaged ({first})", hint)
 
 
 def config_differences(a: BaseModel, b: BaseModel, resumable: Collection[str] = ()) -> list[str]:
@@ -154,11 +186,11 @@ def inspect_run(cfg: BaseModel, run: Path, resumable: Collection[str] = ()) -> t
     if not run.exists():
         return "new", None
     if not run.is_dir():
-        raise UserError(f"{run} is a file, not a run directory")
+        raise RunDirError(f"{run} is a file, not a run directory", "choose another --out")
     saved = read_config(run, type(cfg))
     if saved is None:
         if any(p.name not in WORKER_FILES for p in run.iterdir()):
-            raise UserError(f"{run} is not empty and holds no run (no config.yaml); choose another --out")
+            raise OtherKindError(f"{run} is not empty and holds no run (no config.yaml)", "choose another --out")
         return "new", None
     summary = read_summary(run)
     if summary is not None and summary["status"] in FINISHED:
@@ -167,8 +199,8 @@ def inspect_run(cfg: BaseModel, run: Path, resumable: Collection[str] = ()) -> t
     if differing:
         shown = ", ".join(f"{k}={config_value(saved, k)!r} there, {config_value(cfg, k)!r} asked"
                           for k in differing[:3])
-        raise UserError(f"{run} holds an unfinished run with a different config ({shown}); "
-                        f"run the same config to resume it, or pass --overwrite")
+        raise RunDirError(f"{run} holds an unfinished run with a different config ({shown})",
+                          "run the same config to resume it, or pass --overwrite")
     return "resume", summary
 
 
@@ -182,13 +214,31 @@ def start_state(cfg: BaseModel, run: Path, resumable: Collection[str] = (), over
     run = Path(run)
     try:
         state, summary = inspect_run(cfg, run, resumable)
+    except OtherKindError:  # not this kind's run: never replaced
+        raise
     except UserError:  # a damaged run, or another config: only overwrite may replace it
         if not (overwrite and (run / "config.yaml").exists()):
             raise
         state, summary = "finished", None
     if state == "finished" and not overwrite:
-        raise UserError(f"{describe_finished(run, summary)}; pass --overwrite to start it again")
+        raise RunDirError(describe_finished(run, summary), "pass --overwrite to start it again")
     return "new" if overwrite else state
+
+
+@contextlib.contextmanager
+def open_run(cfg: BaseModel, run: Path, resumable: Collection[str] = (), overwrite: bool = False,
+             log: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Hold the run directory's lock (probes.locks, created with the directory) for the block and
+    yield start_state(...): 'new' or 'resume'. A trainer runs its whole life inside this block, so
+    a second writer of `run` (another process, another machine) gets a UserError naming the
+    holder. A lock left by a killed writer is taken over, and `log` says so."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run} is a file, not a run directory; choose another --out")
+    with locks.hold(run, what="run") as stale:
+        if stale is not None and log is not None:
+            log(f"{run}: took over the lock of {stale.describe()}, which ended without releasing it")
+        yield start_state(cfg, run, resumable, overwrite)
 
 
 def describe_finished(run: Path, summary: dict) -> str:
@@ -225,13 +275,31 @@ def start_run_dir(run: Path, cfg: BaseModel, state: str, extra_dirs: tuple[str, 
 def new_record() -> dict[str, Any]:
     """What a run accumulates and its checkpoint carries: step, timings, metrics and positions rows."""
     return {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
-            "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0}
+            "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0,
+            "threads_used": []}
+
+
+def note_threads(rec: dict[str, Any], count: int) -> None:
+    """Record the CPU thread count of the segment of the run starting now (summary: threads_used)."""
+    rec["threads_used"] = [*rec["threads_used"], int(count)]
+
+
+def recorded_threads(run: Path) -> int | None:
+    """The CPU thread count config.yaml records (trainers write the count in effect), None when
+    it records none ('auto' or 0 from an older version, or no config.yaml)."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("threads")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_columns: list[str]) -> None:
     """Continue `rec` from a checkpoint; rows written after that checkpoint are dropped from disk
     (they are computed again, so no evaluation is lost or counted twice)."""
-    rec.update({k: ckpt_state[k] for k in rec})
+    rec.update({k: ckpt_state.get(k, rec[k]) for k in rec})  # threads_used: absent before it existed
     rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
     write_parquet(run / "metrics.parquet", rec["metrics"], metric_columns)
     write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
@@ -263,6 +331,9 @@ def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_s
         "train_examples_per_s": rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
         "eval_examples_per_s": rate(rec["eval_examples"], rec["eval_seconds"]),
         "resumed_at": rec["resumed_at"],
+        # CPU threads of each segment (start, then each resume); float sums depend on the count, so
+        # a run resumed with another count no longer matches an uninterrupted run bit for bit
+        "threads_used": rec["threads_used"], "bit_reproducible": len(set(rec["threads_used"])) <= 1,
     }
 
 
@@ -287,16 +358,30 @@ def latest_checkpoint(run: Path) -> tuple[Path, dict] | None:
             continue
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+            check_model_files(path)
             found.append((state["step"], path, state))
         except Exception as err:  # noqa: BLE001 - damaged file: try the others
             damaged.append(f"{path.name}: {type(err).__name__}")
     if not found:
         if damaged:
-            raise UserError(f"{run} has only damaged checkpoints ({'; '.join(damaged)}); "
-                            f"pass --overwrite to start the run again")
+            raise RunDirError(f"{run} has only damaged checkpoints ({'; '.join(damaged)})")
         return None
     _, path, state = max(found, key=lambda t: t[0])
     return path, state
+
+
+def check_model_files(path: Path) -> None:
+    """Raise ValueError when a saved model's config.json or safetensors files are unreadable
+    (a garbage config, a truncated weights file): cheap checks, the headers only."""
+    from safetensors import safe_open
+
+    if (path / "config.json").exists():
+        config = json.loads((path / "config.json").read_text())
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise ValueError("config.json names no model_type")
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:  # checks the header against the file size
+            f.keys()
 
 
 def save_checkpoint(run: Path, bb: Backbone, state: dict) -> None:

@@ -10,6 +10,7 @@ module imports nothing but the standard library: analysis reads runs without tor
     summary.json       SUMMARY_FILE    `kind` (RUN_KINDS), `status` (STATUSES) and the outcome
     checkpoint/        CHECKPOINT_DIR  the latest state, for resume
     train.log, worker.pid               written by sweep workers (WORKER_FILES), not by the run
+    .lock              LOCK_FILE       the writer's directory lock (probes.locks), also in WORKER_FILES
 
 Kinds of run: `probe` (`probes train`: the synthetic grounding probe on a text backbone; a
 position is the target's index 0..N-1 in the context), `vlm` (`probes vlm train`: grounding a box
@@ -30,7 +31,8 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train.log"  # written by sweep workers; a directory holding only it is still fresh
 WORKER_PID_FILE = "worker.pid"  # written by Ray workers (probes.sweep_ray), likewise
-WORKER_FILES = (LOG_FILE, WORKER_PID_FILE)
+LOCK_FILE = ".lock"  # the writer's directory lock (probes.locks); left by a dead writer, still fresh
+WORKER_FILES = (LOG_FILE, WORKER_PID_FILE, LOCK_FILE)
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, POSITIONS_FILE, SUMMARY_FILE)
 
 # === Statuses (summary.json `status`) ===
@@ -63,7 +65,7 @@ HAS_POSITIONS: dict[str, bool] = {PROBE: True, VLM: True, PRETRAIN: False}
 # Fields of summary.json that every run writes (probes.rundir.run_summary), besides what a kind adds.
 SUMMARY_FIELDS = ("kind", "status", "threshold", "step_reached", "examples_to_threshold", "final_accuracy",
                   "best_accuracy", "final_step", "max_steps", "wall_seconds", "message", "train_examples_per_s",
-                  "eval_examples_per_s", "resumed_at")
+                  "eval_examples_per_s", "resumed_at", "threads_used", "bit_reproducible")
 
 
 def metric_columns(kind: str) -> list[str]:

@@ -3,8 +3,11 @@
     runs = expand_grid(SweepConfig(model=["pythia-tiny", "mamba-tiny"], n=[8], out="runs/tiny"))
     results = run_sweep(sweep_cfg, backend="local", jobs=2)
 
-Finished runs are skipped, unfinished ones resume from their checkpoints, new ones start. A
-backend is one entry of `BACKENDS`: a function that takes the runs still to do and returns one
+Finished runs are skipped, unfinished ones resume from their checkpoints, new ones start; a
+damaged run directory is reported (failed, with what to do) and the others go on. The sweep
+holds its directory's lock (probes.locks), each worker its run's; workers die with the sweep
+process (probes.locks.die_with_parent: PR_SET_PDEATHSIG on Linux) and run in their own process
+group. A backend is one entry of `BACKENDS`: a function that takes the runs still to do and returns one
 result per run; it learns about a run only through its run directory (summary.json), so any
 backend that can start `python -m probes.train --json CONFIG` somewhere can be added.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import probes
+from probes import locks
 from probes.config import GRID_KEYS, SweepConfig, TrainConfig, validate
 from probes.errors import UserError
-from probes.rundir import LOG_FILE, read_summary
+from probes.locks import PARENT_ENV
+from probes.rundir import LOG_FILE, RunDirError, read_summary
 from probes.tasks import read_meta
 from probes.train import inspect_run, run_name
 
@@ -61,12 +67,20 @@ def expand_grid(sweep: SweepConfig) -> list[TrainConfig]:
     return cfgs
 
 
+SWEEP_ADVICE = "move or remove that directory and run the sweep again"
+
+
 def plan(cfgs: list[TrainConfig], retry_failed: bool = False) -> tuple[list[Job], list[dict]]:
-    """(jobs to run, results of finished runs that are skipped). Checks every run directory
-    first, so a conflicting one stops the sweep before anything starts."""
+    """(jobs to run, results of runs that are not run: finished ones, skipped, and damaged or
+    conflicting ones, reported as failed with what to do). One bad run directory never stops
+    the others."""
     jobs, skipped = [], []
     for cfg in cfgs:
-        state, summary = inspect_run(cfg)
+        try:
+            state, summary = inspect_run(cfg)
+        except RunDirError as err:  # damaged, another config, another kind: report it, carry on
+            skipped.append(_result(cfg, None, "skipped", f"{err.reason}; {SWEEP_ADVICE}"))
+            continue
         if state == "finished" and not (retry_failed and summary["status"] == "failed"):
             skipped.append(_result(cfg, summary, "skipped"))
         else:
@@ -150,6 +164,14 @@ def _default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGTERM to the worker's process group (the worker and anything it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
 def _start(job: Job, threads: int) -> subprocess.Popen:
     job.dir.mkdir(parents=True, exist_ok=True)
     log = open(job.dir / LOG_FILE, "a")  # noqa: SIM115 - closed when the process ends
@@ -159,9 +181,11 @@ def _start(job: Job, threads: int) -> subprocess.Popen:
            "TOKENIZERS_PARALLELISM": "false"}
     root = str(Path(probes.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    # --threads: the share of a new run; a resumed run keeps the count its config.yaml records
     cmd = [sys.executable, "-m", "probes.train", "--json", job.cfg.model_dump_json(),
            "--threads", str(threads)] + (["--overwrite"] if job.action == "restart" else [])
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    env[PARENT_ENV] = str(os.getpid())  # the worker dies with this process (locks.die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -172,9 +196,18 @@ def _finished_result(job: Job, code: int) -> dict:
     except UserError:
         summary = None
     if summary is None or summary["status"] == "running":
-        return _result(job.cfg, None, job.action,
-                       f"worker exited with code {code} before the run finished; see {job.dir / LOG_FILE}")
+        reason = last_error(job.dir / LOG_FILE) or f"worker exited with code {code} before the run finished"
+        return _result(job.cfg, None, job.action, f"{reason}; see {job.dir / LOG_FILE}")
     return _result(job.cfg, summary, job.action)
+
+
+def last_error(log: Path) -> str | None:
+    """The worker's last `error: ...` line in its log (a UserError: a busy or damaged run), if any."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((ln.removeprefix("error: ") for ln in reversed(lines) if ln.startswith("error: ")), None)
 
 
 def run_local(jobs_todo: list[Job], jobs: int = 1, progress: bool = True, threads: int | None = None,
@@ -207,7 +240,7 @@ def run_local(jobs_todo: list[Job], jobs: int = 1, progress: bool = True, thread
                     on_done(result)
     except BaseException:
         for job, proc in active.values():  # unfinished runs stay resumable
-            proc.terminate()
+            stop_worker(proc)
         for job, proc in active.values():
             proc.wait()
             proc.log.close()
@@ -299,8 +332,20 @@ def run_sweep(sweep: SweepConfig, backend: str | None = None, jobs: int | None =
     """
     backend = backend or sweep.backend
     jobs = jobs or sweep.jobs
+    check_backend(backend)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: allowed: 1 or more threads per run")
+    with locks.hold(sweep.out, what="sweep"):  # one sweep per directory; each run also holds its own
+        return _run_sweep(sweep, backend, jobs, progress, retry_failed, threads)
+
+
+def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"unknown sweep backend '{backend}' (known: {', '.join(BACKENDS)})")
+
+
+def _run_sweep(sweep: SweepConfig, backend: str, jobs: int, progress: bool, retry_failed: bool,
+               threads: int | None) -> list[dict]:
     cfgs = expand_grid(sweep)
     todo, skipped = plan(cfgs, retry_failed)
     if progress and skipped:
@@ -312,7 +357,8 @@ def run_sweep(sweep: SweepConfig, backend: str | None = None, jobs: int | None =
                             **backend_options(sweep, backend)) if todo else []
     by_name = {r["run"]: r for r in [*skipped, *ran]}
     results = [by_name[run_name(c)] for c in cfgs]
-    Path(sweep.out).mkdir(parents=True, exist_ok=True)
-    (Path(sweep.out) / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    tmp = Path(sweep.out) / ".sweep.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, Path(sweep.out) / "sweep.json")
     return results
 

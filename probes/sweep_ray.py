@@ -124,12 +124,13 @@ def _host_port(address: str, ray) -> tuple[str, str]:
 def _train_task(cfg_json: str, threads: int) -> dict:
     """Body of one Ray task: train (or resume) one run in this worker process."""
     from probes.config import TrainConfig
-    from probes.train import train_run, with_threads
+    from probes.train import train_run
 
-    cfg = with_threads(TrainConfig.model_validate_json(cfg_json), threads)
+    cfg = TrainConfig.model_validate_json(cfg_json)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / WORKER_PID_FILE).write_text(f"{os.getpid()}\n")
-    return train_run(cfg, overwrite=False, progress=False)
+    # `threads`: the share of a new run; a resumed run keeps the count its config.yaml records
+    return train_run(cfg, overwrite=False, progress=False, default_threads=threads)
 
 
 def run_ray(jobs_todo: list[Job], jobs: int = 1, progress: bool = True, threads: int | None = None,

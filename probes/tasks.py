@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
-from probes.config import DataConfig, TokenConfig
+from probes import locks
+from probes.config import DataConfig, TokenConfig, format_validation_error
 from probes.errors import UserError
+from probes.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -73,9 +77,21 @@ def dataset_identity(cfg: DataConfig) -> dict:
             "train_size": cfg.train_size, "eval_size": cfg.eval_size}
 
 
+def _target_cycle(n: int, size: int) -> np.ndarray:
+    # int16 arange: its wrap-around past 32767 is kept so that existing datasets regenerate
+    # identically; it makes the counts of sets over 32,768 rows slightly uneven (expected_target_counts)
+    return np.arange(size, dtype=np.int16) % n
+
+
 def balanced_targets(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Target positions in shuffled order, each position used size // n or size // n + 1 times."""
-    return rng.permutation(np.arange(size, dtype=np.int16) % n)
+    """Target positions in shuffled order: each position used size // n or size // n + 1 times up to
+    32,768 rows; beyond, expected_target_counts (within about 1%)."""
+    return rng.permutation(_target_cycle(n, size))
+
+
+def expected_target_counts(n: int, size: int) -> np.ndarray:
+    """(n,) how often each position is a target in a generated set of `size` rows."""
+    return np.bincount(_target_cycle(n, size).astype(np.intp), minlength=n)
 
 
 def random_contexts(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,6 +147,24 @@ def count_shared_pairs(train: Split, heldout: Split) -> int:
     return len(shared_rows(train, heldout))
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: DataConfig) -> None:
+    """A UserError, before any work, when the dataset cannot fit in this machine's memory (the
+    generator holds a few int16 copies of the contexts at once)."""
+    need = 4 * 2 * cfg.n * (cfg.train_size + cfg.eval_size)
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise UserError(f"train_size={cfg.train_size:,} and eval_size={cfg.eval_size:,} at n={cfg.n} need about "
+                        f"{need / 2**30:,.0f} GiB of memory to generate; this machine has {have / 2**30:,.0f} GiB "
+                        f"(allowed: smaller sizes)")
+
+
 def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Dataset:
     """Held-out set from its own seed first, then training rows, redrawing any that collide.
 
@@ -139,6 +173,7 @@ def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Da
     """
     say = status or (lambda _msg: None)
     n = cfg.n
+    check_memory(cfg)
     say(f"held-out set: {cfg.eval_size:,} examples, n={n}")
     heldout = generate_split(n, cfg.eval_size, cfg.effective_heldout_seed)
 
@@ -170,14 +205,17 @@ def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Da
 
 
 def read_meta(out: Path) -> dict | None:
-    """meta.json of a dataset directory, or None when there is none."""
+    """meta.json of a dataset directory, or None when there is none; a damaged one is a UserError."""
     path = Path(out) / "meta.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable ({err}); remove the directory or choose another --out")
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is unreadable ({err}); regenerate the dataset (`probes generate --overwrite`)") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); regenerate the dataset (`probes generate --overwrite`)")
+    return meta
 
 
 def same_dataset(meta: dict, cfg: DataConfig) -> bool:
@@ -185,19 +223,26 @@ def same_dataset(meta: dict, cfg: DataConfig) -> bool:
     return all(meta.get(k) == v for k, v in wanted.items())
 
 
+def _dataset_file(name: str) -> bool:
+    """Files a dataset directory holds: the splits, meta.json, temporaries of a killed write, the lock."""
+    return name in ("meta.json", LOCK_FILE) or name in {f"{s}.npz" for s in SPLITS} or (
+        name.startswith(".") and name.endswith(".tmp"))
+
+
 def check_out_dir(out: Path, cfg: DataConfig, overwrite: bool = False) -> bool:
     """True when `out` already holds exactly this dataset (nothing to do).
 
-    A directory holding a different dataset, or other files, is an error unless `overwrite`.
+    A directory holding a different dataset, or other files, is an error unless `overwrite`; one
+    left incomplete by a killed `generate` (no meta.json, only dataset files) is written again.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; choose another --out")
     if not out.exists() or overwrite:
         return False
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
     meta = read_meta(out)
     if meta is None:
-        if any(out.iterdir()):
+        if any(not _dataset_file(p.name) for p in out.iterdir()):
             raise UserError(f"--out {out} is not empty and holds no dataset; choose an empty or new directory")
         return False
     if same_dataset(meta, cfg) and all((out / f"{s}.npz").exists() for s in SPLITS):
@@ -209,37 +254,170 @@ def check_out_dir(out: Path, cfg: DataConfig, overwrite: bool = False) -> bool:
     )
 
 
+def _write_npz(tmp: Path, split: Split) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, context=split.context, query=split.query, target_position=split.target_position)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_dataset(ds: Dataset, out: Path) -> None:
+    """Write DIR/train.npz, DIR/heldout.npz and DIR/meta.json atomically: all three go to temporary
+    files first (a full disk or a kill leaves the dataset there before intact, and no partial file),
+    then replace the old ones, meta.json last (a dataset without it is incomplete).
+    Call it holding the directory's lock (generate_into does)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # written last: a dataset without it is incomplete
-    for name, split in zip(SPLITS, (ds.train, ds.heldout)):
-        np.savez(out / f"{name}.npz", context=split.context, query=split.query,
-                 target_position=split.target_position)
-    (out / "meta.json").write_text(json.dumps(ds.meta(), indent=2) + "\n")
+    for tmp in out.glob(".*.tmp"):  # left by a killed write
+        tmp.unlink()
+    names = [f"{name}.npz" for name in SPLITS] + ["meta.json"]
+    tmps = {name: out / f".{name}.tmp" for name in names}
+    try:
+        for name, split in zip(names, (ds.train, ds.heldout)):
+            _write_npz(tmps[name], split)
+        tmps["meta.json"].write_text(json.dumps(ds.meta(), indent=2) + "\n")
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    (out / "meta.json").unlink(missing_ok=True)
+    for name in names:
+        os.replace(tmps[name], out / name)
 
 
-def load_dataset(out: str | Path) -> Dataset:
-    """Read a dataset written by `save_dataset`; a missing or damaged one is a UserError."""
+def generate_into(cfg: DataConfig, out: Path, overwrite: bool = False,
+                  status: Callable[[str], None] | None = None) -> Dataset | None:
+    """Generate `cfg`'s dataset into `out` holding the directory's lock (probes.locks): a second
+    `generate` into `out` meanwhile gets a UserError naming this one. None when `out` already
+    holds this dataset, checked by loading it (nothing done; a damaged one is a UserError)."""
+    with locks.hold(out, what="dataset"):
+        if check_out_dir(out, cfg, overwrite):
+            try:
+                load_dataset(out)
+            except UserError as err:
+                raise UserError(f"{err}; or `probes generate --overwrite`") from None
+            return None
+        ds = generate(cfg, status=status)
+        if status:
+            status(f"saving to {out}")
+        save_dataset(ds, out)
+        return ds
+
+
+def _meta_config(out: Path, meta: dict) -> DataConfig:
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{out} has dataset format {meta.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+    try:
+        return DataConfig(**{k: meta[k] for k in ("n", "layout", "seed", "heldout_seed", "train_size", "eval_size")})
+    except KeyError as err:
+        raise UserError(f"{out / 'meta.json'} is damaged (no {err.args[0]!r}); regenerate the dataset") from None
+    except ValidationError as err:
+        raise UserError(f"{out / 'meta.json'} is damaged ({format_validation_error(err, DataConfig)}); "
+                        f"regenerate the dataset") from None
+
+
+def _read_split(path: Path) -> Split:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Split(z["context"], z["query"], z["target_position"])
+    except Exception as err:  # noqa: BLE001 - truncated, empty, not a zip, a key missing: all one fault
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is missing or damaged ({text}); regenerate the dataset") from None
+
+
+def load_dataset(out: str | Path, validate: bool = True) -> Dataset:
+    """Read a dataset written by `save_dataset`; a missing, damaged or inconsistent one is a UserError
+    (validate_dataset checks every invariant unless `validate` is False)."""
     out = Path(out)
     meta = read_meta(out)
     if meta is None:
         raise UserError(f"no dataset at {out} (expected {out / 'meta.json'}); run `probes generate` first")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{out} has dataset format {meta.get('format_version')!r}; this version reads {FORMAT_VERSION}")
-    cfg = DataConfig(n=meta["n"], layout=meta["layout"], seed=meta["seed"], heldout_seed=meta["heldout_seed"],
-                     train_size=meta["train_size"], eval_size=meta["eval_size"])
-    splits = []
-    for name in SPLITS:
+    cfg = _meta_config(out, meta)
+    train, heldout = (_read_split(out / f"{name}.npz") for name in SPLITS)
+    ds = Dataset(cfg, train, heldout, meta.get("shared_pairs", 0), meta.get("resampled", 0))
+    if validate:
+        validate_dataset(out, ds)
+    return ds
+
+
+# === Validation: a dataset's own invariants, vectorised ===
+
+
+class _Bad(Exception):
+    """One broken invariant: what is wrong and the first bad row (or None)."""
+
+    def __init__(self, what: str, rows: np.ndarray | None = None):
+        self.what = what
+        self.row = int(np.flatnonzero(rows)[0]) if rows is not None else None
+
+
+def _check_arrays(split: Split, n: int, size: int) -> None:
+    for name in ("context", "query", "target_position"):
+        dtype = getattr(split, name).dtype
+        if not np.issubdtype(dtype, np.integer):
+            raise _Bad(f"{name} has dtype {dtype} (allowed: integers)")
+    if split.context.ndim != 2 or split.context.shape[1] != n:
+        raise _Bad(f"context has shape {split.context.shape}, expected (rows, {n}) for n={n} of meta.json")
+    for name in ("query", "target_position"):
+        shape = getattr(split, name).shape
+        if shape != (len(split.context),):
+            raise _Bad(f"{name} has shape {shape}, expected ({len(split.context)},) like context")
+    if len(split.context) != size:
+        raise _Bad(f"{len(split.context):,} rows but meta.json says {size:,}")
+
+
+def _check_rows(split: Split, n: int, chunk: int = 1 << 16) -> None:
+    """Each context row a permutation of 0..n-1, targets in range, query == context[row, target]."""
+    for name in ("query", "target_position"):
+        values = getattr(split, name)
+        bad = (values < 0) | (values >= n)
+        if bad.any():
+            raise _Bad(f"{name} outside 0..{n - 1}", bad)
+    # a row of indices in range is a permutation iff its sum of random 64-bit weights is the sum of
+    # all n (a row with a token twice matches with probability 2**-64): a gather and a sum, no sort
+    weights = np.random.default_rng(0).integers(0, 2**63, n, dtype=np.uint64)
+    total = weights.sum()
+    for start in range(0, len(split.context), chunk):
+        block = split.context[start:start + chunk]
+        bad = (block < 0).any(axis=1) | (block >= n).any(axis=1)
+        if bad.any():
+            raise _Bad(f"context holds a token index outside 0..{n - 1}", np.r_[np.zeros(start, bool), bad])
+        bad = weights[block].sum(axis=1) != total
+        if bad.any():
+            raise _Bad("context row is not a permutation of 0..n-1 (a token twice)", np.r_[np.zeros(start, bool), bad])
+    picked = np.take_along_axis(split.context, split.target_position[:, None].astype(np.intp), axis=1)[:, 0]
+    bad = picked != split.query
+    if bad.any():
+        raise _Bad("query is not the token at target_position", bad)
+
+
+def _check_balance(split: Split, n: int) -> None:
+    counts = np.bincount(split.target_position.astype(np.intp), minlength=n)
+    expected = expected_target_counts(n, len(split))
+    off = counts != expected
+    if off.any():
+        p = int(np.flatnonzero(off)[0])
+        raise _Bad(f"targets are not balanced: position {p} is the target of {counts[p]:,} rows "
+                   f"(expected {expected[p]:,})")
+
+
+def validate_dataset(out: Path, ds: Dataset) -> None:
+    """Check `ds` (read from `out`) against its invariants and meta.json; the first failure is a
+    UserError naming the file and the first bad row. Vectorised: 1M × 200 takes a few seconds."""
+    n = ds.config.n
+    for name, split, size in (("train", ds.train, ds.config.train_size), ("heldout", ds.heldout, ds.config.eval_size)):
         try:
-            with np.load(out / f"{name}.npz") as z:
-                split = Split(z["context"], z["query"], z["target_position"])
-        except (OSError, KeyError, ValueError) as err:
-            raise UserError(f"{out / (name + '.npz')} is missing or damaged ({err}); regenerate the dataset") from None
-        if split.n != cfg.n:
-            raise UserError(f"{out / (name + '.npz')} has n={split.n} but meta.json says n={cfg.n}")
-        splits.append(split)
-    return Dataset(cfg, splits[0], splits[1], meta.get("shared_pairs", 0), meta.get("resampled", 0))
+            _check_arrays(split, n, size)
+            _check_rows(split, n)
+            _check_balance(split, n)
+        except _Bad as bad:
+            where = f", first at row {bad.row}" if bad.row is not None else ""
+            raise UserError(f"{out / (name + '.npz')} is invalid: {bad.what}{where}; regenerate the dataset") from None
+    shared = shared_rows(ds.train, ds.heldout)
+    if len(shared) != ds.shared_pairs:
+        raise UserError(f"{out / 'train.npz'} is invalid: {len(shared):,} rows also occur in heldout.npz but "
+                        f"meta.json says {ds.shared_pairs:,}, first at row {int(shared[0]) if len(shared) else 0}; "
+                        f"regenerate the dataset")
 
 
 # === Token ids: the one place where indices meet a vocabulary ===

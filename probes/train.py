@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -417,21 +418,39 @@ class _Progress:
             self.bar.stop()
 
 
-def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
+def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True,
+              default_threads: int | None = None) -> dict:
     """Train one run to the threshold (or max_steps) and return its summary.
 
     A new run directory starts from scratch; an unfinished one resumes from its checkpoint; a
-    finished one is a UserError unless `overwrite`. torch uses `cfg.threads` CPU threads
-    (torch_threads) during the run.
+    finished one is a UserError unless `overwrite`. The run holds its directory's lock
+    (rundir.open_run) for its whole life. torch uses run_threads(...) CPU threads (torch_threads)
+    during the run, and config.yaml records the count.
     """
-    with torch_threads(cfg.threads, cfg.device, [cfg.model]) as threads:
-        return _train_run(cfg, overwrite, progress, threads)
-
-
-def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) -> dict:
     run = run_dir(cfg)
     # 'new' or 'resume'; a new run's directory is cleared below, once the model and data are known to load
-    state = rundir.start_state(cfg, run, RESUMABLE_CHANGES, overwrite)
+    with rundir.open_run(cfg, run, RESUMABLE_CHANGES, overwrite, log=_stderr) as state:
+        with torch_threads(run_threads(cfg, run, state, default_threads), cfg.device, [cfg.model]) as threads:
+            return _train_run(cfg.model_copy(update={"threads": threads}), state, progress, threads)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_threads(cfg, run: Path, state: str, default: int | None = None) -> int | str:
+    """The `threads` setting a run uses (then resolved by torch_threads): the config's when it names
+    one; else, on resume, the count config.yaml records (exact resume: float sums depend on it);
+    else `default` (a sweep worker's share) or "auto". A resume with another count than the
+    recorded one shows in summary.json (threads_used, bit_reproducible: false)."""
+    if cfg.threads != "auto":
+        return cfg.threads
+    recorded = rundir.recorded_threads(run) if state == "resume" else None
+    return recorded or default or "auto"
+
+
+def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> dict:
+    run = run_dir(cfg)
     found = latest_checkpoint(run) if state == "resume" else None
 
     from transformers.utils import logging as hf_logging
@@ -462,6 +481,7 @@ def _train_run(cfg: TrainConfig, overwrite: bool, progress: bool, threads: int) 
         restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         rec["resumed_at"] = [0]
+    rundir.note_threads(rec, threads)
     sched = make_scheduler(opt, cfg, rec["step"])
     if found is not None and "scheduler" in found[1]:
         sched.load_state_dict(found[1]["scheduler"])
@@ -583,11 +603,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m probes.train", description="Train one run.")
     parser.add_argument("--json", required=True, help="TrainConfig as JSON")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads where the config says auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of a new run where the config says auto (a resume keeps its count)")
     args = parser.parse_args(argv)
+    from probes.locks import die_with_parent
+
+    die_with_parent()  # a sweep worker: killed with its sweep, so a rerun never meets it still writing
     try:
-        cfg = with_threads(validate(TrainConfig, json.loads(args.json)), args.threads)
-        summary = train_run(cfg, overwrite=args.overwrite, progress=False)
+        cfg = validate(TrainConfig, json.loads(args.json))
+        summary = train_run(cfg, overwrite=args.overwrite, progress=False, default_threads=args.threads)
     except UserError as err:
         print(f"error: {err}", flush=True)
         return 2

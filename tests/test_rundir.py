@@ -166,10 +166,14 @@ def test_start_state_resumes_the_same_config_and_needs_overwrite_for_anything_el
     write_json(run / "summary.json", {"status": "reached", "threshold": 0.95, "step_reached": 5})
     with pytest.raises(UserError, match="holds a finished run .*pass --overwrite to start it again"):
         rundir.start_state(c, run, RESUMABLE)
-    (run / "config.yaml").write_text("model: pythia-tiny\nencoder: siglip-tiny\n")  # another kind of run
-    with pytest.raises(UserError, match=r"config.yaml is damaged \(unknown config key 'encoder'.*--overwrite"):
+    (run / "config.yaml").write_text("model: [pythia-tiny\n")  # damaged
+    with pytest.raises(UserError, match=r"config.yaml is damaged \(.*--overwrite"):
         rundir.start_state(c, run, RESUMABLE)
     assert rundir.start_state(c, run, RESUMABLE, overwrite=True) == "new"
+    (run / "config.yaml").write_text("model: pythia-tiny\nencoder: siglip-tiny\n")  # another kind of run
+    for overwrite in (False, True):  # never replaced: --overwrite would destroy that other run
+        with pytest.raises(rundir.OtherKindError, match=r"holds another kind of run .*'encoder'.*another --out"):
+            rundir.start_state(c, run, RESUMABLE, overwrite=overwrite)
 
 
 def test_starting_a_new_run_clears_what_a_run_wrote_and_nothing_else(tmp_path):
@@ -296,3 +300,78 @@ def test_run_summary_reports_the_first_evaluation_over_the_threshold(tmp_path):
     assert (s["kind"], empty["kind"]) == ("probe", "vlm") and set(s) == set(schema.SUMMARY_FIELDS)
     with pytest.raises(ValueError, match="unknown run kind 'text'"):
         run_summary(rec, c, "reached", "", 3.0, kind="text")
+
+
+# === One writer, and exact resume across thread counts ===
+
+
+def _tiny_run(out, **kw):
+    from probes.config import TrainConfig
+
+    return TrainConfig(**{"model": "pythia-tiny", "n": 4, "lr": 1e-3, "max_steps": 12, "eval_every": 3,
+                          "batch_size": 8, "train_size": 80, "eval_size": 12, "device": "cpu", "out": str(out),
+                          **kw})
+
+
+def _stop_after_first_checkpoint(monkeypatch):
+    import probes.train as train_mod
+
+    real = train_mod.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+
+
+def test_a_run_holds_its_directory_lock_for_its_whole_life(tmp_path, monkeypatch):
+    import probes.train as train_mod
+    from probes import locks
+
+    real, seen = train_mod.load_data, []
+
+    def load_data(cfg):
+        seen.append(locks.is_held(cfg.out))
+        return real(cfg)
+
+    monkeypatch.setattr(train_mod, "load_data", load_data)
+    train_mod.train_run(_tiny_run(tmp_path / "r"), progress=False)
+    assert seen == [True] and not locks.is_held(tmp_path / "r")
+    assert locks.read_holder(tmp_path / "r") is None  # released cleanly
+
+
+def test_a_resume_keeps_the_recorded_thread_count_unless_told_otherwise(tmp_path, monkeypatch):
+    import pandas as pd
+    import torch
+
+    from probes.train import train_run
+
+    before = torch.get_num_threads()
+    whole = train_run(_tiny_run(tmp_path / "whole", threads=2), progress=False)
+    assert whole["threads_used"] == [2] and whole["bit_reproducible"]
+    cfg = _tiny_run(tmp_path / "parts")
+    with monkeypatch.context() as m:
+        _stop_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(cfg, progress=False, default_threads=2)  # a sweep worker's share: 2
+    assert rundir.recorded_threads(tmp_path / "parts") == 2
+    resumed = train_run(cfg, progress=False, default_threads=1)  # a rerun with another --jobs: the share is 1
+    assert resumed["threads_used"] == [2, 2] and resumed["bit_reproducible"]
+    drop = ["train_examples_per_s", "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "metrics.parquet").drop(columns=drop),
+                                  pd.read_parquet(tmp_path / "parts" / "metrics.parquet").drop(columns=drop))
+    assert torch.get_num_threads() == before
+
+
+def test_a_resume_with_another_thread_count_is_marked_not_bit_reproducible(tmp_path, monkeypatch):
+    from probes.train import train_run
+
+    cfg = _tiny_run(tmp_path / "r", threads=2)
+    with monkeypatch.context() as m:
+        _stop_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(cfg, progress=False)
+    summary = train_run(cfg.model_copy(update={"threads": 1}), progress=False)  # the flag says otherwise
+    assert summary["threads_used"] == [2, 1] and summary["bit_reproducible"] is False
+    assert rundir.recorded_threads(tmp_path / "r") == 2  # config.yaml keeps the first count

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from probes import tasks
 from probes.config import DataConfig, TokenConfig
 from probes.errors import UserError
-from probes import tasks
 from probes.tasks import Split, TokenLayout
 
 
@@ -174,3 +174,131 @@ def test_missing_or_damaged_dataset_is_a_user_error(tmp_path, ds):
     (tmp_path / "d" / "heldout.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="damaged"):
         tasks.load_dataset(tmp_path / "d")
+
+
+# === Validation on load: a corrupted dataset is one line naming the file and the first bad row ===
+
+
+def _rewrite(out, split_name, **arrays):
+    with np.load(out / f"{split_name}.npz") as z:
+        data = {k: z[k] for k in ("context", "query", "target_position")}
+    data.update({k: v(data) if callable(v) else v for k, v in arrays.items()})
+    np.savez(out / f"{split_name}.npz", **data)
+
+
+def _set_row(key, row, value):
+    def change(data):
+        arr = data[key].copy()
+        arr[row] = value
+        return arr
+    return change
+
+
+def _swap_first_two(data):
+    ctx = data["context"].copy()
+    ctx[5, 0] = ctx[5, 1]  # a token twice in row 5
+    return ctx
+
+
+def _meta(out, **changes):
+    import json
+
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+CORRUPTIONS = [
+    ("negative index", lambda d: _rewrite(d, "train", context=_set_row("context", 3, -1)),
+     r"train.npz is invalid: context holds a token index outside 0..5, first at row 3"),
+    ("index too large", lambda d: _rewrite(d, "heldout", context=_set_row("context", 2, 99)),
+     r"heldout.npz is invalid: context holds a token index outside 0..5, first at row 2"),
+    ("duplicate token", lambda d: _rewrite(d, "train", context=_swap_first_two),
+     r"train.npz is invalid: context row is not a permutation .*first at row 5"),
+    ("floats", lambda d: _rewrite(d, "train", context=lambda x: x["context"].astype(np.float32)),
+     r"train.npz is invalid: context has dtype float32 \(allowed: integers\)"),
+    ("query shorter than context", lambda d: _rewrite(d, "train", query=lambda x: x["query"][:-1]),
+     r"train.npz is invalid: query has shape \(599,\), expected \(600,\)"),
+    ("target does not match query", lambda d: _rewrite(
+        d, "train", target_position=lambda x: (x["target_position"] + 1) % 6),
+     r"train.npz is invalid: query is not the token at target_position, first at row 0"),
+    ("unbalanced targets", lambda d: _rewrite(d, "train", **_unbalanced(_train(d))),
+     r"train.npz is invalid: targets are not balanced: position 0 is the target of 0 rows \(expected 100\)"),
+    ("held-out copied from training", lambda d: [
+        _rewrite(d, "heldout", **{k: (lambda x, k=k: _train(d)[k][:60]) for k in ("context", "query",
+                                                                                    "target_position")})],
+     r"(heldout.npz is invalid: targets are not balanced|rows also occur in heldout.npz)"),
+    ("wrong train_size in meta", lambda d: _meta(d, train_size=500), r"train.npz is invalid: 600 rows but meta.json says 500"),
+    ("wrong n in meta", lambda d: _meta(d, n=7), r"train.npz is invalid: context has shape \(600, 6\)"),
+    ("shared_pairs in meta", lambda d: _meta(d, shared_pairs=3), r"rows also occur in heldout.npz but meta.json says 3"),
+    ("meta not an object", lambda d: (d / "meta.json").write_text("[1, 2]"), r"meta.json is damaged"),
+    ("meta bad layout", lambda d: _meta(d, layout="sideways"), r"meta.json is damaged \(layout"),
+    ("empty split file", lambda d: (d / "heldout.npz").write_bytes(b""), r"heldout.npz is missing or damaged"),
+]
+
+
+def _train(out):
+    with np.load(out / "train.npz") as z:
+        return {k: z[k] for k in ("context", "query", "target_position")}
+
+
+def _unbalanced(data):
+    """Rows whose target is position 0 become target 1, their query following: consistent, unbalanced."""
+    target = data["target_position"].copy()
+    target[target == 0] = 1
+    query = np.take_along_axis(data["context"], target[:, None].astype(np.intp), axis=1)[:, 0]
+    return {"target_position": target, "query": query}
+
+
+@pytest.mark.parametrize("name, corrupt, expected", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_a_corrupted_dataset_is_refused_on_load(tmp_path, name, corrupt, expected):
+    out = tmp_path / "d"
+    tasks.save_dataset(tasks.generate(DataConfig(n=6, train_size=600, eval_size=60)), out)
+    tasks.load_dataset(out)  # valid before
+    corrupt(out)
+    with pytest.raises(UserError, match=expected) as info:
+        tasks.load_dataset(out)
+    assert "\n" not in str(info.value)
+
+
+def test_a_killed_generate_leaves_a_directory_the_rerun_completes(tmp_path):
+    cfg = DataConfig(n=4, train_size=40, eval_size=8)
+    out = tmp_path / "d"
+    tasks.save_dataset(tasks.generate(cfg), out)
+    (out / "meta.json").unlink()  # killed after both splits, before meta.json
+    (out / ".heldout.npz.tmp").write_bytes(b"partial")
+    assert tasks.check_out_dir(out, cfg) is False  # not refused: written again
+    assert tasks.generate_into(cfg, out) is not None
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "heldout.npz", "meta.json", "train.npz"]
+    assert tasks.generate_into(cfg, out) is None  # now complete: nothing to do
+
+
+def test_two_generates_into_one_directory_cannot_overlap(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    holder = ("import sys, time; from probes import locks\n"
+              "with locks.hold(sys.argv[1], what='dataset'):\n    print('held', flush=True); time.sleep(60)")
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "d")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": root})  # a generate in progress
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"in use by dataset writer PID {proc.pid}"):
+            tasks.generate_into(DataConfig(n=4, train_size=40, eval_size=8, seed=7), tmp_path / "d")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "d" / "meta.json").exists()
+
+
+def test_a_damaged_dataset_is_not_reported_as_already_there(tmp_path):
+    cfg = DataConfig(n=4, train_size=40, eval_size=8)
+    out = tmp_path / "d"
+    tasks.generate_into(cfg, out)
+    (out / "train.npz").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(UserError, match=r"train.npz is missing or damaged .*--overwrite"):
+        tasks.generate_into(cfg, out)
+    assert tasks.generate_into(cfg, out, overwrite=True) is not None
+    tasks.load_dataset(out)

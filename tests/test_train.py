@@ -88,7 +88,8 @@ def test_a_run_writes_the_spec_files(finished):
     run = Path(cfg.out)
     assert {"config.yaml", "metrics.parquet", "positions.parquet", "summary.json", "checkpoint"} <= {
         p.name for p in run.iterdir()}
-    assert TrainConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())) == cfg
+    saved = TrainConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    assert saved == cfg.model_copy(update={"threads": summary["threads"]})  # the count in effect is recorded
     assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert (run / "checkpoint" / "config.json").exists() and (run / "checkpoint" / "state.pt").exists()
 
@@ -339,7 +340,7 @@ def test_probes_train_uses_one_thread_on_cpu_and_gives_the_same_metrics_twice(tm
     assert two_torch_threads and set(two_torch_threads) == {1}
     assert torch.get_num_threads() == 2  # restored after the run
     pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "a")), without_timing(metrics(tmp_path / "b")))
-    assert load_config(TrainConfig, tmp_path / "a" / "config.yaml").threads == "auto"
+    assert load_config(TrainConfig, tmp_path / "a" / "config.yaml").threads == 1  # the resolved count is recorded
 
 
 def test_threads_follow_omp_num_threads_or_an_explicit_setting(tmp_path, cli_runner, monkeypatch, two_torch_threads):

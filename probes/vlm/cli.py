@@ -2,19 +2,20 @@
 
 Every option's default is its config field's default; `--config FILE.yaml` and flags combine and
 flags win; a user mistake prints one line and exits 2. The shared helpers (`user_errors`,
-`flags_given`, the consoles) live in cli.py and are looked up when a command runs, so this
-module and cli.py can import each other in any order.
+`flags_given`, the consoles) come from the library (probes.console); this module never imports
+the app script cli.py.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from probes.config import THREADS_HELP
+from probes.console import console, flags_given, out_console, user_errors
+from probes.errors import UserError
 from probes.vlm.config import VLMDataConfig, VLMEvalConfig, VLMTrainConfig
 
 vlm_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -24,21 +25,7 @@ _T, _D, _E = VLMTrainConfig.model_fields, VLMDataConfig.model_fields, VLMEvalCon
 ConfigOpt = typer.Option(None, "--config", help="YAML config file; flags given here win over it.")
 
 
-def _user_errors(fn):
-    """cli.user_errors, applied when the command runs (one red line and exit 2 for a UserError)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _given(ctx: typer.Context, mapping: dict[str, str]) -> dict:
-    from cli import flags_given
-
     given = flags_given(ctx, mapping)
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
 
@@ -61,7 +48,7 @@ _DATA_KEYS = {"data": "data.kind", "train_size": "data.train_size", "eval_size":
 
 
 @vlm_app.command()
-@_user_errors
+@user_errors
 def train(
     ctx: typer.Context,
     model: str = typer.Option(_T["model"].default, help="Backbone: pythia-* | mamba-* | *-tiny | hf:ID_OR_PATH."),
@@ -123,7 +110,6 @@ def train(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train one VLM run (stage 1: connector; stage 2: connector + LM) with grounding evaluation."""
-    from cli import console
     from probes.config import load_config
     from probes.vlm.train import train_vlm
 
@@ -158,7 +144,7 @@ _PREVIEW_KEYS = ["model", "encoder", "encoder2", "concat", "layout", "row_sep", 
 
 
 @vlm_app.command("preview")
-@_user_errors
+@user_errors
 def preview_(
     ctx: typer.Context,
     n: int = typer.Option(2, "-n", min=1, help="How many training sequences to print."),
@@ -174,7 +160,6 @@ def preview_(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Print the first training sequences as the model reads them: markers by name, image slots as p."""
-    from cli import out_console
     from probes.config import load_config
     from probes.vlm.train import preview
 
@@ -190,7 +175,7 @@ def preview_(
 
 
 @vlm_app.command("eval")
-@_user_errors
+@user_errors
 def eval_(
     ctx: typer.Context,
     run: Path = typer.Argument(..., metavar="RUN", show_default=False,
@@ -204,10 +189,11 @@ def eval_(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Score a trained run's latest checkpoint: greedy boxes, strict parse, Acc@IoU>=0.5."""
-    from cli import console, out_console
     from probes.config import load_config
     from probes.vlm.train import evaluate_run
 
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the predictions file's path (e.g. {out / 'predictions.jsonl'})")
     keys = ("eval_file", "eval_size", "box_format", "batch_size", "out", "device")
     ecfg = load_config(VLMEvalConfig, config, {"run": str(run), **_given(ctx, {k: k for k in keys})})
     result = evaluate_run(ecfg, log=lambda msg: console.print(msg, highlight=False, markup=False))

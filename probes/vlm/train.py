@@ -27,7 +27,7 @@ so `analysis/` reads VLM runs with the same loaders:
     summary.json       status, threshold, step_reached, examples_to_threshold, final_accuracy, ...
     checkpoint/        the LM (save_pretrained) and state.pt (connector, optimizer, RNG, metrics)
 
-The lifecycle is probes.rundir's (start_state), as for text runs: the same command resumes an
+The lifecycle is probes.rundir's (open_run: the lock and start_state), as for text runs: the same command resumes an
 unfinished run from its checkpoint (RESUMABLE_CHANGES may differ); a finished run, a damaged one or
 an unfinished one of another config is a one-line error unless `overwrite`, which starts it again.
 """
@@ -49,13 +49,14 @@ from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
     new_record,
+    note_threads,
+    open_run,
     rate,
     read_config,
     restore_record,
     run_summary,
     save_checkpoint,
     start_run_dir,
-    start_state,
     write_json,
     write_parquet,
 )
@@ -66,6 +67,7 @@ from probes.train import (
     format_lr,
     resolve_device,
     resolve_precision,
+    run_threads,
     torch_threads,
 )
 from probes.vlm.config import LEGACY_VALUES, VLMEvalConfig, VLMTrainConfig
@@ -277,15 +279,19 @@ def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict]
 
 
 def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Train one VLM run to the threshold (or max_steps); returns its summary. torch uses
-    `cfg.threads` CPU threads (probes.train.torch_threads) during the run."""
-    with torch_threads(cfg.threads, cfg.device, [cfg.model, *cfg.encoders]) as threads:
-        return _train_vlm(cfg, overwrite, log or (lambda _msg: None), threads)
-
-
-def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None], threads: int) -> dict:
+    """Train one VLM run to the threshold (or max_steps); returns its summary. The run holds its
+    directory's lock for its whole life (probes.rundir.open_run), and torch uses the thread count
+    of probes.train.run_threads (a resume keeps the recorded one) during the run."""
+    log = log or (lambda _msg: None)
     run = run_dir(cfg)
-    state = start_state(cfg, run, RESUMABLE_CHANGES, overwrite)  # probes.rundir's lifecycle, as text runs
+    with open_run(cfg, run, RESUMABLE_CHANGES, overwrite, log=log) as state:  # probes.rundir's lifecycle
+        models = [cfg.model, *cfg.encoders]
+        with torch_threads(run_threads(cfg, run, state), cfg.device, models) as threads:
+            return _train_vlm(cfg.model_copy(update={"threads": threads}), state, log, threads)
+
+
+def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], threads: int) -> dict:
+    run = run_dir(cfg)
     found = latest_checkpoint(run) if state == "resume" else None
     if state == "resume":  # a run from before a key existed continues as it began
         cfg = cfg.model_copy(update=legacy_values(run))
@@ -320,6 +326,7 @@ def _train_vlm(cfg: VLMTrainConfig, overwrite: bool, log: Callable[[str], None],
     elif state == "resume":  # killed before its first checkpoint: start again from step 0
         for f in (run / "predictions").glob("step_*.parquet"):
             f.unlink()
+    note_threads(rec, threads)
     model.train()
 
     info = {"kind": "vlm", "run": run_name(cfg), "device": str(device),
