@@ -8,12 +8,18 @@
 #    evaluation every 1% on the whole held-out set (configs/study-probe.yaml)
 # Every step resumes: run the same command again after a kill. Past DEADLINE_SECONDS (default: none)
 # the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
+# Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); JOBS runs at once per
+# sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run. The best lrs are kept
+# in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
 DEADLINE=${2:-0}
 cd "$(dirname "$0")/.."
 probes() { python3 -c "from cli import app; app()" "$@"; }
 T0=$(date +%s)
+JOBS=${JOBS:-6}
+N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
+SET_ARGS=(); for kv in ${SET:-}; do SET_ARGS+=(--set "$kv"); done
 # the best lr of a search: the fewest steps to 95% among runs that reached it, else the best accuracy
 best_lr() {
   python3 - "$1" <<'PY'
@@ -44,6 +50,8 @@ for m in "${MODELS[@]}"; do
 done
 
 stamp "3. learning-rate search"
+LRS=$W/best_lr.txt
+if [ -s "$LRS" ]; then echo "using $LRS"; else
 pids=()
 for m in "${MODELS[@]}"; do
   for w in hf config; do
@@ -53,15 +61,17 @@ for m in "${MODELS[@]}"; do
   done
 done
 wait "${pids[@]}"
+for m in "${MODELS[@]}"; do for w in hf config; do echo "$w:$m $(best_lr "$W/lr/$w-$m")"; done; done > "$LRS"
+fi
+cat "$LRS"
 
 stamp "4. the probe"
 pids=()
 for m in "${MODELS[@]}"; do
   for w in hf config; do
-    lr=$(best_lr "$W/lr/$w-$m")
-    echo "$w:$m best lr $lr"
+    lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
     probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$w-$m" \
-      --jobs 6 --no-progress > "$W/probe-$w-$m.log" 2>&1 &
+      "${N_ARGS[@]}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$w-$m.log" 2>&1 &
     pids+=($!)
   done
 done
