@@ -44,10 +44,11 @@ from collections.abc import Callable
 
 import torch
 
+from probes import train
 from probes.backbones import slot_logits
 from probes.config import TrainConfig
 from probes.errors import UserError
-from probes.train import Targets, compute_loss, resolve_precision, train_step
+from probes.train import Targets, compute_loss, resolve_precision
 
 EAGER_STEPS = 3  # eager warm-up calls before the capture (torch's own recipe uses 3)
 
@@ -60,7 +61,7 @@ def make_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Tra
     is off or `device` is not CUDA, else a GraphedTrainStep (same updates, one graph replay)."""
     autocast = resolve_precision(cfg.precision, device)
     if not cfg.cuda_graphs or device.type != "cuda":
-        return functools.partial(train_step, model, opt, autocast=autocast, grad_clip=cfg.grad_clip)
+        return functools.partial(train.train_step, model, opt, autocast=autocast, grad_clip=cfg.grad_clip)
     return GraphedTrainStep(model, opt, autocast, cfg.grad_clip)
 
 
