@@ -23,10 +23,13 @@ grad_clip bound) when `cfg.cuda_graphs` is off or the device is not CUDA, else a
   `sched.state_dict()` are exactly the eager path's (float lr, capturable False): a checkpoint
   made by either path resumes with either. (torch >= 2.2 schedulers fill a tensor lr in place, but
   `probes.schedules.build_schedule` assigns floats, so relying on that would silently freeze lr.)
-  The tensor and capturable=True are put into the groups only while capturing. The fused AdamW
-  kernel reads a tensor lr as float32 and a float lr as double: fp32 graphed and eager updates
-  agree bit for bit where each lr is a float32 number (2**-8 * k/32, say), else they differ by
-  that rounding (relative 6e-8 of the lr);
+  The tensor and capturable=True are put into the groups only while capturing;
+* numerics: the eager step's, with two exceptions of rounding size. The fused AdamW kernel reads
+  a tensor lr as float32 and a float lr as double, so updates agree bit for bit only where each
+  lr is a float32 number (2**-8 * k/32, say). And under capture transformers skips GPT-NeoX's
+  data-dependent packed-sequence check (a host sync in every eager forward) and gives SDPA a
+  materialized causal mask instead of is_causal=True: the same attention by another kernel.
+  Mamba has neither: with float32 lrs its graphed run is the eager run, bit for bit;
 * `opt.load_state_dict` replaces the optimizer state tensors the graph points at: a post-load
   hook drops the graph, and the next EAGER_STEPS calls are eager again before a new capture;
 * shapes are static: a call whose (x, y) shape or dtype, or whose scored slots, differ from the

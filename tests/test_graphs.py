@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 
 import pytest
 import torch
@@ -110,6 +111,29 @@ def test_the_graphed_step_body_trains_to_the_eager_losses(model):
         assert torch.equal(a, b)
 
 
+def test_gpt_neox_under_capture_takes_a_materialized_mask_to_the_same_losses(monkeypatch):
+    """While a stream captures, transformers skips its packed-sequence check (a host sync) and
+    gives SDPA an explicit causal mask instead of is_causal=True: the graphed GPT-NeoX forward.
+    Here that path is forced on CPU: same losses (bit for bit on CPU's SDPA)."""
+    import transformers.masking_utils as masking
+
+    eager = Run("pythia-tiny", "cpu", batch_size=4)
+    want = eager.train(eager.eager(), 4)
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask") is not None and not kwargs.get("is_causal"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(masking, "is_tracing", lambda tensor=None: True)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    captured = Run("pythia-tiny", "cpu", batch_size=4)
+    step = GraphedTrainStep(captured.model, captured.opt, captured.autocast, captured.cfg.grad_clip)
+    assert captured.train(step, 4) == pytest.approx(want, rel=1e-6)
+    assert masks and all(masks)
+
+
 def test_an_optimizer_that_cannot_be_captured_is_one_clear_error():
     run = Run("pythia-tiny", "cpu")
     sgd = torch.optim.SGD(run.model.parameters(), lr=0.1)
@@ -122,13 +146,21 @@ def test_an_optimizer_that_cannot_be_captured_is_one_clear_error():
 # === CUDA ===
 
 
-def same_or_close(got: list[float], want: list[float], exact: bool, rtol: float) -> None:
-    if exact:
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # relative, on the losses, where they cannot be bit for bit
+
+
+def same_or_close(got: list[float], want: list[float], model: str, precision: str = "fp32") -> None:
+    """Bit for bit where the graph runs the eager kernels and eager training is deterministic:
+    Mamba. A GPT-NeoX graph cannot: under capture transformers skips its data-dependent
+    packed-sequence check (a host sync) and hands SDPA a materialized causal mask, where the eager
+    step passes is_causal=True, so the attention kernel differs."""
+    if model.startswith("mamba") and eager_is_deterministic(model, precision):
         assert got == want
     else:
-        assert got == pytest.approx(want, rel=rtol, abs=rtol)
+        assert got == pytest.approx(want, rel=TOLERANCE[precision], abs=TOLERANCE[precision])
 
 
+@functools.cache
 def eager_is_deterministic(model: str, precision: str) -> bool:
     a, b = Run(model, "cuda", precision), Run(model, "cuda", precision)
     return a.train(a.eager(), 5) == b.train(b.eager(), 5)
@@ -154,9 +186,8 @@ def test_graphed_training_gives_the_eager_losses(model, precision, no_tf32):
     got = graphed.train(step, STEPS)
     assert step.captures == 1 and step.replays == STEPS - EAGER_STEPS and step.eager_calls == EAGER_STEPS
     lrs = [schedules.lr_of_update(graphed.sched, k) for k in range(STEPS)]
-    assert all(a != b for a, b in zip(lrs, lrs[1:])) and all(float(torch.tensor(v)) == v for v in lrs)
-    exact = precision == "fp32" and eager_is_deterministic(model, precision)
-    same_or_close(got, want, exact, rtol=1e-5 if precision == "fp32" else 3e-2)
+    assert all(a != b for a, b in itertools.pairwise(lrs)) and all(float(torch.tensor(v)) == v for v in lrs)
+    same_or_close(got, want, model, precision)
     assert got[-1] < got[0]  # it trains
 
 
@@ -173,7 +204,7 @@ def test_a_graphed_run_resumes_from_an_eager_checkpoint_and_makes_the_same_forma
     step = make_train_step(resumed.model, resumed.opt, resumed.cfg, resumed.device)
     got = resumed.train(step, 12)
     assert step.captures == 1
-    same_or_close(got, want, eager_is_deterministic(model, "fp32"), rtol=1e-5)
+    same_or_close(got, want, model)
     # the graphed run's checkpoint is the eager format: float lr, capturable False, the same keys
     saved, ref = resumed.opt.state_dict(), first.opt.state_dict()
     for group, ref_group in zip(saved["param_groups"], ref["param_groups"], strict=True):
@@ -184,8 +215,7 @@ def test_a_graphed_run_resumes_from_an_eager_checkpoint_and_makes_the_same_forma
     # and an eager run resumes from it to the graphed run's losses
     back = Run(model, "cuda")
     back.restore(resumed.checkpoint())
-    same_or_close(back.train(back.eager(), 4), resumed.train(step, 4), eager_is_deterministic(model, "fp32"),
-                  rtol=1e-5)
+    same_or_close(back.train(back.eager(), 4), resumed.train(step, 4), model)
 
 
 @pytest.mark.cuda
@@ -218,4 +248,4 @@ def test_graphed_matches_eager_after_a_reload_mid_run(no_tf32):
     graphed.restore(graphed.checkpoint())
     got += graphed.train(step, 8)
     assert step.captures == 2
-    same_or_close(got, want, eager_is_deterministic("pythia-tiny", "fp32"), rtol=1e-5)
+    same_or_close(got, want, "pythia-tiny")
