@@ -47,25 +47,28 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from probes import train
+from probes import train  # used as train.NAME at call time: no import cycle if the loop imports this module
 from probes.backbones import slot_logits
 from probes.config import TrainConfig
 from probes.errors import UserError
-from probes.train import Targets, compute_loss, resolve_precision
+
+if TYPE_CHECKING:
+    from probes.train import Targets
 
 EAGER_STEPS = 3  # eager warm-up calls before the capture (torch's own recipe uses 3)
 
-TrainStep = Callable[[torch.Tensor, torch.Tensor, Targets], torch.Tensor]
+TrainStep = Callable[[torch.Tensor, torch.Tensor, "Targets"], torch.Tensor]
 
 
 def make_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
                     device: torch.device) -> TrainStep:
     """`step(x, y, targets) -> detached loss`: the eager probes.train.train_step when cfg.cuda_graphs
     is off or `device` is not CUDA, else a GraphedTrainStep (same updates, one graph replay)."""
-    autocast = resolve_precision(cfg.precision, device)
+    autocast = train.resolve_precision(cfg.precision, device)
     if not cfg.cuda_graphs or device.type != "cuda":
         return functools.partial(train.train_step, model, opt, autocast=autocast, grad_clip=cfg.grad_clip)
     return GraphedTrainStep(model, opt, autocast, cfg.grad_clip)
@@ -96,6 +99,8 @@ class GraphedTrainStep:
 
     def reset(self) -> None:
         """Drop the graph: the next `eager_steps` calls are eager, then a new capture."""
+        if getattr(self, "graph", None) is not None:
+            torch.cuda.synchronize(self.device)  # no replay in flight when the graph and its pool go
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple | None = None
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # x, y, loss
@@ -137,7 +142,7 @@ class GraphedTrainStep:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None,
                             cache_enabled=False):
             logits = slot_logits(self.model, x, slots)
-        loss = compute_loss(logits, y)
+        loss = train.compute_loss(logits, y)
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
