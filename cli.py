@@ -498,7 +498,7 @@ def demo(
 @user_errors
 def bench(
     models: list[str] = typer.Option(["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"], "--model",
-                                     help="Model spec NAME[@BACKEND][:bBATCH][:gc][:fr] (repeat the option)."),
+                                     help="Model spec NAME[@BACKEND][:bBATCH][:gc][:fr][:cg] (repeat the option)."),
     batch_size: int = typer.Option(64, help="Training batch (the paper's 64)."),
     n: int = typer.Option(200, "--n", help="N: sequence length N + 3 (the paper's 203)."),
     steps: int = typer.Option(10, help="Timed training steps per model."),

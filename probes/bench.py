@@ -5,18 +5,22 @@
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
               profile: list[str] | None = None) -> pandas.DataFrame
 
-(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc][:fr]`: a
+(`probes bench` calls this.) Each entry of `models` is `NAME[@BACKEND][:bBATCH][:gc][:fr][:cg]`: a
 BACKBONES name, optionally the Mamba scan backend (auto | triton | mamba-ssm | torch | reference; default
-auto), a batch size for that row only, `gc` for gradient checkpointing and `fr` for the fused
-residual add + RMSNorm (probes.kernels.fuse_residual_norm, a lever not yet on in `probes train`). Example:
-`["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"]`.
+auto), a batch size for that row only, `gc` for gradient checkpointing, `fr` for the fused
+residual add + RMSNorm (probes.kernels.fuse_residual_norm, a lever not yet on in `probes train`) and
+`cg` for the training step replayed as one CUDA graph (config key cuda_graphs, probes.graphs; on CUDA
+only, a CPU row runs eagerly and says so in its `cuda_graphs` column). Example:
+`["pythia-160m", "pythia-160m:cg", "mamba-130m", "mamba-130m:cg", "mamba-130m@reference:b16"]`.
 
 What is measured, per row, is what `probes train` runs (probes.train), nothing of its own:
 * the row's TrainConfig (`row_config`): the model, batch, N, lr, scan backend and gradient
   checkpointing of the row, every other setting the run default (precision auto = bf16 autocast
   on CUDA, grad_clip, weight decay, schedule); data generated from the seeds, just large enough;
 * training step = one iteration of the loop (`RunStep`): encode the step's batch, copy it to the
-  device, `probes.train.train_step(model, opt, x, y, targets, autocast, grad_clip)` with the
+  device, the step of `probes.graphs.make_train_step(model, opt, cfg, device)` (the eager
+  `probes.train.train_step(model, opt, x, y, targets, autocast, grad_clip)`, or its CUDA graph on a
+  `:cg` row, whose warm-up covers the graph's eager steps and its capture) with the
   optimizer of `probes.train.make_optimizer(model, cfg, device)` (AdamW, fused on CUDA) and the
   scheduler of `probes.train.make_scheduler(opt, cfg)`, stepped; the model is
   `probes.train.build_model` (N + 2 new token rows, fp32 master weights); s/step and tokens/s
@@ -26,8 +30,9 @@ What is measured, per row, is what `probes train` runs (probes.train), nothing o
 * evaluation = `probes.train.evaluate` over a held-out set of eval_batch_size x eval_steps
   examples (default eval batch 4 x batch): examples/s.
 A row that runs out of memory is kept with status `oom`. Ratios: each Mamba row against the
-Pythia row of matching size (`vs_pythia`), and each fast Mamba row against the same model's
-`@reference` row (`vs_reference`, tokens/s). Writes bench.csv, bench.md and bench.json to out_dir.
+Pythia row of matching size (`vs_pythia`; a `:cg` row against a `:cg` Pythia row where there is
+one), each fast Mamba row against the same model's `@reference` row (`vs_reference`, tokens/s),
+and each `:cg` row against the same spec without it (`vs_eager`, tokens/s). Writes bench.csv, bench.md and bench.json to out_dir.
 """
 
 from __future__ import annotations
@@ -48,28 +53,32 @@ PAIRS = {"mamba-130m": "pythia-160m", "mamba-370m": "pythia-410m", "mamba-790m":
          "mamba-1.4b": "pythia-1.4b", "mamba-2.8b": "pythia-2.8b", "mamba-tiny": "pythia-tiny"}
 
 
+# spec flags: gradient checkpointing, fused residual + RMSNorm, CUDA graphs
+FLAGS = ("gc", "fr", "cg")
+
+
 # === Models ===
 
 
 def parse_spec(spec: str) -> dict:
-    """`mamba-130m@triton:b16:gc:fr` -> {name, backend, batch, gc, fr}."""
+    """`mamba-130m@triton:b16:gc:fr:cg` -> {name, backend, batch, gc, fr, cg}."""
     head, *opts = spec.split(":")
     name, _, backend = head.partition("@")
-    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, "gc": False, "fr": False}
+    out = {"spec": spec, "name": name, "backend": backend or None, "batch": None, **dict.fromkeys(FLAGS, False)}
     for o in opts:
-        if o in ("gc", "fr"):
+        if o in FLAGS:
             out[o] = True
         elif o.startswith("b") and o[1:].isdigit():
             out["batch"] = int(o[1:])
         else:
-            raise UserError(f"bad option '{o}' in --model '{spec}' (allowed: NAME[@BACKEND][:bNN][:gc][:fr])")
+            raise UserError(f"bad option '{o}' in --model '{spec}' (allowed: NAME[@BACKEND][:bNN][:gc][:fr][:cg])")
     return out
 
 
 def row_config(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int | None,
                eval_steps: int, lr: float, seed: int, device: str):
-    """The TrainConfig of a run this row stands for: its model, batch, N, lr, scan backend and
-    gradient checkpointing; every other setting (precision, grad_clip, weight decay, schedule) is
+    """The TrainConfig of a run this row stands for: its model, batch, N, lr, scan backend, gradient
+    checkpointing and CUDA graphs; every other setting (precision, grad_clip, weight decay, schedule) is
     the run default. The data sets are just large enough for the timed steps and evaluation."""
     from probes.config import TrainConfig
 
@@ -77,6 +86,7 @@ def row_config(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eva
     EB = eval_batch_size or 4 * B
     return TrainConfig(model=spec["name"], n=n, lr=lr, seed=seed, batch_size=B, device=device,
                        scan_backend=spec["backend"] or "auto", gradient_checkpointing=spec["gc"],
+                       cuda_graphs=spec.get("cg", False),
                        eval_batch_size=EB, train_size=max(n, B * (steps + warmup + 3)),
                        eval_size=max(n, EB * eval_steps))
 
@@ -123,11 +133,13 @@ def _is_oom(err: BaseException) -> bool:
 
 class RunStep:
     """One iteration of probes.train's loop, as the loop runs it: encode the batch of `step`
-    (BatchOrder), copy it to the device, `train.train_step` (zero_grad, forward through the scored
-    slots, loss, backward, clipping, optimizer step) and the scheduler's step."""
+    (BatchOrder), copy it to the device, the step of `graphs.make_train_step` (`train.train_step`:
+    zero_grad, forward through the scored slots, loss, backward, clipping, optimizer step; or its
+    CUDA graph when cfg.cuda_graphs) and the scheduler's step."""
 
     def __init__(self, cfg, device: torch.device, fuse_residual: bool = False):
         from probes import train
+        from probes.graphs import GraphedTrainStep, make_train_step
         from probes.tasks import TokenLayout
 
         self.train, self.cfg, self.device = train, cfg, device
@@ -149,13 +161,15 @@ class RunStep:
         self.model.train()
         self.opt = train.make_optimizer(self.model, cfg, device)
         self.sched = train.make_scheduler(self.opt, cfg)
+        self.train_step = make_train_step(self.model, self.opt, cfg, device)
+        self.graphed = isinstance(self.train_step, GraphedTrainStep)
         self.step = 0
 
     def __call__(self) -> torch.Tensor:
         x_np, answers_np = self.layout.encode(self.data.train, self.order.rows(self.step))
         x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
         y = self.targets.ids(torch.from_numpy(answers_np).to(self.device, non_blocking=True))
-        loss = self.train.train_step(self.model, self.opt, x, y, self.targets, self.autocast, self.cfg.grad_clip)
+        loss = self.train_step(x, y, self.targets)
         self.sched.step()
         self.step += 1
         return loss
@@ -166,7 +180,7 @@ class RunStep:
 
     def drop_optimizer(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        self.opt = self.sched = None
+        self.opt = self.sched = self.train_step = None  # a graph holds its memory pool until dropped
 
 
 def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval_batch_size: int | None,
@@ -185,7 +199,7 @@ def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval
         with train.torch_threads(cfg.threads, cfg.device, [cfg.model]):
             step = RunStep(cfg, dev, fuse_residual=spec.get("fr", False))
             row.update(family=step.bb.family, backend=step.backend or "-",
-                       fused_residual=getattr(step, "fused_residual", False),
+                       fused_residual=getattr(step, "fused_residual", False), cuda_graphs=step.graphed,
                        precision="bf16" if step.autocast is not None else "fp32", grad_clip=cfg.grad_clip,
                        params_M=round(train.count_parameters(step.model) / 1e6, 1))
             if profile_dir is not None:
@@ -208,8 +222,14 @@ def bench_one(spec: dict, batch_size: int, n: int, steps: int, warmup: int, eval
 
 def _time_training(row: dict, step: RunStep, steps: int, warmup: int, device: str, max_seconds: float) -> None:
     B, L = row["batch_size"], row["seq_len"]
-    try:  # the reference scan is slow and its timing stable: one warm-up step is enough
-        s, done = _timed(step, steps, 1 if row["backend"] == "reference" else warmup, device, max_seconds)
+    if row["backend"] == "reference":  # the reference scan is slow and its timing stable
+        warmup = 1
+    if step.graphed:  # the graph's eager steps and its capture are warm-up, never timed
+        from probes.graphs import EAGER_STEPS
+
+        warmup = max(warmup, EAGER_STEPS + 1)
+    try:
+        s, done = _timed(step, steps, warmup, device, max_seconds)
         row.update(train_s_per_step=s, train_steps_timed=done, train_tokens_per_s=B * L / s,
                    train_examples_per_s=B / s, peak_mem_GB=_peak_gb(device), status="ok")
     except RuntimeError as err:
@@ -255,15 +275,20 @@ def _profile(step, device: str, path: Path, n: int = 3) -> None:
 # === Table ===
 
 
-def _ratios(df):
+def add_ratios(df):
+    """The table with its ratio columns (module docstring): vs_pythia_tokens, vs_pythia_mem,
+    vs_reference, and vs_eager where a `:cg` row has its eager twin."""
     df["vs_pythia_tokens"] = None
     df["vs_pythia_mem"] = None
     df["vs_reference"] = None
+    _vs_eager(df)
     for i, r in df.iterrows():
         if r.get("family") != "mamba" or r.get("status") != "ok":
             continue
         pair = PAIRS.get(r["name"])
         p = df[(df["name"] == pair) & (df["status"] == "ok")] if pair else df.iloc[0:0]
+        if "cuda_graphs" in df.columns and (p["cuda_graphs"] == r["cuda_graphs"]).any():
+            p = p[p["cuda_graphs"] == r["cuda_graphs"]]  # graphed against graphed, eager against eager
         if len(p):
             df.at[i, "vs_pythia_tokens"] = r["train_tokens_per_s"] / p.iloc[0]["train_tokens_per_s"]
             if r.get("peak_mem_GB") and p.iloc[0].get("peak_mem_GB"):
@@ -273,6 +298,26 @@ def _ratios(df):
             if len(ref):
                 df.at[i, "vs_reference"] = r["train_tokens_per_s"] / ref.iloc[0]["train_tokens_per_s"]
     return df
+
+
+def _vs_eager(df) -> None:
+    """`vs_eager`: tokens/s of each `:cg` row over the same spec's row without `:cg`."""
+    df["vs_eager"] = None
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df.iloc[0:0]
+    eager = {spec_without_cg(r["model"]): r["train_tokens_per_s"] for _, r in ok.iterrows()
+             if not parse_spec(r["model"])["cg"]}
+    for i, r in ok.iterrows():
+        base = spec_without_cg(r["model"])
+        if parse_spec(r["model"])["cg"] and base in eager:
+            df.at[i, "vs_eager"] = r["train_tokens_per_s"] / eager[base]
+    if df["vs_eager"].isna().all():  # no `:cg` row with its eager twin: no column
+        del df["vs_eager"]
+
+
+def spec_without_cg(spec: str) -> str:
+    """`mamba-130m:cg:b16` -> `mamba-130m:b16`."""
+    head, *opts = spec.split(":")
+    return ":".join([head, *(o for o in opts if o != "cg")])
 
 
 def _fmt(v) -> str:
@@ -287,7 +332,7 @@ MD_COLS = [("model", "model"), ("backend", "scan"), ("batch_size", "batch"), ("p
            ("train_s_per_step", "s/step"), ("train_tokens_per_s", "train tokens/s"),
            ("peak_mem_GB", "peak mem (GiB)"), ("eval_examples_per_s", "eval examples/s"),
            ("vs_pythia_tokens", "tokens/s vs Pythia"), ("vs_pythia_mem", "memory vs Pythia"),
-           ("vs_reference", "vs reference scan"), ("status", "status")]
+           ("vs_reference", "vs reference scan"), ("vs_eager", "CUDA graph vs eager"), ("status", "status")]
 
 
 def to_markdown(df, header: str = "") -> str:
@@ -361,7 +406,7 @@ def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int 
         if verbose:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         pd.DataFrame(rows).to_csv(out / "bench.csv", index=False)  # partial results survive a crash
-    df = _ratios(pd.DataFrame(rows))
+    df = add_ratios(pd.DataFrame(rows))
     env = environment(device)
     args = {"models": models, "batch_size": batch_size, "n": n, "seq_len": n + 3, "steps": steps,
             "warmup": warmup, "eval_batch_size": eval_batch_size, "eval_steps": eval_steps, "lr": lr, "seed": seed,
@@ -377,4 +422,5 @@ def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int 
     return df
 
 
-__all__ = ["PAIRS", "RunStep", "bench_one", "parse_spec", "row_config", "run_bench", "to_markdown"]
+__all__ = ["FLAGS", "PAIRS", "RunStep", "add_ratios", "bench_one", "parse_spec", "row_config", "run_bench", "spec_without_cg",
+           "to_markdown"]

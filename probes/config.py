@@ -233,6 +233,8 @@ class TrainConfig(Config):
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
     scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | torch | reference")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
+    cuda_graphs: bool = Field(False, description="replay the whole training step as one CUDA graph (probes.graphs; "
+                                                 "fewer launches for small models; CUDA only, ignored on CPU)")
     eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)

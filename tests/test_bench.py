@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cli import app
+from probes.errors import UserError
 
 
 # Until the protocol branch (probes.train's make_optimizer / make_scheduler / train_step) is merged,
@@ -76,7 +77,7 @@ def test_bench_times_probes_train_step_and_evaluation(monkeypatch, tmp_path):
         def wrapped(*args, **kwargs):
             calls[name] += 1
             if name == "train_step":
-                seen["grad_clip"], seen["x_shape"] = args[6], tuple(args[2].shape)
+                seen["grad_clip"], seen["x_shape"] = kwargs["grad_clip"], tuple(args[2].shape)
             if name == "make_optimizer":
                 seen["cfg"] = args[1]
             return real(*args, **kwargs)
@@ -119,5 +120,35 @@ def test_parse_spec_options():
 
     assert parse_spec("mamba-130m@triton:b16:gc:fr") == {
         "spec": "mamba-130m@triton:b16:gc:fr", "name": "mamba-130m", "backend": "triton", "batch": 16,
-        "gc": True, "fr": True}
+        "gc": True, "fr": True, "cg": False}
     assert parse_spec("pythia-160m")["fr"] is False
+    assert parse_spec("mamba-130m:cg:b8") == {"spec": "mamba-130m:cg:b8", "name": "mamba-130m", "backend": None,
+                                              "batch": 8, "gc": False, "fr": False, "cg": True}
+    with pytest.raises(UserError, match=r"bad option 'cuda' in --model 'pythia-160m:cuda' .*\[:cg\]"):
+        parse_spec("pythia-160m:cuda")
+
+
+def test_cuda_graph_rows_reach_the_config_and_compare_with_their_eager_twin():
+    from probes.bench import add_ratios, parse_spec, row_config, spec_without_cg
+
+    cfg = row_config(parse_spec("pythia-tiny:cg"), 4, 6, 2, 1, None, 2, 1e-3, 0, "cpu")
+    assert cfg.cuda_graphs is True
+    assert row_config(parse_spec("pythia-tiny"), 4, 6, 2, 1, None, 2, 1e-3, 0, "cpu").cuda_graphs is False
+    assert spec_without_cg("mamba-130m@triton:cg:b16") == "mamba-130m@triton:b16"
+    rows = [{"model": m, "name": m.split(":")[0], "family": f, "backend": "-", "status": "ok", "cuda_graphs": cg,
+             "train_tokens_per_s": t, "peak_mem_GB": 1.0}
+            for m, f, cg, t in [("pythia-160m", "pythia", False, 100.0), ("pythia-160m:cg", "pythia", True, 300.0),
+                                ("mamba-130m", "mamba", False, 50.0), ("mamba-130m:cg", "mamba", True, 240.0)]]
+    df = add_ratios(pd.DataFrame(rows)).set_index("model")
+    assert df.loc["pythia-160m:cg", "vs_eager"] == 3.0 and df.loc["mamba-130m:cg", "vs_eager"] == 4.8
+    assert df.loc["mamba-130m", "vs_pythia_tokens"] == 0.5 and df.loc["mamba-130m:cg", "vs_pythia_tokens"] == 0.8
+    assert df.loc["pythia-160m", "vs_eager"] is None
+    assert "vs_eager" not in add_ratios(pd.DataFrame(rows[:1] + rows[2:3])).columns
+
+
+def test_a_cuda_graph_row_on_cpu_runs_the_eager_step_and_says_so(tmp_path):
+    from probes import bench
+
+    df = bench.run_bench(["pythia-tiny:cg:b2"], n=4, steps=1, warmup=1, eval_steps=1, device="cpu",
+                         out_dir=tmp_path, verbose=False)
+    assert df["status"].tolist() == ["ok"] and df["cuda_graphs"].tolist() == [False]
