@@ -373,11 +373,12 @@ def load_dataset(out: str | Path, validate: bool = True) -> Dataset:
 
 
 class _Bad(Exception):
-    """One broken invariant: what is wrong and the first bad row (or None)."""
+    """One broken invariant: what is wrong and the first bad row (or None); `rows` is a boolean mask
+    over the rows from `offset` on."""
 
-    def __init__(self, what: str, rows: np.ndarray | None = None):
+    def __init__(self, what: str, rows: np.ndarray | None = None, offset: int = 0):
         self.what = what
-        self.row = int(np.flatnonzero(rows)[0]) if rows is not None else None
+        self.row = offset + int(np.flatnonzero(rows)[0]) if rows is not None else None
 
 
 def _check_arrays(split: Split, n: int, size: int) -> None:
@@ -395,25 +396,41 @@ def _check_arrays(split: Split, n: int, size: int) -> None:
         raise _Bad(f"{len(split.context):,} rows but meta.json says {size:,}")
 
 
-def _check_rows(split: Split, n: int, chunk: int = 1 << 16) -> None:
-    """Each context row a permutation of 0..n-1, targets in range, query == context[row, target]."""
-    for name in ("query", "target_position"):
-        values = getattr(split, name)
-        bad = (values < 0) | (values >= n)
-        if bad.any():
-            raise _Bad(f"{name} outside 0..{n - 1}", bad)
-    # a row of indices in range is a permutation iff its sum of random 64-bit weights is the sum of
-    # all n (a row with a token twice matches with probability 2**-64): a gather and a sum, no sort
+def _outside(values: np.ndarray, n: int) -> np.ndarray | None:
+    """Rows (a mask) holding a value outside 0..n-1, or None when there is none: one min and one max
+    over the whole array (the mask is built only for a bad array)."""
+    if values.size == 0 or (values.min() >= 0 and values.max() < n):
+        return None
+    bad = (values < 0) | (values >= n)
+    return bad.any(axis=1) if bad.ndim == 2 else bad
+
+
+_CHUNK_VALUES = 1 << 22  # values per block of the permutation check: 32 MiB of uint64 weights, cache-sized work
+
+
+def _check_permutations(context: np.ndarray, n: int) -> None:
+    """Each row (indices already in range) a permutation of 0..n-1. A row is one iff its sum of random
+    64-bit weights equals the sum of all n (a row with a token twice matches with probability 2**-64):
+    a gather and a row sum per block of rows, no sort and no Python loop over rows."""
     weights = np.random.default_rng(0).integers(0, 2**63, n, dtype=np.uint64)
     total = weights.sum()
-    for start in range(0, len(split.context), chunk):
-        block = split.context[start:start + chunk]
-        bad = (block < 0).any(axis=1) | (block >= n).any(axis=1)
+    chunk = max(1, _CHUNK_VALUES // max(n, 1))
+    for start in range(0, len(context), chunk):
+        bad = weights[context[start:start + chunk]].sum(axis=1) != total
         if bad.any():
-            raise _Bad(f"context holds a token index outside 0..{n - 1}", np.r_[np.zeros(start, bool), bad])
-        bad = weights[block].sum(axis=1) != total
-        if bad.any():
-            raise _Bad("context row is not a permutation of 0..n-1 (a token twice)", np.r_[np.zeros(start, bool), bad])
+            raise _Bad("context row is not a permutation of 0..n-1 (a token twice)", bad, start)
+
+
+def _check_rows(split: Split, n: int) -> None:
+    """Each context row a permutation of 0..n-1, targets in range, query == context[row, target]."""
+    for name in ("query", "target_position"):
+        bad = _outside(getattr(split, name), n)
+        if bad is not None:
+            raise _Bad(f"{name} outside 0..{n - 1}", bad)
+    bad = _outside(split.context, n)
+    if bad is not None:
+        raise _Bad(f"context holds a token index outside 0..{n - 1}", bad)
+    _check_permutations(split.context, n)
     picked = np.take_along_axis(split.context, split.target_position[:, None].astype(np.intp), axis=1)[:, 0]
     bad = picked != split.query
     if bad.any():

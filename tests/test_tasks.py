@@ -357,3 +357,19 @@ def _meta_without(out, key):
     meta = json.loads((out / "meta.json").read_text())
     del meta[key]
     (out / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("rows", [[537], [12, 537], [0, 599]])
+def test_the_first_bad_row_is_reported_across_blocks_of_the_permutation_check(tmp_path, monkeypatch, rows):
+    monkeypatch.setattr(tasks, "_CHUNK_VALUES", 60)  # n=6: blocks of 10 rows, so the bad rows sit in later blocks
+    out = tmp_path / "d"
+    tasks.save_dataset(tasks.generate(DataConfig(n=6, train_size=600, eval_size=60)), out)
+
+    def duplicate(data):
+        ctx = data["context"].copy()
+        ctx[rows, 0] = ctx[rows, 1]
+        return ctx
+
+    _rewrite(out, "train", context=duplicate)
+    with pytest.raises(UserError, match=rf"not a permutation .*first at row {rows[0]};"):
+        tasks.load_dataset(out)
