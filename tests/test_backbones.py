@@ -238,7 +238,7 @@ def test_hub_unreachable_names_the_reason_without_retrying(monkeypatch, no_netwo
 
 def test_an_uncached_hub_id_offline_fails_at_once_and_says_how_to_pass_a_path(monkeypatch, no_network,
                                                                                empty_hub_cache):
-    import probes.backbones as backbones
+    from probes import backbones
 
     monkeypatch.setattr(backbones, "hub_unreachable", lambda: "offline for the test")
     with pytest.raises(UserError) as err:
@@ -250,7 +250,7 @@ def test_an_uncached_hub_id_offline_fails_at_once_and_says_how_to_pass_a_path(mo
 
 
 def test_a_cached_hub_id_loads_offline_from_the_cache(monkeypatch, no_network, empty_hub_cache, saved_tiny):
-    import probes.backbones as backbones
+    from probes import backbones
 
     commit = "0" * 40
     repo = empty_hub_cache / "models--probes-test--tiny"
