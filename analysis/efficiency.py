@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from analysis.load import VLM_GRID, is_vlm
+from analysis.load import SEED_KEYS, VLM_GRID, is_vlm
 
 DEFAULT_THRESHOLD = 0.95
 GROUP = ("model", "label", "n", "layout")
@@ -48,6 +48,7 @@ _RUN_COLS = (
     "lr",
     "init",
     "seed",
+    *SEED_KEYS,
 )
 
 

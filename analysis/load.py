@@ -52,7 +52,8 @@ from probes.schema import (  # noqa: F401 - PRETRAIN, RUN_KINDS, STATUSES: offer
     VLM_GRID,
 )
 
-GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed")
+SEED_KEYS = ("init_seed", "order_seed", "data_seed")  # each null (or absent: older runs) means `seed`
+GRID_KEYS = ("model", "n", "layout", "lr", "init", "seed", *SEED_KEYS)  # probes.config.GRID_KEYS: one cell each
 VLM_CONFIG_KEYS = ("encoder", "connector")  # config keys only a VLM run has (runs without `kind`)
 _SKIP_DIRS = {"checkpoint", "checkpoints", "__pycache__", ".git", ".ipynb_checkpoints"}
 
@@ -264,7 +265,7 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
         row.update(_unreserved(config, "config"))
         summary = _unreserved(read_summary(run_dir), "summary")
         row.update({k: v for k, v in summary.items() if v is not None or k not in row})
-        rows.append(row)
+        rows.append(_with_seeds(row))
     if not rows:
         raise NoRunsError(f"every run directory found is damaged ({len(dirs)} skipped)")
     runs = pd.DataFrame(rows)
@@ -285,9 +286,18 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     ):
         if col in runs:
             runs[col] = pd.to_numeric(runs[col], errors="coerce")
-    first = ["run", "kind", "model", "label", "family", "n", "layout", "lr", "init", "seed", "status"]
+    first = ["run", "kind", "model", "label", "family", "n", "layout", "lr", "init", "seed", *SEED_KEYS, "status"]
     cols = [c for c in first if c in runs] + [c for c in runs if c not in first]
     return runs[cols].reset_index(drop=True)
+
+
+def _with_seeds(row: dict[str, Any]) -> dict[str, Any]:
+    """A probe run's row with init_seed, order_seed and data_seed resolved as the trainer resolves
+    them (null or absent: `seed`), so runs differing only in one of them stay apart in every table
+    and runs written before those keys existed match the new ones."""
+    if "seed" not in row or run_kind(row) != PROBE:
+        return row
+    return row | {key: row["seed"] if row.get(key) is None else row[key] for key in SEED_KEYS}
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -334,7 +344,7 @@ def _per_run_table(paths: tuple, filename: str) -> pd.DataFrame:
     data = data.merge(runs[run_cols], on="run", how="left", validate="many_to_one")
     if "step" in data and "max_steps" in data:
         data["pct"] = data["step"] / data["max_steps"] * 100.0
-    lead = ["run", "model", "label", "n", "layout", "lr", "init", "seed", "step", "pct"]
+    lead = ["run", "model", "label", "n", "layout", "lr", "init", "seed", *SEED_KEYS, "step", "pct"]
     cols = [c for c in lead if c in data] + [c for c in data if c not in lead]
     return data[cols]
 

@@ -10,9 +10,14 @@ Every named model is built from its config with random weights (nothing is downl
 
 from __future__ import annotations
 
+import json
+import pickle
+import socket
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -154,11 +159,11 @@ def _local_model_dir(id_or_path: str, prefix: str) -> Path:
     return local
 
 
-def _optional_tokenizer(where: str):
+def _optional_tokenizer(where: str, local_only: bool = True):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(where)
+        return AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError, TypeError):
         return None  # data are token ids; a tokenizer is optional
 
@@ -171,8 +176,7 @@ def _random_twin(path: str, seed: int, device: str | torch.device) -> Backbone:
     try:
         config = AutoConfig.from_pretrained(str(local))
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"config:{path}: cannot read its config.json ({first})") from None
+        raise UserError(f"config:{path}: cannot read its config.json ({_first_line(err)})") from None
     model = build_from_config(config, seed, device)
     return Backbone(f"config:{path}", family_of(config), model, _optional_tokenizer(str(local)))
 
@@ -205,21 +209,111 @@ def preset_config(name: str, vocab_size: int, eos_id: int = 0, pad_id: int = 1):
     return custom_config(spec.family, vocab_size, eos_id, pad_id, **sizes)
 
 
-def _load_pretrained(id_or_path: str, device: str | torch.device) -> Backbone:
+HUB_TIMEOUT_S = 3.0  # one TCP connection to the hub's host; transformers itself retries for ~25-40 s
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or None when it can: HF_HUB_OFFLINE is set, or
+    one TCP connection to the endpoint's host fails within HUB_TIMEOUT_S (no DNS: fails at once)."""
+    from huggingface_hub import constants, is_offline_mode
+
+    if is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{url.hostname} is unreachable: {err.strerror or type(err).__name__}"
+    return None
+
+
+@contextmanager
+def hub_offline():
+    """huggingface_hub's own offline switch (what HF_HUB_OFFLINE=1 sets) on for the block: once the hub
+    is known unreachable, no request at all (not even the library's user-agent lookup) is tried."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_saved_model(local: Path, name: str) -> None:
+    """A UserError naming the file when a saved model's config.json is not a JSON object with a
+    model_type, or a *.safetensors file's header does not match its size (truncated, garbage, empty)."""
+    from safetensors import SafetensorError, safe_open
+
+    config = local / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{name}: {config} is unreadable or not JSON ({_first_line(err)}); "
+                        f"save the model again with save_pretrained") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(f"{name}: {config} names no model_type; save the model again with save_pretrained")
+    for weights in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:  # reads the header, checks it against the size
+                f.keys()
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{name}: {weights} is damaged ({_first_line(err)}); save the model again with "
+                            f"save_pretrained, or download it again") from None
+
+
+# What loading a user's weights raises for a damaged file (safetensors, a pickled .bin, a bad config).
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def _from_pretrained(source: str, name: str, local_only: bool):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only)
+    except (*_LOAD_ERRORS, SafetensorError) as err:
+        raise UserError(f"{name}: cannot load it with from_pretrained ({_first_line(err)})") from None
+
+
+def _load_from_hub(hub_id: str) -> tuple[nn.Module, bool]:
+    """(model, whether only the local cache may be used): the network only when the hub answers;
+    offline, the cache alone, and a UserError at once (not after ~40 s of retries) when it lacks the id."""
+    name = f"hf:{hub_id}"
+    offline = hub_unreachable()
+    if offline is None:
+        return _from_pretrained(hub_id, name, local_only=False), False
+    try:
+        with hub_offline():
+            return _from_pretrained(hub_id, name, local_only=True), True
+    except UserError:
+        raise UserError(f"{name}: its weights are not in the local Hugging Face cache and the hub cannot be "
+                        f"reached ({offline}); download them where there is network (`hf download {hub_id} "
+                        f"--local-dir DIR`) and pass hf:DIR (a directory written by save_pretrained)") from None
+
+
+def _load_pretrained(id_or_path: str, device: str | torch.device) -> Backbone:
+    name = f"hf:{id_or_path}"
     local = Path(id_or_path).expanduser()
     looks_local = local.exists() or id_or_path.startswith((".", "/", "~")) or id_or_path.count("/") > 1
-    if looks_local and not (local / "config.json").exists():
-        raise UserError(f"hf:{id_or_path}: no model there (expected a directory with config.json "
-                        f"written by save_pretrained)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(local) if looks_local else id_or_path)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"hf:{id_or_path}: cannot load it with from_pretrained ({first})") from None
-    tokenizer = _optional_tokenizer(str(local) if looks_local else id_or_path)
-    return Backbone(f"hf:{id_or_path}", family_of(model.config), model.to(device), tokenizer)
+    if looks_local:
+        if not (local / "config.json").exists():
+            raise UserError(f"{name}: no model there (expected a directory with config.json "
+                            f"written by save_pretrained)")
+        check_saved_model(local, name)
+        model, source, local_only = _from_pretrained(str(local), name, local_only=True), str(local), True
+    else:
+        (model, local_only), source = _load_from_hub(id_or_path), id_or_path
+    with hub_offline() if local_only else nullcontext():
+        tokenizer = _optional_tokenizer(source, local_only)
+    return Backbone(name, family_of(model.config), model.to(device), tokenizer)
 
 
 # === Vocabulary extension ===
@@ -317,5 +411,5 @@ def describe(name: str) -> str:
 
 
 __all__ = ["BACKBONES", "INITS", "LOADED_PREFIXES", "Backbone", "BackboneSpec", "build_backbone", "build_from_config",
-           "check_model_name", "custom_config", "describe", "extend_vocabulary", "family_of", "hidden_states",
-           "known_models", "preset_config", "slot_logits"]
+           "check_model_name", "check_saved_model", "custom_config", "describe", "extend_vocabulary", "family_of",
+           "hidden_states", "hub_offline", "hub_unreachable", "known_models", "preset_config", "slot_logits"]

@@ -11,7 +11,8 @@ Every sequence is followed by answer(p) and, with `eos_target`, the end-of-text 
 and accuracy look only at those slots (teacher forcing).
 
 Generation is vectorised numpy: no Python loop runs per example. Targets are balanced (each
-position is the target of size // N or size // N + 1 examples), and the held-out set, made
+position is the target of size // N or size // N + 1 examples; generator version 1, kept for
+datasets made before version 2, is within about 1% above 32,768 rows), and the held-out set, made
 from its own seed, shares no (context, query) pair with training.
 """
 
@@ -33,6 +34,7 @@ from probes.errors import UserError
 from probes.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
+GENERATOR_VERSION = 2  # what `probes generate` writes now; meta.json records it (absent: 1)
 SPLITS = ("train", "heldout")
 _MAX_RESAMPLE_ROUNDS = 64
 
@@ -64,10 +66,12 @@ class Dataset:
     heldout: Split
     shared_pairs: int  # (context, query) pairs found in both splits: 0 by construction
     resampled: int  # training rows redrawn because they collided with the held-out set
+    generator_version: int | None = None  # TARGET_CYCLES key; None: not generated here (imported data)
 
     def meta(self) -> dict:
         return {"format_version": FORMAT_VERSION, **dataset_identity(self.config),
-                "shared_pairs": self.shared_pairs, "resampled": self.resampled}
+                "shared_pairs": self.shared_pairs, "resampled": self.resampled,
+                "generator_version": self.generator_version}
 
 
 def dataset_identity(cfg: DataConfig) -> dict:
@@ -77,21 +81,33 @@ def dataset_identity(cfg: DataConfig) -> dict:
             "train_size": cfg.train_size, "eval_size": cfg.eval_size}
 
 
-def _target_cycle(n: int, size: int) -> np.ndarray:
-    # int16 arange: its wrap-around past 32767 is kept so that existing datasets regenerate
-    # identically; it makes the counts of sets over 32,768 rows slightly uneven (expected_target_counts)
-    return np.arange(size, dtype=np.int16) % n
+# Generator versions: the unshuffled target positions of a set of `size` rows, as int16.
+# 1: an int16 arange, which wraps past 32,767, so sets over 32,768 rows are slightly uneven (within
+#    about 1%); kept so that datasets written before version 2 regenerate and validate as they were.
+# 2: exact: each position size // n or size // n + 1 times. Equal to version 1 up to 32,768 rows, so
+#    smaller sets are byte-identical in both versions.
+TARGET_CYCLES: dict[int, Callable[[int, int], np.ndarray]] = {
+    1: lambda n, size: np.arange(size, dtype=np.int16) % n,
+    2: lambda n, size: (np.arange(size, dtype=np.int64) % n).astype(np.int16),
+}
 
 
-def balanced_targets(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Target positions in shuffled order: each position used size // n or size // n + 1 times up to
-    32,768 rows; beyond, expected_target_counts (within about 1%)."""
-    return rng.permutation(_target_cycle(n, size))
+def _target_cycle(n: int, size: int, version: int) -> np.ndarray:
+    if version not in TARGET_CYCLES:
+        raise UserError(f"generator_version {version!r} is not one this version of probes knows "
+                        f"(allowed: {', '.join(map(str, TARGET_CYCLES))})")
+    return TARGET_CYCLES[version](n, size)
 
 
-def expected_target_counts(n: int, size: int) -> np.ndarray:
-    """(n,) how often each position is a target in a generated set of `size` rows."""
-    return np.bincount(_target_cycle(n, size).astype(np.intp), minlength=n)
+def balanced_targets(n: int, size: int, rng: np.random.Generator, version: int = GENERATOR_VERSION) -> np.ndarray:
+    """Target positions in shuffled order: each position size // n or size // n + 1 times
+    (generator version 1, beyond 32,768 rows: expected_target_counts, within about 1%)."""
+    return rng.permutation(_target_cycle(n, size, version))
+
+
+def expected_target_counts(n: int, size: int, version: int = GENERATOR_VERSION) -> np.ndarray:
+    """(n,) how often each position is a target in a set of `size` rows made by `version`."""
+    return np.bincount(_target_cycle(n, size, version).astype(np.intp), minlength=n)
 
 
 def random_contexts(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -104,9 +120,9 @@ def _split(context: np.ndarray, target: np.ndarray) -> Split:
     return Split(context=context, query=query, target_position=target)
 
 
-def generate_split(n: int, size: int, seed: int) -> Split:
+def generate_split(n: int, size: int, seed: int, version: int = GENERATOR_VERSION) -> Split:
     rng = np.random.default_rng(seed)
-    target = balanced_targets(n, size, rng)
+    target = balanced_targets(n, size, rng, version)
     return _split(random_contexts(n, size, rng), target)
 
 
@@ -165,21 +181,24 @@ def check_memory(cfg: DataConfig) -> None:
                         f"(allowed: smaller sizes)")
 
 
-def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Dataset:
+def generate(cfg: DataConfig, status: Callable[[str], None] | None = None, version: int = 1) -> Dataset:
     """Held-out set from its own seed first, then training rows, redrawing any that collide.
 
     Redrawing keeps each row's target position, so balance is untouched. The final check
-    counts shared pairs on whole rows and must find none.
+    counts shared pairs on whole rows and must find none. `version` (TARGET_CYCLES) defaults to 1:
+    a training run that generates its data in memory records no version in its config.yaml, so it
+    must keep getting the data it always got (resumes stay exact); `probes generate` (generate_into)
+    writes GENERATOR_VERSION and records it in meta.json.
     """
     say = status or (lambda _msg: None)
     n = cfg.n
     check_memory(cfg)
     say(f"held-out set: {cfg.eval_size:,} examples, n={n}")
-    heldout = generate_split(n, cfg.eval_size, cfg.effective_heldout_seed)
+    heldout = generate_split(n, cfg.eval_size, cfg.effective_heldout_seed, version)
 
     say(f"training set: {cfg.train_size:,} examples, n={n}")
     rng = np.random.default_rng(cfg.seed)
-    target = balanced_targets(n, cfg.train_size, rng)
+    target = balanced_targets(n, cfg.train_size, rng, version)
     context = random_contexts(n, cfg.train_size, rng)
     train = _split(context, target)
 
@@ -198,7 +217,7 @@ def generate(cfg: DataConfig, status: Callable[[str], None] | None = None) -> Da
             f"only {math.factorial(n) * n:,} distinct examples exist (allowed: a larger n or a "
             f"smaller eval_size)"
         )
-    return Dataset(cfg, train, heldout, shared_pairs=len(clash), resampled=resampled)
+    return Dataset(cfg, train, heldout, shared_pairs=len(clash), resampled=resampled, generator_version=version)
 
 
 # === On disk: DIR/train.npz, DIR/heldout.npz, DIR/meta.json ===
@@ -297,7 +316,7 @@ def generate_into(cfg: DataConfig, out: Path, overwrite: bool = False,
             except UserError as err:
                 raise UserError(f"{err}; or `probes generate --overwrite`") from None
             return None
-        ds = generate(cfg, status=status)
+        ds = generate(cfg, status=status, version=GENERATOR_VERSION)
         if status:
             status(f"saving to {out}")
         save_dataset(ds, out)
@@ -314,6 +333,16 @@ def _meta_config(out: Path, meta: dict) -> DataConfig:
     except ValidationError as err:
         raise UserError(f"{out / 'meta.json'} is damaged ({format_validation_error(err, DataConfig)}); "
                         f"regenerate the dataset") from None
+
+
+def _meta_version(out: Path, meta: dict) -> int | None:
+    """The generator version meta.json records: absent means 1 (written before versions), or None for
+    imported data (source "paper", not generated here)."""
+    version = meta.get("generator_version", None if meta.get("source") == "paper" else 1)
+    if version is not None and version not in TARGET_CYCLES:
+        raise UserError(f"{out / 'meta.json'} has generator_version {version!r}; this version of probes reads "
+                        f"{', '.join(map(str, TARGET_CYCLES))} (update probes, or regenerate the dataset)")
+    return version
 
 
 def _read_split(path: Path) -> Split:
@@ -334,7 +363,7 @@ def load_dataset(out: str | Path, validate: bool = True) -> Dataset:
         raise UserError(f"no dataset at {out} (expected {out / 'meta.json'}); run `probes generate` first")
     cfg = _meta_config(out, meta)
     train, heldout = (_read_split(out / f"{name}.npz") for name in SPLITS)
-    ds = Dataset(cfg, train, heldout, meta.get("shared_pairs", 0), meta.get("resampled", 0))
+    ds = Dataset(cfg, train, heldout, meta.get("shared_pairs", 0), meta.get("resampled", 0), _meta_version(out, meta))
     if validate:
         validate_dataset(out, ds)
     return ds
@@ -344,11 +373,12 @@ def load_dataset(out: str | Path, validate: bool = True) -> Dataset:
 
 
 class _Bad(Exception):
-    """One broken invariant: what is wrong and the first bad row (or None)."""
+    """One broken invariant: what is wrong and the first bad row (or None); `rows` is a boolean mask
+    over the rows from `offset` on."""
 
-    def __init__(self, what: str, rows: np.ndarray | None = None):
+    def __init__(self, what: str, rows: np.ndarray | None = None, offset: int = 0):
         self.what = what
-        self.row = int(np.flatnonzero(rows)[0]) if rows is not None else None
+        self.row = offset + int(np.flatnonzero(rows)[0]) if rows is not None else None
 
 
 def _check_arrays(split: Split, n: int, size: int) -> None:
@@ -366,34 +396,50 @@ def _check_arrays(split: Split, n: int, size: int) -> None:
         raise _Bad(f"{len(split.context):,} rows but meta.json says {size:,}")
 
 
-def _check_rows(split: Split, n: int, chunk: int = 1 << 16) -> None:
-    """Each context row a permutation of 0..n-1, targets in range, query == context[row, target]."""
-    for name in ("query", "target_position"):
-        values = getattr(split, name)
-        bad = (values < 0) | (values >= n)
-        if bad.any():
-            raise _Bad(f"{name} outside 0..{n - 1}", bad)
-    # a row of indices in range is a permutation iff its sum of random 64-bit weights is the sum of
-    # all n (a row with a token twice matches with probability 2**-64): a gather and a sum, no sort
+def _outside(values: np.ndarray, n: int) -> np.ndarray | None:
+    """Rows (a mask) holding a value outside 0..n-1, or None when there is none: one min and one max
+    over the whole array (the mask is built only for a bad array)."""
+    if values.size == 0 or (values.min() >= 0 and values.max() < n):
+        return None
+    bad = (values < 0) | (values >= n)
+    return bad.any(axis=1) if bad.ndim == 2 else bad
+
+
+_CHUNK_VALUES = 1 << 22  # values per block of the permutation check: 32 MiB of uint64 weights, cache-sized work
+
+
+def _check_permutations(context: np.ndarray, n: int) -> None:
+    """Each row (indices already in range) a permutation of 0..n-1. A row is one iff its sum of random
+    64-bit weights equals the sum of all n (a row with a token twice matches with probability 2**-64):
+    a gather and a row sum per block of rows, no sort and no Python loop over rows."""
     weights = np.random.default_rng(0).integers(0, 2**63, n, dtype=np.uint64)
     total = weights.sum()
-    for start in range(0, len(split.context), chunk):
-        block = split.context[start:start + chunk]
-        bad = (block < 0).any(axis=1) | (block >= n).any(axis=1)
+    chunk = max(1, _CHUNK_VALUES // max(n, 1))
+    for start in range(0, len(context), chunk):
+        bad = weights[context[start:start + chunk]].sum(axis=1) != total
         if bad.any():
-            raise _Bad(f"context holds a token index outside 0..{n - 1}", np.r_[np.zeros(start, bool), bad])
-        bad = weights[block].sum(axis=1) != total
-        if bad.any():
-            raise _Bad("context row is not a permutation of 0..n-1 (a token twice)", np.r_[np.zeros(start, bool), bad])
+            raise _Bad("context row is not a permutation of 0..n-1 (a token twice)", bad, start)
+
+
+def _check_rows(split: Split, n: int) -> None:
+    """Each context row a permutation of 0..n-1, targets in range, query == context[row, target]."""
+    for name in ("query", "target_position"):
+        bad = _outside(getattr(split, name), n)
+        if bad is not None:
+            raise _Bad(f"{name} outside 0..{n - 1}", bad)
+    bad = _outside(split.context, n)
+    if bad is not None:
+        raise _Bad(f"context holds a token index outside 0..{n - 1}", bad)
+    _check_permutations(split.context, n)
     picked = np.take_along_axis(split.context, split.target_position[:, None].astype(np.intp), axis=1)[:, 0]
     bad = picked != split.query
     if bad.any():
         raise _Bad("query is not the token at target_position", bad)
 
 
-def _check_balance(split: Split, n: int) -> None:
+def _check_balance(split: Split, n: int, version: int) -> None:
     counts = np.bincount(split.target_position.astype(np.intp), minlength=n)
-    expected = expected_target_counts(n, len(split))
+    expected = expected_target_counts(n, len(split), version)
     off = counts != expected
     if off.any():
         p = int(np.flatnonzero(off)[0])
@@ -409,7 +455,8 @@ def validate_dataset(out: Path, ds: Dataset) -> None:
         try:
             _check_arrays(split, n, size)
             _check_rows(split, n)
-            _check_balance(split, n)
+            if ds.generator_version is not None:  # imported data has no balance invariant
+                _check_balance(split, n, ds.generator_version)
         except _Bad as bad:
             where = f", first at row {bad.row}" if bad.row is not None else ""
             raise UserError(f"{out / (name + '.npz')} is invalid: {bad.what}{where}; regenerate the dataset") from None

@@ -159,3 +159,106 @@ def test_an_hf_path_that_does_not_exist_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError) as err:
         build_backbone(f"hf:{tmp_path / 'nowhere'}")
     assert "no model there" in str(err.value) and "\n" not in str(err.value)
+
+
+# === Damaged model directories and the hub without network (issue 20) ===
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved") / "m"
+    build_backbone("pythia-tiny", seed=1).model.save_pretrained(out)
+    return out
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+DAMAGES = {
+    "truncated header": ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:200])),
+    "truncated weights": ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+    "empty weights": ("model.safetensors", lambda p: p.write_bytes(b"")),
+    "garbage weights": ("model.safetensors", lambda p: p.write_bytes(b"garbage" * 50)),
+    "garbage config": ("config.json", lambda p: p.write_text("garbage{")),
+    "config without model_type": ("config.json", lambda p: p.write_text('{"hidden_size": 3}')),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGES))
+def test_a_damaged_hf_directory_is_one_line_naming_the_file(tmp_path, saved_tiny, case):
+    filename, damage = DAMAGES[case]
+    model_dir = _copy_model(saved_tiny, tmp_path / "m")
+    damage(model_dir / filename)
+    with pytest.raises(UserError) as err:
+        build_backbone(f"hf:{model_dir}")
+    text = str(err.value)
+    assert str(model_dir / filename) in text and "\n" not in text, text
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to resolve a host or open a connection is recorded and fails at once."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_hub_unreachable_names_the_reason_without_retrying(monkeypatch, no_network):
+    import huggingface_hub
+
+    from probes.backbones import hub_unreachable
+
+    assert "unreachable" in hub_unreachable() and len(no_network) == 1  # one attempt, no retries
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set" and len(no_network) == 1  # not even one attempt
+
+
+def test_an_uncached_hub_id_offline_fails_at_once_and_says_how_to_pass_a_path(monkeypatch, no_network,
+                                                                               empty_hub_cache):
+    from probes import backbones
+
+    monkeypatch.setattr(backbones, "hub_unreachable", lambda: "offline for the test")
+    with pytest.raises(UserError) as err:
+        build_backbone("hf:EleutherAI/pythia-14m")
+    text = str(err.value)
+    assert "not in the local Hugging Face cache" in text and "offline for the test" in text
+    assert "pass hf:DIR" in text and "\n" not in text
+    assert no_network == []  # from_pretrained never went to the network
+
+
+def test_a_cached_hub_id_loads_offline_from_the_cache(monkeypatch, no_network, empty_hub_cache, saved_tiny):
+    from probes import backbones
+
+    commit = "0" * 40
+    repo = empty_hub_cache / "models--probes-test--tiny"
+    _copy_model(saved_tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(backbones, "hub_unreachable", lambda: "offline for the test")
+    bb = build_backbone("hf:probes-test/tiny")
+    want = build_backbone("pythia-tiny", seed=1).model.state_dict()
+    assert all(torch.equal(want[k], v) for k, v in bb.model.state_dict().items())
+    assert no_network == []

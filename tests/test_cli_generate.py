@@ -25,6 +25,7 @@ def test_generate_writes_the_spec_files(cli_runner, tmp_path):
     assert meta == {
         "format_version": 1, "n": 5, "layout": "prefix", "seed": 4, "heldout_seed": 4 + 1_000_003,
         "train_size": 50, "eval_size": 20, "shared_pairs": 0, "resampled": meta["resampled"],
+        "generator_version": 2,
     }
     with np.load(out / "heldout.npz") as z:
         assert z["context"].shape == (20, 5) and z["query"].shape == (20,)

@@ -218,3 +218,17 @@ def test_a_dataset_read_back_is_the_one_written(dataset):
     ds = tasks.load_dataset(dataset)
     with np.load(dataset / "train.npz") as z:
         assert np.array_equal(ds.train.context, z["context"])
+
+
+@pytest.mark.parametrize("damage", ["weights", "config"])
+def test_an_hf_directory_with_a_damaged_file_is_one_line_naming_it(cli_runner, tmp_path, damage):
+    from probes.backbones import build_backbone
+
+    model_dir = tmp_path / "m"
+    build_backbone("pythia-tiny").model.save_pretrained(model_dir)
+    bad = model_dir / ("model.safetensors" if damage == "weights" else "config.json")
+    bad.write_bytes(bad.read_bytes()[:100])
+    argv = ["train", *TINY_TRAIN, "--out", str(tmp_path / "run")]
+    argv[argv.index("pythia-tiny")] = f"hf:{model_dir}"
+    line = one_line_error(cli_runner.invoke(app, argv))
+    assert str(bad) in line, line

@@ -1,5 +1,8 @@
 """probes.tasks: the grounding task exactly as SPEC §1 states it, checked on decoded examples."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -302,3 +305,71 @@ def test_a_damaged_dataset_is_not_reported_as_already_there(tmp_path):
         tasks.generate_into(cfg, out)
     assert tasks.generate_into(cfg, out, overwrite=True) is not None
     tasks.load_dataset(out)
+
+
+# === Generator versions: exact balance above 32,768 rows (version 2), version 1 kept ===
+
+
+def test_version_2_targets_are_exactly_balanced_above_32768_rows():
+    for size in (32_769, 40_000, 100_003):
+        counts = np.bincount(tasks.balanced_targets(7, size, np.random.default_rng(0), version=2), minlength=7)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == size
+        assert np.array_equal(counts, tasks.expected_target_counts(7, size, version=2))
+    v1 = tasks.expected_target_counts(7, 100_003, version=1)  # the int16 wrap-around, as datasets had it
+    assert v1.max() - v1.min() > 1
+    assert np.array_equal(v1, np.bincount(np.arange(100_003, dtype=np.int16) % 7, minlength=7))
+
+
+def test_versions_1_and_2_write_the_same_bytes_up_to_32768_rows():
+    cfg = DataConfig(n=6, train_size=32_768, eval_size=600)
+    a, b = tasks.generate(cfg, version=1), tasks.generate(cfg, version=2)
+    for name in tasks.SPLITS:
+        for field in ("context", "query", "target_position"):
+            x, y = getattr(getattr(a, name), field), getattr(getattr(b, name), field)
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+def test_generate_into_writes_the_current_version_and_old_datasets_still_load(tmp_path):
+    cfg = DataConfig(n=7, train_size=33_000, eval_size=700)
+    tasks.generate_into(cfg, tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "meta.json").read_text())["generator_version"] == tasks.GENERATOR_VERSION == 2
+    counts = np.bincount(tasks.load_dataset(tmp_path / "new").train.target_position, minlength=7)
+    assert counts.max() - counts.min() <= 1
+    old = tmp_path / "old"  # written before versions: version 1 targets, no generator_version in meta.json
+    tasks.save_dataset(tasks.generate(cfg, version=1), old)
+    _meta_without(old, "generator_version")
+    assert tasks.load_dataset(old).generator_version == 1  # validated against version 1's counts
+    assert tasks.generate_into(cfg, old) is None  # the same dataset: kept, not silently regenerated
+    _meta(old, generator_version=9)
+    with pytest.raises(UserError, match="generator_version 9; this version of probes reads 1, 2"):
+        tasks.load_dataset(old)
+
+
+def test_imported_data_has_no_balance_invariant(tmp_path):
+    out = tmp_path / "d"
+    ds = tasks.generate(DataConfig(n=9, train_size=600, eval_size=60))  # n=9: no rows in common after _unbalanced
+    tasks.save_dataset(dataclasses.replace(ds, generator_version=None), out)
+    _rewrite(out, "train", **_unbalanced(_train(out)))
+    assert tasks.load_dataset(out).generator_version is None  # loads: not generated here
+
+
+def _meta_without(out, key):
+    meta = json.loads((out / "meta.json").read_text())
+    del meta[key]
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("rows", [[537], [12, 537], [0, 599]])
+def test_the_first_bad_row_is_reported_across_blocks_of_the_permutation_check(tmp_path, monkeypatch, rows):
+    monkeypatch.setattr(tasks, "_CHUNK_VALUES", 60)  # n=6: blocks of 10 rows, so the bad rows sit in later blocks
+    out = tmp_path / "d"
+    tasks.save_dataset(tasks.generate(DataConfig(n=6, train_size=600, eval_size=60)), out)
+
+    def duplicate(data):
+        ctx = data["context"].copy()
+        ctx[rows, 0] = ctx[rows, 1]
+        return ctx
+
+    _rewrite(out, "train", context=duplicate)
+    with pytest.raises(UserError, match=rf"not a permutation .*first at row {rows[0]};"):
+        tasks.load_dataset(out)

@@ -182,3 +182,27 @@ def test_real_runs_summary_agrees_with_their_metrics(real_runs):
         assert (run["status"] == "reached") == (len(passed) > 0)
         if len(passed):
             assert run["step_reached"] == passed["step"].iloc[0] == m["step"].iloc[-1]  # stopped there
+
+
+def test_runs_differing_only_in_a_seed_key_are_separate_grid_cells(tmp_path):
+    import yaml
+
+    from analysis.efficiency import efficiency
+    from analysis.load import GRID_KEYS
+    from probes.config import GRID_KEYS as TRAIN_GRID_KEYS
+
+    assert GRID_KEYS == TRAIN_GRID_KEYS
+    old = write_run(tmp_path, seed=3, name="old")  # written before the seed keys: each is `seed`
+    for key in ("init_seed", "order_seed", "data_seed"):
+        run = write_run(tmp_path, seed=3, name=key)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg | {"init_seed": None, "order_seed": None,
+                                                               "data_seed": None, key: 7}))
+    runs = load_runs(tmp_path).set_index("run")
+    assert runs.loc["old", ["init_seed", "order_seed", "data_seed"]].tolist() == [3, 3, 3]
+    assert runs.loc["order_seed", ["init_seed", "order_seed", "data_seed"]].tolist() == [3, 7, 3]
+    assert runs.groupby(list(GRID_KEYS)).ngroups == 4  # no two runs merged into one cell
+    eff = efficiency(load_runs(tmp_path))
+    assert eff.groupby(list(GRID_KEYS)).ngroups == 4
+    assert load_positions(tmp_path).groupby([*GRID_KEYS, "step", "position"]).size().max() == 1
+    assert (old / "config.yaml").exists()
