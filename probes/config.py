@@ -184,6 +184,21 @@ THREADS_HELP = ("torch CPU threads: auto (one on a CPU run of tiny presets, wher
                 "default for larger models, on a GPU or when OMP_NUM_THREADS is set) | 0 (torch's default) | a count.")
 
 
+def _check_log_to(value: Any) -> Any:
+    from probes.trackers import parse_spec  # no torch: trackers import their packages when made
+
+    try:
+        return parse_spec(value)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
+# experiment trackers a run feeds (probes.trackers); a list, or one comma-separated string
+LogTo = Annotated[list[Literal["tensorboard", "wandb"]], BeforeValidator(_check_log_to)]
+LOG_TO_HELP = ("experiment trackers fed after each evaluation: tensorboard | wandb, comma-separated "
+               "(none: no tracker); the parquet files stay the record")
+
+
 def _check_model(name: str) -> str:
     from probes.backbones import check_model_name  # lazy: keeps `probes.config` free of torch
 
@@ -236,6 +251,7 @@ class TrainConfig(Config):
     eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
+    log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
 
     @field_validator("model")
     @classmethod
@@ -432,6 +448,7 @@ class PretrainConfig(Config):
     scan_backend: ScanBackend = Field("auto", description="Mamba selective scan")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
+    log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
 
     @field_validator("model")
     @classmethod
