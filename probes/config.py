@@ -178,7 +178,7 @@ def _check_threads(value: Any) -> Any:
     return count
 
 
-# torch CPU threads of a run: "auto" (probes.train.resolve_threads), 0 (torch's default) or a count
+# torch CPU threads of a run: "auto" (probes.runtime.resolve_threads), 0 (torch's default) or a count
 Threads = Annotated[Literal["auto"] | int, BeforeValidator(_check_threads)]
 THREADS_HELP = ("torch CPU threads: auto (one on a CPU run of tiny presets, where they run fastest; torch's "
                 "default for larger models, on a GPU or when OMP_NUM_THREADS is set) | 0 (torch's default) | a count.")

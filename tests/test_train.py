@@ -602,8 +602,8 @@ def test_schedule_flags_reach_the_config_and_bad_ones_are_one_line(tmp_path, cli
     cfg = load_config(TrainConfig, tmp_path / "r" / "config.yaml")
     assert (cfg.lr_schedule, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.order_seed, cfg.init_seed) == (
         "linear", 0.1, 0.05, 3, 0)
-    for args, message in ((["--lr-schedule", "step"], "lr_schedule: Input should be 'constant', 'linear' or "
-                                                      "'cosine'"),
+    for args, message in ((["--lr-schedule", "step"], ("lr_schedule: Input should be 'constant', 'linear' or "
+                                                       "'cosine'")),
                           (["--warmup-ratio", "1"], "warmup_ratio: Input should be less than 1")):
         r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ Stage 1 (steps 0 … stage1_steps) trains the connector only (lr `stage1_lr`, 1e
 2e-5; `stage2_batch_size`, 128). Both default to `batch_size`. A step with `micro_batch_size` set
 accumulates the gradients of its micro-batches (each weighted by its share of the step's batch):
 the same update, in less memory. The examples are read in one seeded stream (epoch e is the
-permutation drawn from (seed, e), as probes.train.BatchOrder), each step taking the next ones.
+permutation drawn from (seed, e), as probes.runtime.BatchOrder), each step taking the next ones.
 Each stage has its own AdamW and its own schedule: linear warmup over `warmup` (3%) of the stage's steps, then cosine decay to 0 (Table 8). The
 encoder is always frozen. The loss is each sequence's mean over its answer tokens, averaged over
 the batch. Evaluation (step 0, every `eval_every` steps, at the end of each stage) decodes a box
@@ -92,7 +92,7 @@ def load_splits(cfg: VLMTrainConfig):
 class ExampleStream:
     """Training rows of each step when the stages' batch sizes differ: step k takes the examples
     `cfg.examples_seen(k)` … `cfg.examples_seen(k + 1) - 1` of one stream in which epoch e is the
-    permutation drawn from (seed, e). With one batch size it is exactly probes.train.BatchOrder."""
+    permutation drawn from (seed, e). With one batch size it is exactly probes.runtime.BatchOrder."""
 
     def __init__(self, cfg: VLMTrainConfig, size: int):
         self.cfg, self.size = cfg, size
