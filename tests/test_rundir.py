@@ -282,7 +282,7 @@ def test_restore_record_drops_rows_written_after_the_checkpoint(tmp_path):
 
 def test_run_summary_reports_the_first_evaluation_over_the_threshold(tmp_path):
     c = cfg(tmp_path, threshold=0.8)
-    rec = {**new_record(), "metrics": [row(0, 0.1), row(5, 0.85), row(10, 0.7)], "train_steps": 10,
+    rec = {**new_record(), "metrics": [row(0, 0.1), row(5, 0.85), row(10, 0.7)], "train_steps": 10, "train_examples": 40,
            "train_seconds": 2.0}
     s = run_summary(rec, c, "reached", "", 3.0, kind="probe")
     assert (s["step_reached"], s["examples_to_threshold"], s["final_accuracy"], s["best_accuracy"]) == (5, 20, 0.7, 0.85)
