@@ -5,6 +5,8 @@
 The loop evaluates the WHOLE held-out set at step 0 and every `eval_every` steps (default 1% of
 `max_steps`), logs accuracy per target position, and stops as soon as accuracy >= `threshold`.
 Only the 1–2 scored slots ever reach the LM head (`slot_logits`), in training and in evaluation.
+The loop is probes.engine's (one for every kind of run); this module is the text kind (TextKind):
+its model and data, its step (TextKind.make_step) and its evaluation.
 
 The run directory (probes.rundir: format, lifecycle, atomic writes, checkpoints):
 
