@@ -20,6 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from probes.errors import UserError
@@ -392,6 +393,11 @@ def slot_logits(model: nn.Module, input_ids: torch.Tensor, slots: torch.Tensor |
     """Logits (B, len(slots), V) only at `slots`: the LM head never sees the other positions."""
     h = hidden_states(model, input_ids)
     return model.get_output_embeddings()(h[:, slots])
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the scored slots: logits (B, S, V), targets (B, S)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
 def count_parameters(model: nn.Module) -> int:

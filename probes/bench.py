@@ -18,7 +18,7 @@ What is measured, per row, is what `probes train` runs (probes.train), nothing o
   checkpointing of the row, every other setting the run default (precision auto = bf16 autocast
   on CUDA, grad_clip, weight decay, schedule); data generated from the seeds, just large enough;
 * training step = one iteration of the loop (`RunStep`): encode the step's batch, copy it to the
-  device, the step of `probes.graphs.make_train_step(model, opt, cfg, device)` (the eager
+  device, the step of `probes.train.make_train_step(model, opt, cfg, device)` (the eager
   `probes.train.train_step(model, opt, x, y, targets, autocast, grad_clip)`, or its CUDA graph on a
   `:cg` row, whose warm-up covers the graph's eager steps and its capture) with the
   optimizer of `probes.train.make_optimizer(model, cfg, device)` (AdamW, fused on CUDA) and the
@@ -133,14 +133,15 @@ def _is_oom(err: BaseException) -> bool:
 
 class RunStep:
     """One iteration of probes.train's loop, as the loop runs it: encode the batch of `step`
-    (BatchOrder), copy it to the device, the step of `graphs.make_train_step` (`train.train_step`:
+    (BatchOrder), copy it to the device, the step of `train.make_train_step` (`train.train_step`:
     zero_grad, forward through the scored slots, loss, backward, clipping, optimizer step; or its
     CUDA graph when cfg.cuda_graphs) and the scheduler's step."""
 
     def __init__(self, cfg, device: torch.device, fuse_residual: bool = False):
         from probes import train
-        from probes.graphs import GraphedTrainStep, make_train_step
+        from probes.graphs import GraphedTrainStep
         from probes.tasks import TokenLayout
+        from probes.train import make_train_step
 
         self.train, self.cfg, self.device = train, cfg, device
         self.autocast = train.resolve_precision(cfg.precision, device)

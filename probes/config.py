@@ -178,10 +178,25 @@ def _check_threads(value: Any) -> Any:
     return count
 
 
-# torch CPU threads of a run: "auto" (probes.train.resolve_threads), 0 (torch's default) or a count
+# torch CPU threads of a run: "auto" (probes.runtime.resolve_threads), 0 (torch's default) or a count
 Threads = Annotated[Literal["auto"] | int, BeforeValidator(_check_threads)]
 THREADS_HELP = ("torch CPU threads: auto (one on a CPU run of tiny presets, where they run fastest; torch's "
                 "default for larger models, on a GPU or when OMP_NUM_THREADS is set) | 0 (torch's default) | a count.")
+
+
+def _check_log_to(value: Any) -> Any:
+    from probes.trackers import parse_spec  # no torch: trackers import their packages when made
+
+    try:
+        return parse_spec(value)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+
+
+# experiment trackers a run feeds (probes.trackers); a list, or one comma-separated string
+LogTo = Annotated[list[Literal["tensorboard", "wandb"]], BeforeValidator(_check_log_to)]
+LOG_TO_HELP = ("experiment trackers fed after each evaluation: tensorboard | wandb, comma-separated "
+               "(none: no tracker); the parquet files stay the record")
 
 
 def _check_model(name: str) -> str:
@@ -238,6 +253,7 @@ class TrainConfig(Config):
     eval_batch_size: int = Field(1024, gt=0, description="held-out examples per forward pass")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
+    log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
 
     @field_validator("model")
     @classmethod
@@ -434,6 +450,7 @@ class PretrainConfig(Config):
     scan_backend: ScanBackend = Field("auto", description="Mamba selective scan")
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
+    log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
 
     @field_validator("model")
     @classmethod

@@ -3,11 +3,11 @@
 Small models (20M–160M parameters, batch 64, short sequences) spend ~1 ms of GPU work per step
 but 10–15 ms of Python and kernel launches; a captured step is one `graph.replay()`.
 
-    step = make_train_step(model, opt, cfg, device)   # after make_optimizer (and any optimizer resume)
+    step = probes.train.make_train_step(model, opt, cfg, device)   # after make_optimizer (and resume)
     loss = step(x, y, targets); sched.step()           # == probes.train.train_step(model, opt, x, y,
                                                        #    targets, autocast, cfg.grad_clip)
 
-`make_train_step` returns the eager `probes.train.train_step` (model, optimizer, autocast and
+`probes.train.make_train_step` returns the eager `probes.train.train_step` (model, optimizer, autocast and
 grad_clip bound) when `cfg.cuda_graphs` is off or the device is not CUDA, else a GraphedTrainStep:
 
 * its first EAGER_STEPS calls are ordinary eager steps on a side stream: real updates on the real
@@ -45,15 +45,12 @@ and the fix (run without cuda_graphs); there is no silent fallback.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from probes import train  # used as train.NAME at call time: no import cycle if the loop imports this module
-from probes.backbones import slot_logits
-from probes.config import TrainConfig
+from probes.backbones import compute_loss, slot_logits
 from probes.errors import UserError
 
 if TYPE_CHECKING:
@@ -62,16 +59,6 @@ if TYPE_CHECKING:
 EAGER_STEPS = 3  # eager warm-up calls before the capture (torch's own recipe uses 3)
 
 TrainStep = Callable[[torch.Tensor, torch.Tensor, "Targets"], torch.Tensor]
-
-
-def make_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
-                    device: torch.device) -> TrainStep:
-    """`step(x, y, targets) -> detached loss`: the eager probes.train.train_step when cfg.cuda_graphs
-    is off or `device` is not CUDA, else a GraphedTrainStep (same updates, one graph replay)."""
-    autocast = train.resolve_precision(cfg.precision, device)
-    if not cfg.cuda_graphs or device.type != "cuda":
-        return functools.partial(train.train_step, model, opt, autocast=autocast, grad_clip=cfg.grad_clip)
-    return GraphedTrainStep(model, opt, autocast, cfg.grad_clip)
 
 
 class GraphedTrainStep:
@@ -142,7 +129,7 @@ class GraphedTrainStep:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None,
                             cache_enabled=False):
             logits = slot_logits(self.model, x, slots)
-        loss = train.compute_loss(logits, y)
+        loss = compute_loss(logits, y)
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
@@ -204,4 +191,4 @@ class GraphedTrainStep:
         self.captures += 1
 
 
-__all__ = ["EAGER_STEPS", "GraphedTrainStep", "TrainStep", "make_train_step"]
+__all__ = ["EAGER_STEPS", "GraphedTrainStep", "TrainStep"]

@@ -66,8 +66,6 @@ from probes.schema import (  # noqa: F401 - re-exported: the schema's names, as 
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from probes.backbones import Backbone
 
 
@@ -275,8 +273,8 @@ def start_run_dir(run: Path, cfg: BaseModel, state: str, extra_dirs: tuple[str, 
 def new_record() -> dict[str, Any]:
     """What a run accumulates and its checkpoint carries: step, timings, metrics and positions rows."""
     return {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
-            "train_seconds": 0.0, "train_steps": 0, "eval_seconds": 0.0, "eval_examples": 0,
-            "threads_used": []}
+            "train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "eval_seconds": 0.0,
+            "eval_examples": 0, "threads_used": []}
 
 
 def note_threads(rec: dict[str, Any], count: int) -> None:
@@ -296,13 +294,16 @@ def recorded_threads(run: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_columns: list[str]) -> None:
+def restore_record(rec: dict[str, Any], ckpt_state: dict, run: Path, metric_columns: list[str],
+                   positions: bool = True) -> None:
     """Continue `rec` from a checkpoint; rows written after that checkpoint are dropped from disk
-    (they are computed again, so no evaluation is lost or counted twice)."""
+    (they are computed again, so no evaluation is lost or counted twice). `positions`: whether
+    the run writes positions.parquet (pretraining runs do not)."""
     rec.update({k: ckpt_state.get(k, rec[k]) for k in rec})  # threads_used: absent before it existed
     rec["resumed_at"] = [*rec["resumed_at"], rec["step"]]
     write_parquet(run / "metrics.parquet", rec["metrics"], metric_columns)
-    write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
+    if positions:
+        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
 
 
 def rate(amount: float, seconds: float) -> float | None:
@@ -314,7 +315,8 @@ def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_s
     """summary.json fields every run has (SPEC §6, probes.schema.SUMMARY_FIELDS), from the record of
     its evaluations; `kind` is the caller's kind of run (probes.schema.RUN_KINDS).
 
-    `cfg` needs threshold, max_steps and batch_size.
+    `cfg` needs threshold and max_steps; the training throughput counts the examples the run
+    actually saw (rec["train_examples"]: a VLM run's stages have different batch sizes).
     """
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown run kind {kind!r} (allowed: {', '.join(RUN_KINDS)})")
@@ -328,7 +330,7 @@ def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_s
         "best_accuracy": max(r["accuracy"] for r in rows) if rows else None,
         "final_step": rows[-1]["step"] if rows else 0,
         "max_steps": cfg.max_steps, "wall_seconds": wall_seconds, "message": message,
-        "train_examples_per_s": rate(rec["train_steps"] * cfg.batch_size, rec["train_seconds"]),
+        "train_examples_per_s": rate(rec["train_examples"], rec["train_seconds"]),
         "eval_examples_per_s": rate(rec["eval_examples"], rec["eval_seconds"]),
         "resumed_at": rec["resumed_at"],
         # CPU threads of each segment (start, then each resume); float sums depend on the count, so
@@ -400,19 +402,3 @@ def save_checkpoint(run: Path, bb: Backbone, state: dict) -> None:
         os.replace(current, old)
     os.replace(new, current)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def rng_state(device: torch.device) -> dict:
-    """torch's RNG states (CPU, and CUDA on a CUDA device), for a checkpoint."""
-    import torch
-
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    import torch
-
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)

@@ -5,6 +5,8 @@
 The loop evaluates the WHOLE held-out set at step 0 and every `eval_every` steps (default 1% of
 `max_steps`), logs accuracy per target position, and stops as soon as accuracy >= `threshold`.
 Only the 1–2 scored slots ever reach the LM head (`slot_logits`), in training and in evaluation.
+The loop is probes.engine's (one for every kind of run); this module is the text kind (TextKind):
+its model and data, its step (TextKind.make_step) and its evaluation.
 
 The run directory (probes.rundir: format, lifecycle, atomic writes, checkpoints):
 
@@ -28,44 +30,47 @@ The optimizer and one step are public for the benchmark (`probes bench` times `t
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import math
-import os
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from probes import rundir, schedules, tasks
-from probes.backbones import Backbone, build_backbone, count_parameters, extend_vocabulary, slot_logits
+from probes import engine, graphs, rundir, runtime, schedules, schema, tasks
+from probes.backbones import (
+    Backbone,
+    build_backbone,
+    compute_loss,
+    count_parameters,
+    extend_vocabulary,
+    family_of,
+    slot_logits,
+)
 from probes.config import TrainConfig, validate
+from probes.engine import Evaluation, Interval, RunKind
 from probes.errors import UserError
 from probes.naming import format_lr  # run names; also probes.train.format_lr, as before
-from probes.rundir import (
-    POSITION_COLUMNS,
-    latest_checkpoint,
-    new_record,
-    rate,
-    restore_record,
-    rng_state,
-    run_summary,
-    save_checkpoint,
-    set_rng_state,
-    start_run_dir,
-    write_json,
-    write_parquet,
+from probes.rundir import rate, start_run_dir  # noqa: F401 - start_run_dir: as before
+from probes.runtime import (  # noqa: F401 - re-exported: where callers found them before probes.runtime
+    BatchOrder,
+    choose_scan_backend,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    resolve_threads,
+    run_threads,
+    torch_threads,
+    with_threads,
 )
 from probes.tasks import Dataset, TokenLayout
 
 # Settings that may differ when a run resumes: where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend", "threads")
-_NAN_CHECK_EVERY = 10  # steps between checks of the training loss (one host sync each)
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "checkpoint_every", "scan_backend", "threads", "log_to",
+                     "cuda_graphs")
 
 
 # === Names ===
@@ -107,116 +112,11 @@ def load_data(cfg: TrainConfig) -> Dataset:
     return ds
 
 
-class BatchOrder:
-    """Rows of each training step: epoch e is the permutation drawn from (seed, e).
-
-    rows(step) depends only on (seed, step, batch size, training-set size): a resumed run sees
-    exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return self._perms[epoch]
-
-    def rows(self, step: int) -> np.ndarray:
-        idx = step * self.batch_size + np.arange(self.batch_size)
-        epochs, pos = np.divmod(idx, self.size)
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for e in np.unique(epochs):
-            mask = epochs == e
-            out[mask] = self._perm(int(e))[pos[mask]]
-        return out
-
-
 # === Model ===
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked but CUDA is not available here (allowed: cpu, auto)")
-    return torch.device(name)
-
-
-def resolve_threads(threads: int | str, device: str, models: Sequence[str],
-                    environ: Mapping[str, str] = os.environ) -> int | None:
-    """The torch CPU thread count a run uses, None to leave torch's own (config key `threads`).
-
-    A count is used as given; 0 is torch's default. "auto" is 1 on a CPU run whose `models`
-    (backbone, and a VLM's encoders) are all tiny presets: they run fastest on one thread, and many
-    times slower on two when other jobs share the CPU; larger models keep torch's default, which
-    their matmuls use. On a GPU, where the CPU only feeds it, "auto" leaves torch's count too. An
-    OMP_NUM_THREADS in the environment is the user's choice: "auto" then leaves torch's count,
-    which follows it. One thread also makes a CPU run's floats independent of the core count.
-    """
-    if threads != "auto":
-        return int(threads) or None
-    if environ.get("OMP_NUM_THREADS"):
-        return None
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device.split(":")[0]
-    return 1 if kind == "cpu" and all(name.endswith("-tiny") for name in models) else None
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | str, device: str, models: Sequence[str]) -> Iterator[int]:
-    """Run the block with resolve_threads(threads, device, models) torch threads; torch's count
-    before is restored afterwards. Yields the count in effect."""
-    count = resolve_threads(threads, device, models)
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if count is not None:
-            torch.set_num_threads(before)
-
-
-def with_threads(cfg: TrainConfig, threads: int | None) -> TrainConfig:
-    """`cfg` with `threads` CPU threads where it leaves them to "auto" (a sweep worker's share)."""
-    return cfg.model_copy(update={"threads": threads}) if threads and cfg.threads == "auto" else cfg
-
-
-def end_train_interval(rec: dict, device: torch.device, t_train: float, steps: int) -> float:
-    """Seconds of training since `t_train` (once the GPU's queued work is done), added with `steps`
-    to the run record's totals: the interval an evaluation closes."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.monotonic() - t_train
-    rec["train_seconds"] += seconds
-    rec["train_steps"] += steps
-    return seconds
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if name == "fp32" or (name == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
 
 
 def new_token_names(n: int) -> list[str]:
     return [f"<s_{i}>" for i in range(n)] + ["<out>", "<sep>"]
-
-
-def choose_scan_backend(model: torch.nn.Module, backend: str) -> str:
-    """Give every Mamba mixer in `model` the chosen selective scan (probes.kernels); the name chosen.
-
-    A backend this machine cannot run (triton without CUDA, mamba-ssm not installed) is a UserError.
-    """
-    from probes.kernels.mamba_mixer import set_scan_backend
-
-    try:
-        return set_scan_backend(model, backend)
-    except (ValueError, RuntimeError, ImportError) as err:
-        raise UserError(f"scan_backend {backend!r}: {err}") from None
 
 
 def set_scan_backend(bb: Backbone, backend: str) -> str | None:
@@ -235,7 +135,7 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpoint: Path | None)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).float().to(device)
-    family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
+    family = family_of(model.config)
     tokenizer = None
     if any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer  # hf: models keep theirs in every checkpoint
@@ -265,15 +165,6 @@ class Targets:
         return torch.stack(cols, dim=1)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def compute_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy over the scored slots: logits (B, S, V), targets (B, S)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-
-
 class HeldOut:
     """The whole held-out set as token ids on the device, encoded once."""
 
@@ -301,7 +192,7 @@ def evaluate(model: torch.nn.Module, held: HeldOut, targets: Targets, batch_size
     for i in range(0, len(held), batch_size):
         x = held.ids[i:i + batch_size].long()
         answers = held.answers[i:i + batch_size]
-        with _autocast(device, autocast):
+        with runtime.autocast(device, autocast):
             logits = slot_logits(model, x, targets.slots)
         loss_sum += compute_loss(logits, targets.ids(answers), reduction="sum")
         ok = (logits[:, 0].argmax(-1) == answers).float()
@@ -356,7 +247,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     """One update on the batch (x, target ids y): forward through the scored slots, loss, backward,
     clipping, opt.step(). The detached loss (no host sync); the caller steps the scheduler."""
     opt.zero_grad(set_to_none=True)
-    with _autocast(x.device, autocast):
+    with runtime.autocast(x.device, autocast):
         logits = slot_logits(model, x, targets.slots)
     loss = compute_loss(logits, y)
     loss.backward()
@@ -364,6 +255,16 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.detach()
+
+
+def make_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig,
+                    device: torch.device) -> graphs.TrainStep:
+    """`step(x, y, targets) -> detached loss`: train_step with the run's autocast and clipping, or,
+    with cfg.cuda_graphs on CUDA, the same step captured once and replayed (probes.graphs)."""
+    autocast = resolve_precision(cfg.precision, device)
+    if cfg.cuda_graphs and device.type == "cuda":
+        return graphs.GraphedTrainStep(model, opt, autocast, cfg.grad_clip)
+    return functools.partial(train_step, model, opt, autocast=autocast, grad_clip=cfg.grad_clip)
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict, model: torch.nn.Module) -> None:
@@ -386,212 +287,91 @@ def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict, model: torch.n
 
 # === The run ===
 
-METRIC_COLUMNS = ["step", "examples_seen", "loss", "accuracy", "train_loss", "lr", "train_examples_per_s",
-                  "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
-
-
-class _Progress:
-    """A rich progress bar over steps (or nothing)."""
-
-    def __init__(self, enabled: bool, name: str, total: int, start: int):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task(name, total=total, completed=start, info="")
-            self.bar.start()
-
-    def update(self, step: int, info: str | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, **({"info": info} if info is not None else {}))
-
-    def log(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(message, highlight=False, markup=False)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+METRIC_COLUMNS = schema.PROBE_METRIC_COLUMNS
 
 
 def train_run(cfg: TrainConfig, overwrite: bool = False, progress: bool = True,
               default_threads: int | None = None) -> dict:
-    """Train one run to the threshold (or max_steps) and return its summary.
+    """Train one run to the threshold (or max_steps) and return its summary (probes.engine).
 
     A new run directory starts from scratch; an unfinished one resumes from its checkpoint; a
     finished one is a UserError unless `overwrite`. The run holds its directory's lock
     (rundir.open_run) for its whole life. torch uses run_threads(...) CPU threads (torch_threads)
     during the run, and config.yaml records the count.
     """
-    run = run_dir(cfg)
-    # 'new' or 'resume'; a new run's directory is cleared below, once the model and data are known to load
-    with rundir.open_run(cfg, run, RESUMABLE_CHANGES, overwrite, log=_stderr) as state:
-        with torch_threads(run_threads(cfg, run, state, default_threads), cfg.device, [cfg.model]) as threads:
-            return _train_run(cfg.model_copy(update={"threads": threads}), state, progress, threads)
+    return engine.train(TextKind, cfg, run_dir(cfg), RESUMABLE_CHANGES, [cfg.model], overwrite=overwrite,
+                        progress=progress, log=_stderr, default_threads=default_threads)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_threads(cfg, run: Path, state: str, default: int | None = None) -> int | str:
-    """The `threads` setting a run uses (then resolved by torch_threads): the config's when it names
-    one; else, on resume, the count config.yaml records (exact resume: float sums depend on it);
-    else `default` (a sweep worker's share) or "auto". A resume with another count than the
-    recorded one shows in summary.json (threads_used, bit_reproducible: false)."""
-    if cfg.threads != "auto":
-        return cfg.threads
-    recorded = rundir.recorded_threads(run) if state == "resume" else None
-    return recorded or default or "auto"
+class TextKind(RunKind):
+    """A text probe run (summary kind `probe`) as probes.engine drives it."""
 
+    kind = schema.PROBE
+    metric_columns = METRIC_COLUMNS
 
-def _train_run(cfg: TrainConfig, state: str, progress: bool, threads: int) -> dict:
-    run = run_dir(cfg)
-    found = latest_checkpoint(run) if state == "resume" else None
+    def build(self, found: tuple[Path, dict] | None) -> None:
+        cfg, device = self.cfg, self.device
+        self.data = load_data(cfg)
+        self.bb = build_model(cfg, device, found[0] if found else None)
+        scan = set_scan_backend(self.bb, cfg.scan_backend)
+        if cfg.gradient_checkpointing:
+            self.bb.model.gradient_checkpointing_enable()
+        self.layout = TokenLayout.build(cfg.n, cfg.layout, self.bb.base_vocab, cfg.tokens, self.bb.eos_id)
+        self.targets = Targets.of(self.layout)
+        self.held = HeldOut(self.layout, self.data.heldout, device)
+        self.order = BatchOrder(len(self.data.train), cfg.batch_size, cfg.order_seed)
+        self.model = self.bb.model
+        self.model.train()
+        self.info = {"run": run_name(cfg), "device": str(device), "precision": precision_name(self.autocast),
+                     "scan_backend": scan, "n_parameters": count_parameters(self.model),
+                     "seq_len": self.layout.seq_len, "eval_size": len(self.held), "train_size": len(self.data.train),
+                     "threads": cfg.threads, **schedule_summary(cfg)}
 
-    from transformers.utils import logging as hf_logging
+    def start(self, rec: dict, ckpt: dict | None) -> None:
+        self.opt = make_optimizer(self.model, self.cfg, self.device)
+        if ckpt is not None:
+            load_optimizer_state(self.opt, ckpt["optimizer"], self.model)
+        self.sched = make_scheduler(self.opt, self.cfg, rec["step"])
+        if ckpt is not None and "scheduler" in ckpt:
+            self.sched.load_state_dict(ckpt["scheduler"])
 
-    hf_logging.disable_progress_bar()
-    device = resolve_device(cfg.device)
-    autocast = resolve_precision(cfg.precision, device)
-    data = load_data(cfg)
-    bb = build_model(cfg, device, found[0] if found else None)
-    scan = set_scan_backend(bb, cfg.scan_backend)
-    if cfg.gradient_checkpointing:
-        bb.model.gradient_checkpointing_enable()
-    layout = TokenLayout.build(cfg.n, cfg.layout, bb.base_vocab, cfg.tokens, bb.eos_id)
-    targets = Targets.of(layout)
-    held = HeldOut(layout, data.heldout, device)
-    order = BatchOrder(len(data.train), cfg.batch_size, cfg.order_seed)
-    model = bb.model
-    model.train()
-    opt = make_optimizer(model, cfg, device)
+    def make_step(self) -> Callable[[int], torch.Tensor]:
+        """The update of one step: THE place where the step function is chosen (make_train_step: eager or
+        a captured CUDA graph); it must return the detached loss and step the schedule, as this one does."""
+        targets, layout, device = self.targets, self.layout, self.device
+        update = make_train_step(self.model, self.opt, self.cfg, device)
 
-    cfg = cfg.model_copy(update={"out": run})
-    start_run_dir(run, cfg, state)
-    rec = new_record()
-    if found is not None:
-        ckpt_state = found[1]
-        load_optimizer_state(opt, ckpt_state["optimizer"], model)
-        set_rng_state(ckpt_state["rng"], device)
-        restore_record(rec, ckpt_state, run, METRIC_COLUMNS)
-    elif state == "resume":  # killed before its first checkpoint: start again from step 0
-        rec["resumed_at"] = [0]
-    rundir.note_threads(rec, threads)
-    sched = make_scheduler(opt, cfg, rec["step"])
-    if found is not None and "scheduler" in found[1]:
-        sched.load_state_dict(found[1]["scheduler"])
-
-    info = {"run": run_name(cfg), "device": str(device), "precision": "bf16" if autocast else "fp32",
-            "scan_backend": scan, "n_parameters": count_parameters(model), "seq_len": layout.seq_len,
-            "eval_size": len(held), "train_size": len(data.train), "threads": threads, **schedule_summary(cfg)}
-    bar = _Progress(progress, info["run"], cfg.max_steps, rec["step"])
-    if found is not None:
-        bar.log(f"resuming {run} from step {rec['step']}")
-    t0 = time.monotonic() - rec["wall_seconds"]
-    step = rec["step"]
-    every = cfg.effective_eval_every
-    ckpt_every = cfg.checkpoint_every or every
-    last_ckpt = step
-    loss_acc = torch.zeros((), device=device)
-    loss_steps = 0
-    t_train = time.monotonic()
-
-    def summary_now(status: str, message: str = "") -> dict:
-        return {
-            **run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="probe"),
-            "train_tokens_per_s": rate(rec["train_steps"] * cfg.batch_size * layout.seq_len, rec["train_seconds"]),
-            "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
-            **info,
-        }
-
-    def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
-        t = time.monotonic()
-        loss, acc, correct = evaluate(model, held, targets, cfg.eval_batch_size, autocast)
-        dt = time.monotonic() - t
-        rec["eval_seconds"] += dt
-        rec["eval_examples"] += len(held)
-        rec["metrics"].append({
-            "step": step, "examples_seen": step * cfg.batch_size, "loss": float(loss), "accuracy": float(acc),
-            "train_loss": train_loss, "lr": schedules.lr_of_update(sched, max(step - 1, 0)),
-            "train_examples_per_s": rate(train_steps * cfg.batch_size, train_seconds),
-            "train_tokens_per_s": rate(train_steps * cfg.batch_size * layout.seq_len, train_seconds),
-            "eval_examples_per_s": rate(len(held), dt), "eval_seconds": dt,
-            "wall_seconds": time.monotonic() - t0,
-        })
-        rec["positions"].extend(
-            {"step": step, "position": p, "accuracy": float(correct[p] / held.counts[p]) if held.counts[p] else None,
-             "count": int(held.counts[p])} for p in range(cfg.n))
-        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)
-        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
-        return float(acc)
-
-    def finish(status: str, message: str = "") -> dict:
-        bar.stop()
-        summary = summary_now(status, message)
-        write_json(run / "summary.json", summary)
-        return summary
-
-    def checkpoint() -> None:
-        rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
-        save_checkpoint(run, bb, {**rec, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                  "rng": rng_state(device)})
-
-    def final_status() -> str | None:
-        last = rec["metrics"][-1]
-        if last["accuracy"] >= cfg.threshold:
-            return "reached"
-        return "not_reached" if last["step"] >= cfg.max_steps else None
-
-    try:
-        if not rec["metrics"]:
-            record_eval(0, None, 0.0, 0)
-            write_json(run / "summary.json", summary_now("running"))
-        status = final_status()
-        if status is not None:  # killed after its final checkpoint, before the summary
-            return finish(status)
-        bar.update(step, f"acc {rec['metrics'][-1]['accuracy']:.3f}")
-        since_eval = 0
-        while step < cfg.max_steps:
-            x_np, answers_np = layout.encode(data.train, order.rows(step))
+        def step(k: int) -> torch.Tensor:
+            x_np, answers_np = layout.encode(self.data.train, self.order.rows(k))
             x = torch.from_numpy(x_np).to(device, non_blocking=True)
             y = targets.ids(torch.from_numpy(answers_np).to(device, non_blocking=True))
-            loss_acc += train_step(model, opt, x, y, targets, autocast, cfg.grad_clip)
-            sched.step()
-            step += 1
-            since_eval += 1
-            loss_steps += 1
-            is_eval = step % every == 0 or step == cfg.max_steps
-            if step % _NAN_CHECK_EVERY == 0 or is_eval:
-                total = loss_acc.item()
-                if not math.isfinite(total):
-                    return finish("failed", f"training loss became {total} between steps {step - loss_steps + 1} "
-                                            f"and {step} (lr={cfg.lr:g}); the model diverged: try a lower lr")
-            bar.update(step)
-            if not is_eval:
-                continue
-            train_seconds = end_train_interval(rec, device, t_train, since_eval)
-            acc = record_eval(step, loss_acc.item() / loss_steps, train_seconds, since_eval)
-            loss_acc.zero_()
-            loss_steps = since_eval = 0
-            status = final_status()
-            bar.update(step, f"acc {acc:.3f}")
-            if status is not None:
-                checkpoint()  # the final model
-                return finish(status)
-            write_json(run / "summary.json", summary_now("running"))
-            if step - last_ckpt >= ckpt_every:
-                checkpoint()
-                last_ckpt = step
-            t_train = time.monotonic()
-        return finish(final_status() or "not_reached")
-    except BaseException:
-        bar.stop()  # a crash or Ctrl-C leaves the run `running`: the same command resumes it
-        raise
+            loss = update(x, y, targets)
+            self.sched.step()
+            return loss
+
+        return step
+
+    def evaluate(self, step: int, interval: Interval) -> Evaluation:
+        held = self.held
+        loss, acc, correct = evaluate(self.model, held, self.targets, self.cfg.eval_batch_size, self.autocast)
+        row = {"loss": float(loss), "accuracy": float(acc), "lr": schedules.lr_of_update(self.sched, max(step - 1, 0)),
+               "train_tokens_per_s": rate(interval.examples * self.layout.seq_len, interval.seconds)}
+        positions = [{"position": p, "accuracy": float(correct[p] / held.counts[p]) if held.counts[p] else None,
+                      "count": int(held.counts[p])} for p in range(self.cfg.n)]
+        return Evaluation(row, positions, len(held), f"acc {acc:.3f}")
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def summary(self, rec: dict, status: str, message: str, wall_seconds: float) -> dict:
+        return {**super().summary(rec, status, message, wall_seconds),
+                "train_tokens_per_s": rate(rec["train_examples"] * self.layout.seq_len, rec["train_seconds"]),
+                "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
+                **self.info}
 
 
 # === Entry point for sweep workers: python -m probes.train --json '{...}' ===

@@ -18,8 +18,9 @@ import torch
 from probes import schedules, train
 from probes.config import TrainConfig
 from probes.errors import UserError
-from probes.graphs import EAGER_STEPS, GraphedTrainStep, make_train_step
+from probes.graphs import EAGER_STEPS, GraphedTrainStep
 from probes.tasks import TokenLayout
+from probes.train import make_train_step
 
 CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from cli import app
+from probes import engine as engine_mod
 from probes import train as train_mod
 from probes.config import TrainConfig, load_config
 from probes.errors import UserError
@@ -234,7 +235,7 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, monkeypatch):
 
 
 def _interrupt_after_checkpoints(monkeypatch, k: int) -> None:
-    real, calls = train_mod.save_checkpoint, []
+    real, calls = engine_mod.save_checkpoint, []
 
     def save_then_stop(*args, **kwargs):
         real(*args, **kwargs)
@@ -242,7 +243,7 @@ def _interrupt_after_checkpoints(monkeypatch, k: int) -> None:
         if len(calls) == k:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(engine_mod, "save_checkpoint", save_then_stop)
 
 
 @pytest.mark.parametrize("model", ["pythia-tiny", "mamba-tiny"])
@@ -568,7 +569,7 @@ def test_a_checkpoint_from_before_the_decay_groups_resumes_exactly(tmp_path, mon
     whole = tiny(tmp_path / "whole", **kw)
     train_run(whole, progress=False)
     parts = tiny(tmp_path / "parts", **kw)
-    real = train_mod.save_checkpoint
+    real = engine_mod.save_checkpoint
 
     def save_old_style(run, bb, state):
         opt = state["optimizer"]
@@ -582,7 +583,7 @@ def test_a_checkpoint_from_before_the_decay_groups_resumes_exactly(tmp_path, mon
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "save_checkpoint", save_old_style)
+        m.setattr(engine_mod, "save_checkpoint", save_old_style)
         with pytest.raises(KeyboardInterrupt):
             train_run(parts, progress=False)
     assert "scheduler" not in torch.load(Path(parts.out) / "checkpoint" / "state.pt", weights_only=True)
@@ -601,8 +602,8 @@ def test_schedule_flags_reach_the_config_and_bad_ones_are_one_line(tmp_path, cli
     cfg = load_config(TrainConfig, tmp_path / "r" / "config.yaml")
     assert (cfg.lr_schedule, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.order_seed, cfg.init_seed) == (
         "linear", 0.1, 0.05, 3, 0)
-    for args, message in ((["--lr-schedule", "step"], "lr_schedule: Input should be 'constant', 'linear' or "
-                                                      "'cosine'"),
+    for args, message in ((["--lr-schedule", "step"], ("lr_schedule: Input should be 'constant', 'linear' or "
+                                                       "'cosine'")),
                           (["--warmup-ratio", "1"], "warmup_ratio: Input should be less than 1")):
         r = cli_runner.invoke(app, ["train", *SMALL, "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from probes.config import THREADS_HELP, Config, Init, Precision, ScanBackend, Threads
+from probes.config import LOG_TO_HELP, THREADS_HELP, Config, Init, LogTo, Precision, ScanBackend, Threads
 from probes.errors import UserError
 
 Layout = Literal["task-agnostic", "task-aware", "query-first"]
@@ -96,7 +96,9 @@ class VLMTrainConfig(Config):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
     scan_backend: ScanBackend = Field("auto", description="Mamba selective scan: auto | triton | mamba-ssm | torch | reference")
+    checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
+    log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
     data: VLMDataConfig = Field(default_factory=VLMDataConfig)
 
     @model_validator(mode="after")

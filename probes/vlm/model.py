@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probes.backbones import Backbone, build_backbone, extend_vocabulary, hidden_states
+from probes.backbones import Backbone, build_backbone, extend_vocabulary, family_of, hidden_states
 from probes.errors import UserError
 from probes.vlm.config import PAPER_MARKER_IDS, PAPER_MARKER_TEXT
 from probes.vlm.connectors import build_connector
@@ -377,8 +377,7 @@ def _load_lm(name: str, path: Path, device, added: list[str]) -> Backbone:
 
     model = AutoModelForCausalLM.from_pretrained(str(path)).float().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").is_file() else None
-    family = {"gpt_neox": "pythia", "mamba": "mamba"}.get(model.config.model_type, model.config.model_type)
-    return Backbone(name, family, model, tokenizer, added)
+    return Backbone(name, family_of(model.config), model, tokenizer, added)
 
 
 def max_answer_tokens(builder: SequenceBuilder) -> int:

@@ -7,7 +7,7 @@ Stage 1 (steps 0 … stage1_steps) trains the connector only (lr `stage1_lr`, 1e
 2e-5; `stage2_batch_size`, 128). Both default to `batch_size`. A step with `micro_batch_size` set
 accumulates the gradients of its micro-batches (each weighted by its share of the step's batch):
 the same update, in less memory. The examples are read in one seeded stream (epoch e is the
-permutation drawn from (seed, e), as probes.train.BatchOrder), each step taking the next ones.
+permutation drawn from (seed, e), as probes.runtime.BatchOrder), each step taking the next ones.
 Each stage has its own AdamW and its own schedule: linear warmup over `warmup` (3%) of the stage's steps, then cosine decay to 0 (Table 8). The
 encoder is always frozen. The loss is each sequence's mean over its answer tokens, averaged over
 the batch. Evaluation (step 0, every `eval_every` steps, at the end of each stage) decodes a box
@@ -34,9 +34,8 @@ an unfinished one of another config is a one-line error unless `overwrite`, whic
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,41 +43,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from probes import engine, runtime, schema
+from probes.engine import Evaluation, Interval, RunKind
 from probes.errors import UserError
-from probes.rundir import (
-    POSITION_COLUMNS,
-    latest_checkpoint,
-    new_record,
-    note_threads,
-    open_run,
-    rate,
-    read_config,
-    restore_record,
-    run_summary,
-    save_checkpoint,
-    start_run_dir,
-    write_json,
-    write_parquet,
-)
-from probes.train import (
-    BatchOrder,
-    choose_scan_backend,
-    end_train_interval,
-    format_lr,
-    resolve_device,
-    resolve_precision,
-    run_threads,
-    torch_threads,
-)
+from probes.naming import format_lr
+from probes.rundir import POSITION_COLUMNS, latest_checkpoint, read_config, write_parquet
+from probes.runtime import BatchOrder, precision_name, resolve_device, resolve_precision, scan_backends
 from probes.vlm.config import LEGACY_VALUES, VLMEvalConfig, VLMTrainConfig
 from probes.vlm.data import RecordSet, SyntheticScenes, read_records, to_pixels
 from probes.vlm.grounding import GRID, cell, format_box, score
 from probes.vlm.model import VLM, build_vlm, make_batch, max_answer_tokens
 
-RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads",
-                     "micro_batch_size")  # how it runs, not what
-METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
-                  "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
+RESUMABLE_CHANGES = ("out", "device", "eval_batch_size", "scan_backend", "threads", "micro_batch_size",
+                     "checkpoint_every", "log_to")  # how it runs, not what
+METRIC_COLUMNS = schema.VLM_METRIC_COLUMNS
 HELDOUT_SEED_OFFSET = 1_000_003
 
 # === Names, run directories ===
@@ -114,7 +92,7 @@ def load_splits(cfg: VLMTrainConfig):
 class ExampleStream:
     """Training rows of each step when the stages' batch sizes differ: step k takes the examples
     `cfg.examples_seen(k)` … `cfg.examples_seen(k + 1) - 1` of one stream in which epoch e is the
-    permutation drawn from (seed, e). With one batch size it is exactly probes.train.BatchOrder."""
+    permutation drawn from (seed, e). With one batch size it is exactly probes.runtime.BatchOrder."""
 
     def __init__(self, cfg: VLMTrainConfig, size: int):
         self.cfg, self.size = cfg, size
@@ -126,6 +104,10 @@ class ExampleStream:
         if start % size == 0:  # aligned: one call at this batch size (always so with one batch size)
             return self._order(size).rows(start // size)
         return np.concatenate([self._order(1).rows(i) for i in range(start, stop)])  # one example at a time
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint records of the stream (with the RNG state)."""
+        return {"size": self.size, "seed": self.cfg.seed}
 
     def _order(self, batch_size: int) -> BatchOrder:
         if batch_size not in self._orders:
@@ -174,19 +156,20 @@ def lr_at(cfg: VLMTrainConfig, step: int) -> float:
 
 
 def accumulate(model: VLM, split, rows: np.ndarray, micro: int | None, device: torch.device,
-               autocast: torch.dtype | None) -> float:
+               autocast: torch.dtype | None) -> torch.Tensor:
     """Backward of one step's loss (the batch mean of each sequence's answer loss) over micro-batches
-    of at most `micro` rows, each weighted by its share of the batch; returns the step's loss."""
+    of at most `micro` rows, each weighted by its share of the batch; returns the step's loss, a
+    detached scalar on the device (no host sync)."""
     micro = micro or len(rows)
-    total = 0.0
+    total = torch.zeros((), device=device)
     for start in range(0, len(rows), micro):
         part = rows[start:start + micro]
         batch, _ = collate(model, split, part)
-        with _autocast(device, autocast):
+        with runtime.autocast(device, autocast):
             loss, _ = model.loss(batch.to(device))
         weighted = loss * (len(part) / len(rows))
         weighted.backward()
-        total += float(weighted.detach())
+        total += weighted.detach().float()
     return total
 
 
@@ -198,10 +181,6 @@ def trainable(model: VLM, stage: int) -> list[torch.nn.Parameter]:
 
 
 # === Evaluation ===
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -217,7 +196,7 @@ def evaluate(model: VLM, split, batch_size: int, device: torch.device, autocast:
         idx = list(range(start, min(start + batch_size, n)))
         batch, examples = collate(model, split, idx)
         batch = batch.to(device)
-        with _autocast(device, autocast):
+        with runtime.autocast(device, autocast):
             _, per_seq = model.loss(batch)
             texts = model.generate(batch.pixels, [e.expression for e in examples], max_new)
         loss_sum += float(per_seq.sum())
@@ -236,21 +215,11 @@ def summarise(preds: pd.DataFrame) -> tuple[dict, list[dict]]:
     for p in range(GRID * GRID):
         here = preds[preds["position"] == p]
         cells.append({"position": p, "accuracy": float(here["correct"].mean()) if len(here) else None,
-                      "count": int(len(here))})
+                      "count": len(here)})
     return metrics, cells
 
 
 # === The run ===
-
-
-def _scan_backends(model: VLM, backend: str) -> str:
-    """Give every Mamba layer (backbone and connector) the chosen selective scan, if probes.kernels can."""
-    from transformers.models.mamba.modeling_mamba import MambaMixer
-
-    parts = [m for m in (model.lm, model.connector) if any(isinstance(x, MambaMixer) for x in m.modules())]
-    if not parts:
-        return "none"
-    return ",".join(sorted({choose_scan_backend(m, backend) for m in parts}))
 
 
 def _encoder_fingerprint(model: VLM) -> float:
@@ -279,151 +248,110 @@ def load_vlm(cfg: VLMTrainConfig, device: torch.device, found: tuple[Path, dict]
 
 
 def train_vlm(cfg: VLMTrainConfig, overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Train one VLM run to the threshold (or max_steps); returns its summary. The run holds its
-    directory's lock for its whole life (probes.rundir.open_run), and torch uses the thread count
-    of probes.train.run_threads (a resume keeps the recorded one) during the run."""
+    """Train one VLM run to the threshold (or max_steps) with probes.engine; returns its summary.
+    The run holds its directory's lock for its whole life, and torch uses the thread count of
+    probes.runtime.run_threads (a resume keeps the recorded one). `log` hears one line per
+    evaluation, the stage change and a resume."""
     log = log or (lambda _msg: None)
-    run = run_dir(cfg)
-    with open_run(cfg, run, RESUMABLE_CHANGES, overwrite, log=log) as state:  # probes.rundir's lifecycle
-        models = [cfg.model, *cfg.encoders]
-        with torch_threads(run_threads(cfg, run, state), cfg.device, models) as threads:
-            return _train_vlm(cfg.model_copy(update={"threads": threads}), state, log, threads)
+    return engine.train(functools.partial(VLMKind, log=log), cfg, run_dir(cfg), RESUMABLE_CHANGES,
+                        [cfg.model, *cfg.encoders], overwrite=overwrite, progress=False, log=log, lines=log)
 
 
-def _train_vlm(cfg: VLMTrainConfig, state: str, log: Callable[[str], None], threads: int) -> dict:
-    run = run_dir(cfg)
-    found = latest_checkpoint(run) if state == "resume" else None
-    if state == "resume":  # a run from before a key existed continues as it began
-        cfg = cfg.model_copy(update=legacy_values(run))
+class VLMKind(RunKind):
+    """A VLM run (summary kind `vlm`) as probes.engine drives it: two stages, each with its own AdamW."""
 
-    from transformers.utils import logging as hf_logging
+    kind = schema.VLM
+    metric_columns = METRIC_COLUMNS
+    extra_dirs = ("predictions",)
 
-    hf_logging.disable_progress_bar()
-    device = resolve_device(cfg.device)
-    autocast = resolve_precision(cfg.precision, device)
-    train, held = load_splits(cfg)
-    model = load_vlm(cfg, device, found)
-    scan = _scan_backends(model, cfg.scan_backend)
-    order = ExampleStream(cfg, len(train))
+    def __init__(self, cfg: VLMTrainConfig, run: Path, state: str, log: Callable[[str], None]):
+        if state == "resume":  # a run from before a key existed continues as it began
+            cfg = cfg.model_copy(update=legacy_values(run))
+        super().__init__(cfg, run, state)
+        self.log = log
 
-    cfg = cfg.model_copy(update={"out": run})
-    start_run_dir(run, cfg, state, extra_dirs=("predictions",))
-    rec = new_record()
-    stage = stage_of(cfg, 0)
-    opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, 0), weight_decay=cfg.weight_decay)
-    if found is not None:
-        ckpt = found[1]
-        restore_record(rec, ckpt, run, METRIC_COLUMNS)
-        stage = stage_of(cfg, rec["step"])
-        opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, rec["step"]), weight_decay=cfg.weight_decay)
-        if ckpt["opt_stage"] == stage:
-            opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
-        for f in (run / "predictions").glob("step_*.parquet"):
-            if int(f.stem[5:]) > rec["step"]:
+    def build(self, found: tuple[Path, dict] | None) -> None:
+        cfg = self.cfg
+        self.train, self.held = load_splits(cfg)
+        self.model = load_vlm(cfg, self.device, found)
+        self.bb = self.model.backbone
+        scan = scan_backends([self.model.lm, self.model.connector], cfg.scan_backend) or "none"
+        self.order = ExampleStream(cfg, len(self.train))
+        m = self.model
+        self.info = {"run": run_name(cfg), "device": str(self.device), "precision": precision_name(self.autocast),
+                     "scan_backend": scan, "n_parameters": sum(p.numel() for p in m.parameters()),
+                     "n_trainable_stage1": sum(p.numel() for p in m.connector.parameters()),
+                     "image_tokens": m.grid[0] * m.grid[1], "train_size": len(self.train),
+                     "eval_size": len(self.held), "threads": cfg.threads}
+
+    def start(self, rec: dict, ckpt: dict | None) -> None:
+        self.stage = stage_of(self.cfg, rec["step"])
+        self.opt = self.make_optimizer(self.stage, rec["step"])  # once; again only when stage 2 begins
+        if ckpt is not None and ckpt["opt_stage"] == self.stage:
+            self.opt.load_state_dict(ckpt["optimizer"])
+        keep = rec["step"] if ckpt is not None else -1  # predictions written after the checkpoint go
+        for f in (self.run / "predictions").glob("step_*.parquet"):
+            if int(f.stem[5:]) > keep:
                 f.unlink()
-        log(f"resuming {run} from step {rec['step']}")
-    elif state == "resume":  # killed before its first checkpoint: start again from step 0
-        for f in (run / "predictions").glob("step_*.parquet"):
-            f.unlink()
-    note_threads(rec, threads)
-    model.train()
+        self.model.train()
 
-    info = {"kind": "vlm", "run": run_name(cfg), "device": str(device),
-            "precision": "bf16" if autocast else "fp32", "scan_backend": scan,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "n_trainable_stage1": sum(p.numel() for p in model.connector.parameters()),
-            "image_tokens": model.grid[0] * model.grid[1], "train_size": len(train), "eval_size": len(held),
-            "threads": threads}
-    t0 = time.monotonic() - rec["wall_seconds"]
-    step = rec["step"]
+    def make_optimizer(self, stage: int, step: int) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.AdamW(trainable(self.model, stage), lr=lr_at(cfg, step), weight_decay=cfg.weight_decay)
 
-    def summary_now(status: str, message: str = "") -> dict:
-        return {**run_summary(rec, cfg, status, message, time.monotonic() - t0, kind="vlm"),
-                "train_examples_per_s": rate(cfg.examples_seen(step), rec["train_seconds"]),
-                "stage1_steps": cfg.stage1_steps, **info}
+    def make_step(self) -> Callable[[int], torch.Tensor]:
+        cfg = self.cfg
 
-    def record_eval(step: int, train_loss: float | None, train_seconds: float, train_steps: int) -> float:
-        t = time.monotonic()
-        preds, loss = evaluate(model, held, cfg.eval_batch_size, device, autocast)
-        dt = time.monotonic() - t
-        rec["eval_seconds"] += dt
-        rec["eval_examples"] += len(preds)
+        def step(k: int) -> torch.Tensor:
+            if stage_of(cfg, k) != self.stage:  # stage 2 begins: the LM joins, with a fresh optimizer
+                self.stage = stage_of(cfg, k)
+                self.opt = self.make_optimizer(self.stage, k)
+                self.log(f"step {k:>6}: stage 2 (connector + LM, lr {cfg.lr:g})")
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(cfg, k)
+            self.opt.zero_grad(set_to_none=True)
+            loss = accumulate(self.model, self.train, self.order.rows(k), cfg.micro_batch_size, self.device,
+                              self.autocast)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
+            self.opt.step()
+            return loss
+
+        return step
+
+    def evaluate(self, step: int, interval: Interval) -> Evaluation:
+        preds, loss = evaluate(self.model, self.held, self.cfg.eval_batch_size, self.device, self.autocast)
         metrics, cells = summarise(preds)
-        rec["metrics"].append({
-            "step": step, "examples_seen": cfg.examples_seen(step), "stage": stage_of(cfg, max(step - 1, 0)),
-            "loss": loss, **metrics, "train_loss": train_loss, "lr": lr_at(cfg, max(step - 1, 0)),
-            "train_examples_per_s": rate(cfg.examples_seen(step) - cfg.examples_seen(step - train_steps),
-                                         train_seconds),
-            "eval_examples_per_s": rate(len(preds), dt), "eval_seconds": dt,
-            "wall_seconds": time.monotonic() - t0,
-        })
-        rec["positions"].extend({"step": step, **c} for c in cells)
-        (run / "predictions").mkdir(exist_ok=True)
-        write_parquet(run / "predictions" / f"step_{step:07d}.parquet", preds.to_dict("records"), list(preds.columns))
-        write_parquet(run / "metrics.parquet", rec["metrics"], METRIC_COLUMNS)
-        write_parquet(run / "positions.parquet", rec["positions"], POSITION_COLUMNS)
-        log(f"step {step:>6} stage {stage_of(cfg, max(step - 1, 0))}: Acc@0.5 {metrics['accuracy']:.3f}, "
-            f"parsed {metrics['parse_rate']:.0%}, mIoU {metrics['mean_iou']:.3f}, held-out loss {loss:.4f}")
-        return metrics["accuracy"]
+        (self.run / "predictions").mkdir(exist_ok=True)
+        write_parquet(self.run / "predictions" / f"step_{step:07d}.parquet", preds.to_dict("records"),
+                      list(preds.columns))
+        stage = stage_of(self.cfg, max(step - 1, 0))
+        row = {"stage": stage, "loss": loss, **metrics, "lr": lr_at(self.cfg, max(step - 1, 0))}
+        info = (f"stage {stage}: Acc@0.5 {metrics['accuracy']:.3f}, parsed {metrics['parse_rate']:.0%}, "
+                f"mIoU {metrics['mean_iou']:.3f}, held-out loss {loss:.4f}")
+        return Evaluation(row, cells, len(preds), info)
 
-    def checkpoint() -> None:
-        rec["step"], rec["wall_seconds"] = step, time.monotonic() - t0
-        save_checkpoint(run, model.backbone, {
-            **rec, "connector": model.connector.state_dict(), "optimizer": opt.state_dict(),
-            "opt_stage": stage, "rng": torch.get_rng_state(), "encoder_fingerprint": _encoder_fingerprint(model)})
+    def state_dict(self) -> dict:
+        return {"connector": self.model.connector.state_dict(), "optimizer": self.opt.state_dict(),
+                "opt_stage": self.stage, "encoder_fingerprint": _encoder_fingerprint(self.model)}
 
-    def finish(status: str, message: str = "") -> dict:
-        summary = summary_now(status, message)
-        write_json(run / "summary.json", summary)
-        return summary
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.eval_every
 
-    def final_status() -> str | None:
-        last = rec["metrics"][-1]
-        if last["accuracy"] >= cfg.threshold:
-            return "reached"
-        return "not_reached" if last["step"] >= cfg.max_steps else None
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        return (self.cfg.stage1_steps,)
 
-    if not rec["metrics"]:
-        record_eval(0, None, 0.0, 0)
-        write_json(run / "summary.json", summary_now("running"))
-    status = final_status()
-    if status is not None:  # reached at step 0, or killed after its final checkpoint
-        if found is None:
-            checkpoint()
-        return finish(status)
-    loss_sum, loss_steps, since_eval, t_train = 0.0, 0, 0, time.monotonic()
-    while step < cfg.max_steps:
-        if stage_of(cfg, step) != stage:  # stage 2 begins: the LM joins, with a fresh optimizer
-            stage = stage_of(cfg, step)
-            opt = torch.optim.AdamW(trainable(model, stage), lr=lr_at(cfg, step), weight_decay=cfg.weight_decay)
-            log(f"step {step:>6}: stage 2 (connector + LM, lr {cfg.lr:g})")
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss = accumulate(model, train, order.rows(step), cfg.micro_batch_size, device, autocast)
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-        opt.step()
-        step += 1
-        since_eval += 1
-        loss_sum += loss
-        loss_steps += 1
-        if not math.isfinite(loss_sum):
-            return finish("failed", f"training loss became {loss_sum} at step {step} (lr={lr_at(cfg, step - 1):g}); "
-                                    f"the model diverged: try a lower lr")
-        if not (step % cfg.eval_every == 0 or step == cfg.stage1_steps or step == cfg.max_steps):
-            continue
-        train_seconds = end_train_interval(rec, device, t_train, since_eval)
-        record_eval(step, loss_sum / loss_steps, train_seconds, since_eval)
-        loss_sum, loss_steps, since_eval = 0.0, 0, 0
-        checkpoint()
-        status = final_status()
-        if status is not None:
-            return finish(status)
-        write_json(run / "summary.json", summary_now("running"))
-        t_train = time.monotonic()
-    return finish(final_status() or "not_reached")
+    def examples_seen(self, step: int) -> int:
+        return self.cfg.examples_seen(step)
+
+    def hyper(self, step: int) -> tuple[float, float]:
+        return lr_at(self.cfg, step), self.cfg.weight_decay
+
+    def summary(self, rec: dict, status: str, message: str, wall_seconds: float) -> dict:
+        return {**super().summary(rec, status, message, wall_seconds), "stage1_steps": self.cfg.stage1_steps,
+                **self.info}
 
 
 # === Evaluating a trained run ===
@@ -449,7 +377,7 @@ def evaluate_run(ecfg: VLMEvalConfig, log: Callable[[str], None] | None = None) 
         split = load_splits(cfg)[1]
         source = "the run's held-out split"
     model = load_vlm(cfg, device, found)
-    _scan_backends(model, cfg.scan_backend)
+    scan_backends([model.lm, model.connector], cfg.scan_backend)
     preds, loss = evaluate(model, split, ecfg.batch_size or cfg.eval_batch_size, device, autocast, ecfg.eval_size)
     metrics, _ = summarise(preds)
     out = Path(ecfg.out) if ecfg.out is not None else run / "eval" / "predictions.jsonl"
@@ -466,6 +394,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "POSITION_COLUMNS",
     "ExampleStream",
+    "VLMKind",
     "accumulate",
     "evaluate",
     "evaluate_run",

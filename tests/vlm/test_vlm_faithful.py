@@ -220,7 +220,7 @@ def test_micro_batches_accumulate_the_whole_batch_gradient():
     grads = []
     for micro in (None, 2, 4):
         m = build_vlm(cfg)
-        loss = accumulate(m, train, rows, micro, torch.device("cpu"), None)
+        loss = float(accumulate(m, train, rows, micro, torch.device("cpu"), None))
         grads.append((loss, torch.cat([p.grad.flatten() for p in m.connector.parameters()])))
     for loss, g in grads[1:]:
         assert loss == pytest.approx(grads[0][0], rel=1e-5)

@@ -12,7 +12,7 @@ import yaml
 from analysis import load, plots
 from probes.errors import UserError
 from probes.rundir import latest_checkpoint
-from probes.train import resolve_device
+from probes.runtime import resolve_device
 from probes.vlm.config import VLMTrainConfig
 from probes.vlm.model import build_vlm
 from probes.vlm.train import METRIC_COLUMNS, lr_at, stage_of, train_vlm
@@ -212,3 +212,22 @@ def test_vlm_run_directories_follow_the_shared_rundir_lifecycle(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not empty and holds no run"):
         train_vlm(tiny(tmp_path / "mine"))
+
+
+def test_vlm_runs_honour_checkpoint_every_and_keep_every_rng(tmp_path, monkeypatch):
+    from probes import engine
+
+    real, steps = engine.save_checkpoint, []
+
+    def save(run, bb, state):
+        steps.append(state["step"])
+        real(run, bb, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    cfg = tiny(tmp_path / "r", max_steps=6, stage1_steps=3, eval_every=1, batch_size=2, stage1_batch_size=4, checkpoint_every=4,
+               threshold=1.0, data={**TINY_DATA, "eval_size": 2})
+    summary = train_vlm(cfg)
+    assert steps == [4, 6]  # evaluations at every step; checkpoints 4 steps apart, and the end
+    _, state = latest_checkpoint(tmp_path / "r")
+    assert set(state["rng"]) == {"cpu", "cuda", "numpy", "python"} and state["batch_order"]["seed"] == cfg.seed
+    assert summary["kind"] == "vlm" and state["train_examples"] == cfg.examples_seen(6) == 3 * 4 + 3 * 2
