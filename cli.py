@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from probes.cliopts import Flags, config_options
 from probes.config import DataConfig, load_config
 from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
@@ -36,14 +37,10 @@ _D = DataConfig.model_fields
 
 @app.command()
 @user_errors
+@config_options(DataConfig)
 def generate(
     ctx: typer.Context,
-    n: int = typer.Option(_D["n"].default, "--n", help="Number of context tokens N (2 … 32766)."),
-    layout: str = typer.Option(_D["layout"].default, help="suffix | prefix."),
-    train_size: int = typer.Option(_D["train_size"].default, help="Training examples (>= N)."),
-    eval_size: int = typer.Option(_D["eval_size"].default, help="Held-out examples (>= N)."),
-    seed: int = typer.Option(_D["seed"].default, help="Seed of the training set."),
-    heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: seed + 1000003]."),
+    flags: Flags,
     out: Path = typer.Option(Path("data"), help="Output directory: train.npz, heldout.npz, meta.json."),
     preview: int = typer.Option(0, help="Print this many rendered training examples."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
@@ -52,18 +49,16 @@ def generate(
                                               "*_synthetic_vg_seqlenN.json) instead of generating."),
     paper_heldout: str = typer.Option("validation", help="With --from-paper: the paper's split that becomes "
                                       "the held-out set: validation | test."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Generate a suffix or prefix grounding dataset (model-independent index arrays), or convert the paper's."""
     from probes import tasks
 
-    keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
     if preview < 0:
         raise UserError(f"--preview {preview}: allowed: 0 or more examples")
     if from_paper is not None:
-        _generate_from_paper(ctx, from_paper, out, paper_heldout, overwrite, preview, config)
+        _generate_from_paper(flags, from_paper, out, paper_heldout, overwrite, preview)
         return
-    cfg = load_config(DataConfig, config, flags_given(ctx, keys))
+    cfg = flags.load()
     with console.status("generating") as status:
         ds = tasks.generate_into(cfg, out, overwrite, status=lambda msg: status.update(msg))
     if ds is None:
@@ -79,17 +74,15 @@ def generate(
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: str, overwrite: bool,
-                         preview: int, config: Optional[Path]) -> None:
+def _generate_from_paper(flags: Flags, source: Path, out: Path, heldout: str, overwrite: bool, preview: int) -> None:
     from probes import locks, paper_data, tasks
 
-    fixed = [k for k in ("train_size", "eval_size", "seed", "heldout_seed") if flags_given(ctx, {k: k})]
-    if fixed or config is not None:
+    fixed = [k for k in flags.given if k not in ("n", "layout")]
+    if fixed or flags.config is not None:
         raise UserError(f"--from-paper takes sizes and data from the paper's files; drop "
                         f"--{(fixed[0] if fixed else 'config').replace('_', '-')}")
-    given = flags_given(ctx, {"n": "n", "layout": "layout"})
     with console.status(f"reading {source}"):
-        ds, origin = paper_data.import_paper(source, given.get("n"), given.get("layout", "suffix"), heldout)
+        ds, origin = paper_data.import_paper(source, flags.value("n"), flags.value("layout", "suffix"), heldout)
     with locks.hold(out, what="dataset"):  # one writer per --out, as `generate` (probes.tasks.generate_into)
         meta = tasks.read_meta(out) if out.is_dir() else None
         if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
@@ -111,14 +104,7 @@ def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: s
 
 # === train / sweep ===
 
-from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
-
-_T = TrainConfig.model_fields
-_TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
-               "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
-               "init_seed", "order_seed", "lr_schedule", "warmup_ratio", "min_lr_ratio",
-               "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
-               "checkpoint_every", "threads")
+from probes.config import THREADS_HELP, SweepConfig, TrainConfig
 
 
 def _describe_summary(run: Path, s: dict) -> str:
@@ -136,71 +122,17 @@ def _describe_summary(run: Path, s: dict) -> str:
 
 @app.command()
 @user_errors
+@config_options(TrainConfig)
 def train(
-    ctx: typer.Context,
-    model: str = typer.Option(_T["model"].default, help="pythia-{tiny,14m,70m,160m,410m,1b,1.4b,2.8b}, "
-                              "mamba-{tiny,130m,370m,790m,1.4b,2.8b} (random init) or hf:ID_OR_PATH."),
-    n: int = typer.Option(_T["n"].default, "--n", help="Number of context tokens N."),
-    layout: str = typer.Option(_T["layout"].default, help="suffix | prefix."),
-    lr: float = typer.Option(_T["lr"].default, help="AdamW learning rate."),
-    init: str = typer.Option(_T["init"].default, help="New embedding rows: default | mean | normal."),
-    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows, batch order and data "
-                             "(the default of the three seeds below)."),
-    init_seed: Optional[int] = typer.Option(None, help="Seed of the model init and new rows [default: seed]."),
-    order_seed: Optional[int] = typer.Option(None, help="Seed of the batch order [default: seed]."),
-    max_steps: int = typer.Option(_T["max_steps"].default, help="Optimizer steps at most."),
-    batch_size: int = typer.Option(_T["batch_size"].default, help="Examples per step."),
-    threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out accuracy >= this."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between evaluations [default: 1% of max steps]."),
-    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/<run name>]."),
-    data_dir: Optional[Path] = typer.Option(None, help="Dataset from `probes generate` [default: generate "
-                                            "in memory from the data seed]."),
-    train_size: int = typer.Option(_T["train_size"].default, help="Training examples (when generated)."),
-    eval_size: int = typer.Option(_T["eval_size"].default, help="Held-out examples (when generated)."),
-    data_seed: Optional[int] = typer.Option(None, help="Seed of the training set, when generated [default: seed]."),
-    heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: data seed + 1000003]."),
-    answer_only: bool = typer.Option(False, "--answer-only", help="Loss on the answer alone "
-                                     "[default: answer and end-of-text]."),
-    answer_offset: int = typer.Option(TokenConfig.model_fields["answer_offset"].default,
-                                      help="answer(p) = vocabulary id p + this."),
-    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay (not on biases "
-                                       "and norm weights)."),
-    lr_schedule: str = typer.Option(_T["lr_schedule"].default, help="constant | linear | cosine (over max steps)."),
-    warmup: int = typer.Option(_T["warmup"].default, help="Learning-rate warmup steps."),
-    warmup_ratio: Optional[float] = typer.Option(None, help="Warmup as a fraction of max steps, in [0, 1) "
-                                                 "(instead of --warmup)."),
-    min_lr_ratio: float = typer.Option(_T["min_lr_ratio"].default, help="Floor of the linear and cosine decay, "
-                                       "as a fraction of lr."),
-    grad_clip: float = typer.Option(_T["grad_clip"].default, help="Gradient-norm clipping; 0 turns it off."),
-    device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
-    precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
-    scan_backend: str = typer.Option(_T["scan_backend"].default, help="Mamba scan: auto | triton | mamba-ssm | "
-                                     "torch | reference."),
-    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in backward (less memory)."),
-    eval_batch_size: int = typer.Option(_T["eval_batch_size"].default, help="Held-out examples per forward pass."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: every "
-                                                   "evaluation]."),
+    flags: Flags,
     overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    threads: str = typer.Option(_T["threads"].default, metavar="auto|N", help=THREADS_HELP),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train one run to the held-out threshold; the same command resumes an unfinished run."""
-    from probes.train import train_run
+    from probes.train import run_dir, train_run
 
-    given = flags_given(ctx, {k: k for k in _TRAIN_KEYS})
-    for key in ("out", "data_dir"):
-        if given.get(key) is not None:
-            given[key] = str(given[key])
-    if given.get("grad_clip") == 0:
-        given["grad_clip"] = None
-    given.update({f"tokens.{k}": v for k, v in flags_given(ctx, {"answer_offset": "answer_offset"}).items()})
-    if "answer_only" in flags_given(ctx, {"answer_only": "answer_only"}):
-        given["tokens.eos_target"] = not answer_only
-    cfg = load_config(TrainConfig, config, given)
+    cfg = flags.load()
     summary = train_run(cfg, overwrite=overwrite, progress=progress)
-    from probes.train import run_dir
-
     out_console.print(_describe_summary(run_dir(cfg), summary), highlight=False, markup=False, soft_wrap=True)
     if summary["status"] == "failed":
         raise typer.Exit(1)
