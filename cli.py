@@ -104,7 +104,7 @@ def _generate_from_paper(flags: Flags, source: Path, out: Path, heldout: str, ov
 
 # === train / sweep ===
 
-from probes.config import THREADS_HELP, SweepConfig, TrainConfig
+from probes.config import PretrainConfig, SweepConfig, TrainConfig
 
 
 def _describe_summary(run: Path, s: dict) -> str:
@@ -140,11 +140,6 @@ def train(
 
 # === pretrain / copytest ===
 
-_PRETRAIN_KEYS = ("model", "tokens", "batch_size", "seq_len", "lr", "warmup", "seed", "corpus", "tokenizer",
-                  "vocab_size", "max_corpus_bytes", "eval_every", "checkpoint_every", "out", "device", "precision",
-                  "scan_backend", "threads")
-
-
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -154,49 +149,17 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @app.command()
 @user_errors
+@config_options(PretrainConfig)
 def pretrain(
-    ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="BACKBONES preset (its vocabulary becomes the tokenizer's); "
-                                        "or a sized arch in --config / --set arch.KEY=VALUE."),
-    tokens: int = typer.Option(100_000_000, help="Training tokens (steps = tokens / (batch size x seq len))."),
-    batch_size: int = typer.Option(64, help="Sequences per step."),
-    seq_len: int = typer.Option(512, help="Tokens per sequence."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (warmup, then cosine to lr x min_lr_ratio)."),
-    warmup: int = typer.Option(200, help="Linear warmup steps."),
-    seed: int = typer.Option(0, help="Seed of model init and training windows."),
-    corpus: Optional[list[str]] = typer.Option(None, help="File, directory or glob (repeat) [default: the "
-                                               "source and docs of the installed Python packages]."),
-    tokenizer: str = typer.Option("byte", help="byte (ids 2..257 = bytes 0..255) | bpe (trained on the corpus)."),
-    vocab_size: int = typer.Option(8192, help="BPE vocabulary size."),
-    max_corpus_bytes: int = typer.Option(256_000_000, help="Read the corpus up to this many bytes."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out loss + copy test [default: 5%]."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: each evaluation]."),
-    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/pretrain/<run name>]."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]."),
-    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
-    scan_backend: str = typer.Option("auto", help="Mamba scan: auto | triton | mamba-ssm | torch | reference."),
-    threads: str = typer.Option("auto", metavar="auto|N", help=THREADS_HELP),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE of any config key (repeat), e.g. "
-                                             "--set arch.num_hidden_layers=8 --set copy_lengths=[16,64]."),
+    flags: Flags,
     describe: bool = typer.Option(False, help="Print the model's size and parameter count, then stop."),
     overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`."""
-    import yaml
+    """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`.
 
-    from probes.config import PretrainConfig
-
-    given = flags_given(ctx, {k: k for k in _PRETRAIN_KEYS})
-    if given.get("out") is not None:
-        given["out"] = str(given["out"])
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set arch.hidden_size=512)")
-        given[key.strip()] = yaml.safe_load(value)
-    cfg = load_config(PretrainConfig, config, given)
+    A sized custom backbone instead of --model: --set arch.family=pythia --set arch.hidden_size=512 ..."""
+    cfg = flags.load()
     from probes.pretrain import describe_model, pretrain_run, run_dir
 
     if describe:
@@ -255,34 +218,12 @@ def copytest(
 
 @app.command()
 @user_errors
+@config_options(SweepConfig, exclude=("train",), passthrough=True)
 def sweep(
     ctx: typer.Context,
     config: Optional[Path] = ConfigOpt,
-    out: Path = typer.Option(SweepConfig.model_fields["out"].default, help="Sweep directory: one run directory "
-                             "per grid point."),
-    backend: str = typer.Option(SweepConfig.model_fields["backend"].default, help="local | ray."),
-    jobs: int = typer.Option(SweepConfig.model_fields["jobs"].default, help="Runs at once (local backend; "
-                             "several small runs can share a GPU)."),
-    model: Optional[list[str]] = typer.Option(None, help="Grid: model names (repeat the option) "
-                                              "[default: pythia-160m]."),
-    n: Optional[list[int]] = typer.Option(None, "--n", help="Grid: N values (repeat) [default: 50]."),
-    layout: Optional[list[str]] = typer.Option(None, help="Grid: layouts (repeat) [default: suffix]."),
-    lr: Optional[list[float]] = typer.Option(None, help="Grid: learning rates (repeat) [default: 1e-5 5e-5 1e-4]."),
-    init: Optional[list[str]] = typer.Option(None, help="Grid: inits (repeat) [default: default mean normal]."),
-    seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
-    init_seed: Optional[list[int]] = typer.Option(None, help="Grid: model-init seeds (repeat) [default: seed]."),
-    order_seed: Optional[list[int]] = typer.Option(None, help="Grid: batch-order seeds (repeat) [default: seed]."),
-    data_seed: Optional[list[int]] = typer.Option(None, help="Grid: training-data seeds (repeat) [default: seed]."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
-    address: Optional[str] = typer.Option(None, help="Ray backend: cluster HOST:PORT, ray://HOST:PORT or auto "
-                                          "[default: a new local Ray instance]."),
-    cpus_per_run: float = typer.Option(SweepConfig.model_fields["cpus_per_run"].default,
-                                       help="Ray backend: CPUs reserved per run."),
-    gpus_per_run: float = typer.Option(SweepConfig.model_fields["gpus_per_run"].default,
-                                       help="Ray backend: GPUs reserved per run (0.25 packs four runs on a GPU)."),
-    retries: int = typer.Option(SweepConfig.model_fields["retries"].default,
-                                help="Ray backend: times a run whose worker died is started again."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
     dry_run: bool = typer.Option(False, help="List the runs, what would happen to each and the GPU-hours the "

@@ -116,7 +116,7 @@ class FieldOption:
         default = self.info.get_default(call_default_factory=True)
         annotation = {"flag": bool, "list": Optional[list[str]], "value": Optional[str]}[self.kind]
         if self.kind == "list" and default is not None:
-            default = [str(v) for v in default] or None
+            default = [str(v) for v in default if v is not None] or None
         option = typer.Option(
             default, *self.decls, help=self.info.description or "",
             metavar=None if self.kind == "flag" else self.metavar,
@@ -248,8 +248,8 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     """Give the decorated typer command one option per field of `cls`.
 
     The command receives `flags: Flags` (plus its own parameters), and `--config` and `--set` are
-    added. With `passthrough=True` only the field options are added and the command receives them
-    by name, as converted strings (it reads them itself, e.g. with `flags_given`)."""
+    added. With `passthrough=True` only the field options are added and the command reads their
+    values itself from `ctx` (`flags_given(ctx, {name: key})`); it receives no `flags`."""
     options = field_options(cls, names, exclude)
     if include is not None:
         keep = set(include)
@@ -278,10 +278,10 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
 
         @functools.wraps(fn)
         def command(ctx: typer.Context, **kwargs: Any) -> Any:
-            if passthrough:
-                return fn(ctx, **kwargs) if wants_ctx else fn(**kwargs)
             for opt in options:
                 kwargs.pop(opt.param)
+            if passthrough:
+                return fn(ctx, **kwargs) if wants_ctx else fn(**kwargs)
             config, sets = kwargs.pop("config"), kwargs.pop("set_")
             data = read_yaml(config) if config is not None else {}
             for name, value in _pop_yaml_options(data, [n for n in yaml_options if n in kwargs], config).items():
