@@ -35,7 +35,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 import typer
 import yaml
@@ -114,7 +114,7 @@ class FieldOption:
 
     def typer_parameter(self) -> inspect.Parameter:
         default = self.info.get_default(call_default_factory=True)
-        annotation = {"flag": bool, "list": Optional[list[str]], "value": Optional[str]}[self.kind]
+        annotation = {"flag": bool, "list": list[str] | None, "value": str | None}[self.kind]
         if self.kind == "list" and default is not None:
             default = [str(v) for v in default if v is not None] or None
         option = typer.Option(
@@ -150,15 +150,17 @@ def _numbers(parts: Iterable[Any]) -> tuple[type, ...]:
     return tuple(t for t in (int, float) if t in parts)
 
 
-def field_options(cls: type[BaseModel], names: dict[str, str] | None = None,
-                  exclude: Iterable[str] = ()) -> list[FieldOption]:
-    """The options of every field of `cls`: a nested config section (not optional) is flattened to
-    its fields; an optional section, a mapping or a key in `exclude` is left to `--set`. `names`
-    renames a dotted key's parameter (`{"data.kind": "data"}`)."""
+def field_options(cls: type[BaseModel], names: dict[str, str] | None = None, exclude: Iterable[str] = (),
+                  include: Iterable[str] | None = None) -> list[FieldOption]:
+    """The options of every field of `cls` (of those whose dotted key is in `include`, when given):
+    a nested config section (not optional) is flattened to its fields; an optional section, a
+    mapping or a key in `exclude` is left to `--set`. `names` renames a dotted key's parameter
+    (`{"data.kind": "data"}`); two fields that would share an option are an error."""
     names, exclude = names or {}, set(exclude)
+    keep = None if include is None else set(include)
     options: list[FieldOption] = []
     for key, info in _leaf_fields(cls, ""):
-        if key in exclude or key.split(".")[0] in exclude:
+        if key in exclude or key.split(".")[0] in exclude or (keep is not None and key not in keep):
             continue
         options.append(_field_option(names.get(key, key.rsplit(".", 1)[-1]), key, info))
     seen: dict[str, str] = {}
@@ -250,10 +252,7 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     The command receives `flags: Flags` (plus its own parameters), and `--config` and `--set` are
     added. With `passthrough=True` only the field options are added and the command reads their
     values itself from `ctx` (`flags_given(ctx, {name: key})`); it receives no `flags`."""
-    options = field_options(cls, names, exclude)
-    if include is not None:
-        keep = set(include)
-        options = [o for o in options if o.key in keep or o.param in keep]
+    options = field_options(cls, names, exclude, include)
     yaml_options = tuple(yaml_options)
 
     def decorate(fn: Callable) -> Callable:
@@ -267,9 +266,9 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
             raise TypeError(f"{fn.__name__}: parameter(s) {sorted(clash)} are also fields of {cls.__name__}")
         added = [o.typer_parameter() for o in options]
         if not passthrough:
-            added += [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            added += [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
                                         default=typer.Option(None, "--config", help=CONFIG_HELP)),
-                      inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+                      inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
                                         default=typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP))]
         ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
         signature = own.replace(parameters=[ctx_param, *added[:len(options)],
