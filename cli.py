@@ -1,8 +1,10 @@
 """The `probes` command: a typer app that only wires configs to library functions.
 
 Every command takes `--config FILE.yaml` plus flags; flags given on the command line win over
-the file, and every flag's default is the config's default. A user mistake (a `UserError` or an
-invalid config) prints one line and exits with code 2; anything else is a bug and keeps its
+the file. A command that runs a config (train, generate, pretrain, demo, sweep, vlm ...) gets one
+option per field of its config from `probes.cliopts.config_options`: the field (probes/config.py)
+is the only declaration, and `--set KEY=VALUE` reaches any key. A user mistake (a `UserError` or
+an invalid config) prints one line and exits with code 2; anything else is a bug and keeps its
 traceback.
 """
 
@@ -328,40 +330,18 @@ def plot(
 
 from probes.demo import DemoConfig  # light (pydantic only): torch loads when a demo runs
 
-_DM = DemoConfig.model_fields
-_DEMO_FLAGS = ("out", "n", "models", "layouts", "lr", "seed", "max_steps", "eval_every", "batch_size",
-               "train_size", "eval_size", "threshold", "threads", "quick")
-
 
 @app.command()
 @user_errors
+@config_options(DemoConfig, names={"models": "model", "layouts": "layout"})
 def demo(
-    ctx: typer.Context,
-    out: Path = typer.Option(_DM["out"].default, help="Output folder: data/, runs/, figures/."),
-    n: list[int] = typer.Option(_DM["n"].default, "--n", help="Context length N (repeat for several)."),
-    models: list[str] = typer.Option(_DM["models"].default, "--model", help="Backbone (repeat)."),
-    layouts: list[str] = typer.Option(_DM["layouts"].default, "--layout", help="suffix | prefix (repeat)."),
-    lr: float = typer.Option(_DM["lr"].default, help="AdamW learning rate."),
-    seed: int = typer.Option(_DM["seed"].default, help="Seed of model init, batches and data."),
-    max_steps: int = typer.Option(_DM["max_steps"].default, help="Step budget of each run."),
-    eval_every: int = typer.Option(_DM["eval_every"].default, help="Steps between held-out evaluations."),
-    batch_size: int = typer.Option(_DM["batch_size"].default, help="Examples per step."),
-    train_size: int = typer.Option(_DM["train_size"].default, help="Training examples per dataset."),
-    eval_size: int = typer.Option(_DM["eval_size"].default, help="Held-out examples per dataset."),
-    threshold: float = typer.Option(_DM["threshold"].default, help="Stop a run at this held-out accuracy."),
-    threads: int = typer.Option(_DM["threads"].default,
-                                help="torch CPU threads (0: torch's default; 1 suits tiny models)."),
-    quick: bool = typer.Option(False, help="Smoke-test scale: 40 steps a run, seconds in all."),
+    flags: Flags,
     overwrite: bool = typer.Option(False, help="Train finished runs again."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """First run: generate data, train Pythia-tiny and Mamba-tiny on both layouts, draw every figure."""
     from probes.demo import run_demo
 
-    given = flags_given(ctx, {k: k for k in _DEMO_FLAGS})
-    if "out" in given:
-        given["out"] = str(given["out"])
-    run_demo(load_config(DemoConfig, config, given), overwrite=overwrite, console=console)
+    run_demo(flags.load(), overwrite=overwrite, console=console)
 
 
 # === bench ===

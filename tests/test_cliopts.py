@@ -10,8 +10,9 @@ from cli import app
 from probes.cliopts import Flags, config_options, field_options
 from probes.config import Config, DataConfig, PretrainConfig, SweepConfig, TrainConfig
 from probes.console import user_errors
-from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
+from probes.demo import DemoConfig
 from probes.vlm.cli import DATA_NAMES
+from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
 
 
 def command_options(*path: str) -> set[str]:
@@ -30,6 +31,7 @@ def command_options(*path: str) -> set[str]:
     (("sweep",), SweepConfig, {}, ("train",)),
     (("vlm", "train"), VLMTrainConfig, DATA_NAMES, ()),
     (("vlm", "eval"), VLMEvalConfig, {}, ("run",)),
+    (("demo",), DemoConfig, {"models": "model", "layouts": "layout"}, ()),
 ])
 def test_every_config_field_is_an_option_of_its_command(path, cls, names, exclude):
     options = command_options(*path)
