@@ -172,6 +172,13 @@ def field_options(cls: type[BaseModel], names: dict[str, str] | None = None, exc
     return options
 
 
+def option_keys(cls: type[BaseModel], names: dict[str, str] | None = None, exclude: Iterable[str] = (),
+                include: Iterable[str] | None = None) -> dict[str, str]:
+    """{parameter name: dotted config key} of the options `config_options` adds (the same arguments):
+    `flags_given(ctx, option_keys(SweepConfig, exclude=("train",)))` reads a passthrough command's."""
+    return {o.param: o.key for o in field_options(cls, names, exclude, include)}
+
+
 def _leaf_fields(cls: type[BaseModel], prefix: str) -> Iterable[tuple[str, FieldInfo]]:
     for name, info in cls.model_fields.items():
         parts = _union_parts(info.annotation)
@@ -286,7 +293,7 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
             for name, value in _pop_yaml_options(data, [n for n in yaml_options if n in kwargs], config).items():
                 if name not in flags_given(ctx, {name: name}):
                     kwargs[name] = value
-            given = {**flags_given(ctx, {o.param: o.key for o in options}), **parse_sets(sets)}
+            given = {**parse_sets(sets), **flags_given(ctx, {o.param: o.key for o in options})}
             flags = Flags(cls, config, given, data)
             return fn(ctx, flags=flags, **kwargs) if wants_ctx else fn(flags=flags, **kwargs)
 
@@ -298,4 +305,4 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     return decorate
 
 
-__all__ = ["CONFIG_HELP", "FieldOption", "Flags", "config_options", "field_options", "parse_sets"]
+__all__ = ["CONFIG_HELP", "FieldOption", "Flags", "config_options", "field_options", "option_keys", "parse_sets"]

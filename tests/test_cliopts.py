@@ -7,7 +7,7 @@ import typer
 from pydantic import Field
 
 from cli import app
-from probes.cliopts import Flags, config_options, field_options
+from probes.cliopts import Flags, config_options, field_options, option_keys
 from probes.config import Config, DataConfig, PretrainConfig, SweepConfig, TrainConfig
 from probes.console import user_errors
 from probes.demo import DemoConfig
@@ -109,9 +109,12 @@ def test_lists_take_commas_or_repeats_and_none_words_clear_an_optional_field(cli
 
 def test_config_file_set_and_flags_combine_with_flags_winning(cli_runner, tmp_path):
     (tmp_path / "c.yaml").write_text("size: 5\nmode: slow\ninner: {depth: 9}\n")
-    r, seen = invoke(cli_runner, "--config", tmp_path / "c.yaml", "--size", "6", "--set", "inner.depth=3")
+    r, seen = invoke(cli_runner, "--config", tmp_path / "c.yaml", "--size", "6", "--set", "size=8",
+                     "--set", "inner.depth=3")
     assert r.exit_code == 0, r.output
     assert (seen["cfg"].size, seen["cfg"].mode, seen["cfg"].inner.depth) == (6, "slow", 3)
+    r, seen = invoke(cli_runner, "--config", tmp_path / "c.yaml", "--set", "size=8", "--set", "rate=null")
+    assert (seen["cfg"].size, seen["cfg"].rate) == (8, None)
 
 
 def test_overwrite_and_progress_are_config_file_keys_and_flags_win(cli_runner, tmp_path):
@@ -140,6 +143,12 @@ def test_bad_input_is_one_line_and_exit_2(cli_runner, tmp_path, args, yaml_text,
     r, seen = invoke(cli_runner, *args)
     assert r.exit_code == 2 and message in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and "cfg" not in seen
+
+
+def test_option_keys_name_the_config_key_of_each_option():
+    keys = option_keys(VLMTrainConfig, DATA_NAMES)
+    assert keys["data"] == "data.kind" and keys["data_seed"] == "data.seed" and keys["seed"] == "seed"
+    assert set(option_keys(SweepConfig, exclude=("train",)).values()) == set(SweepConfig.model_fields) - {"train"}
 
 
 def test_two_fields_that_would_share_an_option_are_refused_until_renamed():
