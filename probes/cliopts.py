@@ -92,6 +92,7 @@ class FieldOption:
     split: bool = False  # list items may be comma-separated (numbers, not paths or text)
     metavar: str = "VALUE"
     numbers: tuple[type, ...] = ()  # int and/or float: the text is read as one where it is one
+    optional: bool = False  # a list field that may be None as a whole (`--answer-ids none`)
 
     def convert(self, value: Any) -> Any:
         """The typed text → what pydantic validates (None words, comma lists); flags pass as they are."""
@@ -99,6 +100,8 @@ class FieldOption:
             return value
         if self.kind == "value":
             return self._one(value)
+        if self.optional and len(value) == 1 and value[0].strip().lower() in NONE_WORDS:
+            return None
         items = [p.strip() for v in value for p in (v.split(",") if self.split else [v])]
         return [self._one(v) for v in items if v != ""] if items else None
 
@@ -131,7 +134,7 @@ def _field_option(param: str, key: str, info: FieldInfo) -> FieldOption:
     parts = _union_parts(info.annotation)
     values = [p for p in parts if p is not type(None)]
     flag = param.replace("_", "-")
-    none_words = NONE_WORDS + tuple(extra.get("cli_none", ()))
+    none_words = (NONE_WORDS if type(None) in parts else ()) + tuple(extra.get("cli_none", ()))
     base = values[0] if len(values) == 1 else None
     decls = tuple(extra.get("cli_flags", ())) or ((f"--{flag}/--no-{flag}",) if base is bool else (f"--{flag}",))
     if base is bool:
@@ -139,9 +142,10 @@ def _field_option(param: str, key: str, info: FieldInfo) -> FieldOption:
     if typing.get_origin(base) in (list, tuple, set):
         items = [a for a in typing.get_args(base) if a is not Ellipsis]
         item_parts = [p for a in items for p in _union_parts(a)]
+        none_words = NONE_WORDS if type(None) in item_parts else ()
         split = not any(p in (str, Path) for p in item_parts)
         return FieldOption(param, key, "list", info, decls, none_words, split, _metavar(dict.fromkeys(item_parts)),
-                           _numbers(item_parts))
+                           _numbers(item_parts), optional=type(None) in parts)
     return FieldOption(param, key, "value", info, decls, none_words, False, _metavar(values), _numbers(values))
 
 

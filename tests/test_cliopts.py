@@ -63,6 +63,8 @@ class Toy(Config):
     sharp: bool = Field(True, description="sharp or not")
     sizes: list[int] = Field(default_factory=lambda: [1], description="several sizes")
     paths: list[str] = Field(default_factory=list, description="several paths")
+    ids: tuple[int, int] | None = Field((1, 2), description="two ids")
+    label: str = Field("x", description="a label")
     inner: Inner = Field(default_factory=Inner, description="a section")
 
 
@@ -105,6 +107,8 @@ def test_lists_take_commas_or_repeats_and_none_words_clear_an_optional_field(cli
     assert (seen["cfg"].sizes, seen["cfg"].paths, seen["cfg"].rate) == ([4, 5, 6], ["a,b", "c"], None)
     r, seen = invoke(cli_runner, "--rate", "0")  # the field's own word for None (cli_none)
     assert r.exit_code == 0 and seen["cfg"].rate is None
+    r, seen = invoke(cli_runner, "--ids", "none", "--label", "none")  # an optional list; a plain str stays text
+    assert r.exit_code == 0 and (seen["cfg"].ids, seen["cfg"].label) == (None, "none")
 
 
 def test_config_file_set_and_flags_combine_with_flags_winning(cli_runner, tmp_path):
