@@ -255,6 +255,36 @@ CONFIG_HELP = "YAML config file (any config key, and the command's --overwrite /
 SET_HELP = "KEY=VALUE of any config key, dotted for sections (repeat), e.g. --set max_steps=2000."
 
 
+def _signature(fn: Callable, cls: type[BaseModel], options: list[FieldOption], passthrough: bool) -> inspect.Signature:
+    """The command's signature as typer reads it: ctx, the field options, fn's own options, --config, --set."""
+    own = inspect.signature(fn, eval_str=True)
+    hints = typing.get_type_hints(fn)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in own.parameters.values() if p.name not in ("ctx", "flags")]
+    clash = {p.name for p in params} & {o.param for o in options}
+    if clash:
+        raise TypeError(f"{fn.__name__}: parameter(s) {sorted(clash)} are also fields of {cls.__name__}")
+    tail = [] if passthrough else [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+                          default=typer.Option(None, "--config", help=CONFIG_HELP)),
+        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+                          default=typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP))]
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    return own.replace(parameters=[ctx, *[o.typer_parameter() for o in options], *params, *tail])
+
+
+def _read_flags(ctx: typer.Context, cls: type[BaseModel], options: list[FieldOption], kwargs: dict[str, Any],
+                yaml_options: tuple[str, ...]) -> Flags:
+    """Flags of one call; pops --config and --set from `kwargs` and fills in the command's own
+    options the config file names (`overwrite: true`) where the command line did not."""
+    config, sets = kwargs.pop("config"), kwargs.pop("set_")
+    data = read_yaml(config) if config is not None else {}
+    for name, value in _pop_yaml_options(data, [n for n in yaml_options if n in kwargs], config).items():
+        if name not in flags_given(ctx, {name: name}):
+            kwargs[name] = value
+    given = {**parse_sets(sets), **flags_given(ctx, {o.param: o.key for o in options})}
+    return Flags(cls, config, given, data)
+
 def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None, exclude: Iterable[str] = (),
                    include: Iterable[str] | None = None, passthrough: bool = False,
                    yaml_options: Iterable[str] = YAML_OPTIONS) -> Callable[[Callable], Callable]:
@@ -267,39 +297,16 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     yaml_options = tuple(yaml_options)
 
     def decorate(fn: Callable) -> Callable:
-        own = inspect.signature(fn, eval_str=True)
-        hints = typing.get_type_hints(fn)
-        wants_ctx = "ctx" in own.parameters
-        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own.parameters.values()
-                  if p.name not in ("ctx", "flags")]
-        clash = {p.name for p in params} & {o.param for o in options}
-        if clash:
-            raise TypeError(f"{fn.__name__}: parameter(s) {sorted(clash)} are also fields of {cls.__name__}")
-        added = [o.typer_parameter() for o in options]
-        if not passthrough:
-            added += [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                                        default=typer.Option(None, "--config", help=CONFIG_HELP)),
-                      inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
-                                        default=typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP))]
-        ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-        signature = own.replace(parameters=[ctx_param, *added[:len(options)],
-                                            *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params],
-                                            *added[len(options):]])
+        signature = _signature(fn, cls, options, passthrough)
+        wants_ctx = "ctx" in inspect.signature(fn).parameters
 
         @functools.wraps(fn)
         def command(ctx: typer.Context, **kwargs: Any) -> Any:
             for opt in options:
                 kwargs.pop(opt.param)
-            if passthrough:
-                return fn(ctx, **kwargs) if wants_ctx else fn(**kwargs)
-            config, sets = kwargs.pop("config"), kwargs.pop("set_")
-            data = read_yaml(config) if config is not None else {}
-            for name, value in _pop_yaml_options(data, [n for n in yaml_options if n in kwargs], config).items():
-                if name not in flags_given(ctx, {name: name}):
-                    kwargs[name] = value
-            given = {**parse_sets(sets), **flags_given(ctx, {o.param: o.key for o in options})}
-            flags = Flags(cls, config, given, data)
-            return fn(ctx, flags=flags, **kwargs) if wants_ctx else fn(flags=flags, **kwargs)
+            if not passthrough:
+                kwargs["flags"] = _read_flags(ctx, cls, options, kwargs, yaml_options)
+            return fn(ctx, **kwargs) if wants_ctx else fn(**kwargs)
 
         command.__signature__ = signature
         command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
