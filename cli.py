@@ -1,8 +1,10 @@
 """The `probes` command: a typer app that only wires configs to library functions.
 
 Every command takes `--config FILE.yaml` plus flags; flags given on the command line win over
-the file, and every flag's default is the config's default. A user mistake (a `UserError` or an
-invalid config) prints one line and exits with code 2; anything else is a bug and keeps its
+the file. A command that runs a config (train, generate, pretrain, demo, sweep, vlm ...) gets one
+option per field of its config from `probes.cliopts.config_options`: the field (probes/config.py)
+is the only declaration, and `--set KEY=VALUE` reaches any key. A user mistake (a `UserError` or
+an invalid config) prints one line and exits with code 2; anything else is a bug and keeps its
 traceback.
 """
 
@@ -14,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from probes.cliopts import Flags, config_options
 from probes.config import DataConfig, load_config
 from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
@@ -36,14 +39,10 @@ _D = DataConfig.model_fields
 
 @app.command()
 @user_errors
+@config_options(DataConfig)
 def generate(
     ctx: typer.Context,
-    n: int = typer.Option(_D["n"].default, "--n", help="Number of context tokens N (2 … 32766)."),
-    layout: str = typer.Option(_D["layout"].default, help="suffix | prefix."),
-    train_size: int = typer.Option(_D["train_size"].default, help="Training examples (>= N)."),
-    eval_size: int = typer.Option(_D["eval_size"].default, help="Held-out examples (>= N)."),
-    seed: int = typer.Option(_D["seed"].default, help="Seed of the training set."),
-    heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: seed + 1000003]."),
+    flags: Flags,
     out: Path = typer.Option(Path("data"), help="Output directory: train.npz, heldout.npz, meta.json."),
     preview: int = typer.Option(0, help="Print this many rendered training examples."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
@@ -52,18 +51,16 @@ def generate(
                                               "*_synthetic_vg_seqlenN.json) instead of generating."),
     paper_heldout: str = typer.Option("validation", help="With --from-paper: the paper's split that becomes "
                                       "the held-out set: validation | test."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Generate a suffix or prefix grounding dataset (model-independent index arrays), or convert the paper's."""
     from probes import tasks
 
-    keys = {k: k for k in ("n", "layout", "train_size", "eval_size", "seed", "heldout_seed")}
     if preview < 0:
         raise UserError(f"--preview {preview}: allowed: 0 or more examples")
     if from_paper is not None:
-        _generate_from_paper(ctx, from_paper, out, paper_heldout, overwrite, preview, config)
+        _generate_from_paper(flags, from_paper, out, paper_heldout, overwrite, preview)
         return
-    cfg = load_config(DataConfig, config, flags_given(ctx, keys))
+    cfg = flags.load()
     with console.status("generating") as status:
         ds = tasks.generate_into(cfg, out, overwrite, status=lambda msg: status.update(msg))
     if ds is None:
@@ -79,17 +76,15 @@ def generate(
         out_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: str, overwrite: bool,
-                         preview: int, config: Optional[Path]) -> None:
+def _generate_from_paper(flags: Flags, source: Path, out: Path, heldout: str, overwrite: bool, preview: int) -> None:
     from probes import locks, paper_data, tasks
 
-    fixed = [k for k in ("train_size", "eval_size", "seed", "heldout_seed") if flags_given(ctx, {k: k})]
-    if fixed or config is not None:
+    fixed = [k for k in flags.given if k not in ("n", "layout")]
+    if fixed or flags.config is not None:
         raise UserError(f"--from-paper takes sizes and data from the paper's files; drop "
                         f"--{(fixed[0] if fixed else 'config').replace('_', '-')}")
-    given = flags_given(ctx, {"n": "n", "layout": "layout"})
     with console.status(f"reading {source}"):
-        ds, origin = paper_data.import_paper(source, given.get("n"), given.get("layout", "suffix"), heldout)
+        ds, origin = paper_data.import_paper(source, flags.value("n"), flags.value("layout", "suffix"), heldout)
     with locks.hold(out, what="dataset"):  # one writer per --out, as `generate` (probes.tasks.generate_into)
         meta = tasks.read_meta(out) if out.is_dir() else None
         if tasks.check_out_dir(out, ds.config, overwrite) and all(meta.get(k) == v for k, v in origin.items()):
@@ -111,14 +106,7 @@ def _generate_from_paper(ctx: typer.Context, source: Path, out: Path, heldout: s
 
 # === train / sweep ===
 
-from probes.config import THREADS_HELP, SweepConfig, TokenConfig, TrainConfig
-
-_T = TrainConfig.model_fields
-_TRAIN_KEYS = ("model", "n", "layout", "lr", "init", "seed", "max_steps", "batch_size", "threshold", "eval_every",
-               "out", "data_dir", "train_size", "eval_size", "data_seed", "heldout_seed", "weight_decay", "warmup",
-               "init_seed", "order_seed", "lr_schedule", "warmup_ratio", "min_lr_ratio",
-               "grad_clip", "device", "precision", "scan_backend", "gradient_checkpointing", "eval_batch_size",
-               "checkpoint_every", "threads")
+from probes.config import PretrainConfig, SweepConfig, TrainConfig
 
 
 def _describe_summary(run: Path, s: dict) -> str:
@@ -136,82 +124,23 @@ def _describe_summary(run: Path, s: dict) -> str:
 
 @app.command()
 @user_errors
+@config_options(TrainConfig)
 def train(
-    ctx: typer.Context,
-    model: str = typer.Option(_T["model"].default, help="pythia-{tiny,14m,70m,160m,410m,1b,1.4b,2.8b}, "
-                              "mamba-{tiny,130m,370m,790m,1.4b,2.8b} (random init) or hf:ID_OR_PATH."),
-    n: int = typer.Option(_T["n"].default, "--n", help="Number of context tokens N."),
-    layout: str = typer.Option(_T["layout"].default, help="suffix | prefix."),
-    lr: float = typer.Option(_T["lr"].default, help="AdamW learning rate."),
-    init: str = typer.Option(_T["init"].default, help="New embedding rows: default | mean | normal."),
-    seed: int = typer.Option(_T["seed"].default, help="Seed of model init, new rows, batch order and data "
-                             "(the default of the three seeds below)."),
-    init_seed: Optional[int] = typer.Option(None, help="Seed of the model init and new rows [default: seed]."),
-    order_seed: Optional[int] = typer.Option(None, help="Seed of the batch order [default: seed]."),
-    max_steps: int = typer.Option(_T["max_steps"].default, help="Optimizer steps at most."),
-    batch_size: int = typer.Option(_T["batch_size"].default, help="Examples per step."),
-    threshold: float = typer.Option(_T["threshold"].default, help="Stop when held-out accuracy >= this."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between evaluations [default: 1% of max steps]."),
-    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/<run name>]."),
-    data_dir: Optional[Path] = typer.Option(None, help="Dataset from `probes generate` [default: generate "
-                                            "in memory from the data seed]."),
-    train_size: int = typer.Option(_T["train_size"].default, help="Training examples (when generated)."),
-    eval_size: int = typer.Option(_T["eval_size"].default, help="Held-out examples (when generated)."),
-    data_seed: Optional[int] = typer.Option(None, help="Seed of the training set, when generated [default: seed]."),
-    heldout_seed: Optional[int] = typer.Option(None, help="Seed of the held-out set [default: data seed + 1000003]."),
-    answer_only: bool = typer.Option(False, "--answer-only", help="Loss on the answer alone "
-                                     "[default: answer and end-of-text]."),
-    answer_offset: int = typer.Option(TokenConfig.model_fields["answer_offset"].default,
-                                      help="answer(p) = vocabulary id p + this."),
-    weight_decay: float = typer.Option(_T["weight_decay"].default, help="AdamW weight decay (not on biases "
-                                       "and norm weights)."),
-    lr_schedule: str = typer.Option(_T["lr_schedule"].default, help="constant | linear | cosine (over max steps)."),
-    warmup: int = typer.Option(_T["warmup"].default, help="Learning-rate warmup steps."),
-    warmup_ratio: Optional[float] = typer.Option(None, help="Warmup as a fraction of max steps, in [0, 1) "
-                                                 "(instead of --warmup)."),
-    min_lr_ratio: float = typer.Option(_T["min_lr_ratio"].default, help="Floor of the linear and cosine decay, "
-                                       "as a fraction of lr."),
-    grad_clip: float = typer.Option(_T["grad_clip"].default, help="Gradient-norm clipping; 0 turns it off."),
-    device: str = typer.Option(_T["device"].default, help="auto | cpu | cuda[:i]."),
-    precision: str = typer.Option(_T["precision"].default, help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
-    scan_backend: str = typer.Option(_T["scan_backend"].default, help="Mamba scan: auto | triton | mamba-ssm | "
-                                     "torch | reference."),
-    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in backward (less memory)."),
-    eval_batch_size: int = typer.Option(_T["eval_batch_size"].default, help="Held-out examples per forward pass."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: every "
-                                                   "evaluation]."),
+    flags: Flags,
     overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    threads: str = typer.Option(_T["threads"].default, metavar="auto|N", help=THREADS_HELP),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train one run to the held-out threshold; the same command resumes an unfinished run."""
-    from probes.train import train_run
+    from probes.train import run_dir, train_run
 
-    given = flags_given(ctx, {k: k for k in _TRAIN_KEYS})
-    for key in ("out", "data_dir"):
-        if given.get(key) is not None:
-            given[key] = str(given[key])
-    if given.get("grad_clip") == 0:
-        given["grad_clip"] = None
-    given.update({f"tokens.{k}": v for k, v in flags_given(ctx, {"answer_offset": "answer_offset"}).items()})
-    if "answer_only" in flags_given(ctx, {"answer_only": "answer_only"}):
-        given["tokens.eos_target"] = not answer_only
-    cfg = load_config(TrainConfig, config, given)
+    cfg = flags.load()
     summary = train_run(cfg, overwrite=overwrite, progress=progress)
-    from probes.train import run_dir
-
     out_console.print(_describe_summary(run_dir(cfg), summary), highlight=False, markup=False, soft_wrap=True)
     if summary["status"] == "failed":
         raise typer.Exit(1)
 
 
 # === pretrain / copytest ===
-
-_PRETRAIN_KEYS = ("model", "tokens", "batch_size", "seq_len", "lr", "warmup", "seed", "corpus", "tokenizer",
-                  "vocab_size", "max_corpus_bytes", "eval_every", "checkpoint_every", "out", "device", "precision",
-                  "scan_backend", "threads")
-
 
 def _int_list(text: str, flag: str) -> list[int]:
     try:
@@ -222,49 +151,17 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @app.command()
 @user_errors
+@config_options(PretrainConfig)
 def pretrain(
-    ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="BACKBONES preset (its vocabulary becomes the tokenizer's); "
-                                        "or a sized arch in --config / --set arch.KEY=VALUE."),
-    tokens: int = typer.Option(100_000_000, help="Training tokens (steps = tokens / (batch size x seq len))."),
-    batch_size: int = typer.Option(64, help="Sequences per step."),
-    seq_len: int = typer.Option(512, help="Tokens per sequence."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (warmup, then cosine to lr x min_lr_ratio)."),
-    warmup: int = typer.Option(200, help="Linear warmup steps."),
-    seed: int = typer.Option(0, help="Seed of model init and training windows."),
-    corpus: Optional[list[str]] = typer.Option(None, help="File, directory or glob (repeat) [default: the "
-                                               "source and docs of the installed Python packages]."),
-    tokenizer: str = typer.Option("byte", help="byte (ids 2..257 = bytes 0..255) | bpe (trained on the corpus)."),
-    vocab_size: int = typer.Option(8192, help="BPE vocabulary size."),
-    max_corpus_bytes: int = typer.Option(256_000_000, help="Read the corpus up to this many bytes."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out loss + copy test [default: 5%]."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: each evaluation]."),
-    out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/pretrain/<run name>]."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]."),
-    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
-    scan_backend: str = typer.Option("auto", help="Mamba scan: auto | triton | mamba-ssm | torch | reference."),
-    threads: str = typer.Option("auto", metavar="auto|N", help=THREADS_HELP),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE of any config key (repeat), e.g. "
-                                             "--set arch.num_hidden_layers=8 --set copy_lengths=[16,64]."),
+    flags: Flags,
     describe: bool = typer.Option(False, help="Print the model's size and parameter count, then stop."),
     overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`."""
-    import yaml
+    """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`.
 
-    from probes.config import PretrainConfig
-
-    given = flags_given(ctx, {k: k for k in _PRETRAIN_KEYS})
-    if given.get("out") is not None:
-        given["out"] = str(given["out"])
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r} is not KEY=VALUE (e.g. --set arch.hidden_size=512)")
-        given[key.strip()] = yaml.safe_load(value)
-    cfg = load_config(PretrainConfig, config, given)
+    A sized custom backbone instead of --model: --set arch.family=pythia --set arch.hidden_size=512 ..."""
+    cfg = flags.load()
     from probes.pretrain import describe_model, pretrain_run, run_dir
 
     if describe:
@@ -323,34 +220,12 @@ def copytest(
 
 @app.command()
 @user_errors
+@config_options(SweepConfig, exclude=("train",), passthrough=True)
 def sweep(
     ctx: typer.Context,
     config: Optional[Path] = ConfigOpt,
-    out: Path = typer.Option(SweepConfig.model_fields["out"].default, help="Sweep directory: one run directory "
-                             "per grid point."),
-    backend: str = typer.Option(SweepConfig.model_fields["backend"].default, help="local | ray."),
-    jobs: int = typer.Option(SweepConfig.model_fields["jobs"].default, help="Runs at once (local backend; "
-                             "several small runs can share a GPU)."),
-    model: Optional[list[str]] = typer.Option(None, help="Grid: model names (repeat the option) "
-                                              "[default: pythia-160m]."),
-    n: Optional[list[int]] = typer.Option(None, "--n", help="Grid: N values (repeat) [default: 50]."),
-    layout: Optional[list[str]] = typer.Option(None, help="Grid: layouts (repeat) [default: suffix]."),
-    lr: Optional[list[float]] = typer.Option(None, help="Grid: learning rates (repeat) [default: 1e-5 5e-5 1e-4]."),
-    init: Optional[list[str]] = typer.Option(None, help="Grid: inits (repeat) [default: default mean normal]."),
-    seed: Optional[list[int]] = typer.Option(None, help="Grid: seeds (repeat) [default: 0]."),
-    init_seed: Optional[list[int]] = typer.Option(None, help="Grid: model-init seeds (repeat) [default: seed]."),
-    order_seed: Optional[list[int]] = typer.Option(None, help="Grid: batch-order seeds (repeat) [default: seed]."),
-    data_seed: Optional[list[int]] = typer.Option(None, help="Grid: training-data seeds (repeat) [default: seed]."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting of every run (repeat), "
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
-    address: Optional[str] = typer.Option(None, help="Ray backend: cluster HOST:PORT, ray://HOST:PORT or auto "
-                                          "[default: a new local Ray instance]."),
-    cpus_per_run: float = typer.Option(SweepConfig.model_fields["cpus_per_run"].default,
-                                       help="Ray backend: CPUs reserved per run."),
-    gpus_per_run: float = typer.Option(SweepConfig.model_fields["gpus_per_run"].default,
-                                       help="Ray backend: GPUs reserved per run (0.25 packs four runs on a GPU)."),
-    retries: int = typer.Option(SweepConfig.model_fields["retries"].default,
-                                help="Ray backend: times a run whose worker died is started again."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
     dry_run: bool = typer.Option(False, help="List the runs, what would happen to each and the GPU-hours the "
@@ -455,40 +330,18 @@ def plot(
 
 from probes.demo import DemoConfig  # light (pydantic only): torch loads when a demo runs
 
-_DM = DemoConfig.model_fields
-_DEMO_FLAGS = ("out", "n", "models", "layouts", "lr", "seed", "max_steps", "eval_every", "batch_size",
-               "train_size", "eval_size", "threshold", "threads", "quick")
-
 
 @app.command()
 @user_errors
+@config_options(DemoConfig, names={"models": "model", "layouts": "layout"})
 def demo(
-    ctx: typer.Context,
-    out: Path = typer.Option(_DM["out"].default, help="Output folder: data/, runs/, figures/."),
-    n: list[int] = typer.Option(_DM["n"].default, "--n", help="Context length N (repeat for several)."),
-    models: list[str] = typer.Option(_DM["models"].default, "--model", help="Backbone (repeat)."),
-    layouts: list[str] = typer.Option(_DM["layouts"].default, "--layout", help="suffix | prefix (repeat)."),
-    lr: float = typer.Option(_DM["lr"].default, help="AdamW learning rate."),
-    seed: int = typer.Option(_DM["seed"].default, help="Seed of model init, batches and data."),
-    max_steps: int = typer.Option(_DM["max_steps"].default, help="Step budget of each run."),
-    eval_every: int = typer.Option(_DM["eval_every"].default, help="Steps between held-out evaluations."),
-    batch_size: int = typer.Option(_DM["batch_size"].default, help="Examples per step."),
-    train_size: int = typer.Option(_DM["train_size"].default, help="Training examples per dataset."),
-    eval_size: int = typer.Option(_DM["eval_size"].default, help="Held-out examples per dataset."),
-    threshold: float = typer.Option(_DM["threshold"].default, help="Stop a run at this held-out accuracy."),
-    threads: int = typer.Option(_DM["threads"].default,
-                                help="torch CPU threads (0: torch's default; 1 suits tiny models)."),
-    quick: bool = typer.Option(False, help="Smoke-test scale: 40 steps a run, seconds in all."),
+    flags: Flags,
     overwrite: bool = typer.Option(False, help="Train finished runs again."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """First run: generate data, train Pythia-tiny and Mamba-tiny on both layouts, draw every figure."""
     from probes.demo import run_demo
 
-    given = flags_given(ctx, {k: k for k in _DEMO_FLAGS})
-    if "out" in given:
-        given["out"] = str(given["out"])
-    run_demo(load_config(DemoConfig, config, given), overwrite=overwrite, console=console)
+    run_demo(flags.load(), overwrite=overwrite, console=console)
 
 
 # === bench ===

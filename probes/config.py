@@ -40,7 +40,7 @@ class Config(BaseModel):
 class DataConfig(Config):
     """One synthetic grounding dataset (SPEC §1). Data are model-independent."""
 
-    n: int = Field(50, ge=2, le=MAX_N, description="number of context tokens N")
+    n: int = Field(50, ge=2, le=MAX_N, description=f"number of context tokens N (2 … {MAX_N})")
     layout: Layout = Field("suffix", description="suffix: ctx <out> q; prefix: <out> q <sep> ctx")
     train_size: int = Field(1_000_000, gt=0, description="training examples")
     eval_size: int = Field(100_000, gt=0, description="held-out examples")
@@ -74,7 +74,9 @@ class TokenConfig(Config):
     answer_ids: list[int] | None = Field(
         None, description="explicit vocabulary id for each position; overrides answer_offset"
     )
-    eos_target: bool = Field(True, description="also train on end-of-text after the answer")
+    eos_target: bool = Field(True, description="also train on end-of-text after the answer (--answer-only: "
+                             "the loss is on the answer alone)",
+                             json_schema_extra={"cli_flags": ["--eos-target/--answer-only"]})
     eos_id: int | None = Field(None, ge=0, description="end-of-text id (default: the model's)")
 
 
@@ -212,7 +214,8 @@ class TrainConfig(Config):
     """One run (SPEC §2, §6). Grid keys and run settings are flat; config.yaml is this, dumped."""
 
     # the grid keys (a run directory is named from them)
-    model: str = Field("pythia-160m", description="backbone name (probes.backbones.BACKBONES) or hf:ID_OR_PATH")
+    model: str = Field("pythia-160m", description="backbone: pythia-{tiny,14m,70m,160m,410m,1b,1.4b,2.8b}, "
+                       "mamba-{tiny,130m,370m,790m,1.4b,2.8b} (random init) or hf:ID_OR_PATH")
     n: int = Field(50, ge=2, le=MAX_N, description="number of context tokens N")
     layout: Layout = Field("suffix", description="suffix | prefix")
     lr: float = Field(1e-4, gt=0, le=1, allow_inf_nan=False, description="AdamW learning rate")
@@ -242,7 +245,8 @@ class TrainConfig(Config):
                                        description="warmup as a fraction of max_steps (instead of warmup)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
                                 description="floor of the linear and cosine decay, as a fraction of lr")
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None, or 0 on the command "
+                                    "line: no clipping)", json_schema_extra={"cli_none": ["0"]})
     # execution (may change when a run resumes)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
     precision: Precision = Field("auto", description="auto (bf16 autocast on CUDA, else fp32) | bf16 | fp32")
@@ -313,16 +317,23 @@ class SweepConfig(Config):
     three seed keys default to [null]: each run's `seed` (or train.data_seed where that is set).
     """
 
-    model: list[str] = Field(default_factory=lambda: ["pythia-160m"], min_length=1)
-    n: list[int] = Field(default_factory=lambda: [50], min_length=1)
-    layout: list[Layout] = Field(default_factory=lambda: ["suffix"], min_length=1)
-    lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4], min_length=1)
-    init: list[Init] = Field(default_factory=lambda: ["default", "mean", "normal"], min_length=1)
-    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    model: list[str] = Field(default_factory=lambda: ["pythia-160m"], min_length=1,
+                             description="grid: model names (repeat the option)")
+    n: list[int] = Field(default_factory=lambda: [50], min_length=1, description="grid: N values (repeat, or 10,50)")
+    layout: list[Layout] = Field(default_factory=lambda: ["suffix"], min_length=1,
+                                 description="grid: layouts, suffix | prefix (repeat)")
+    lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4], min_length=1,
+                            description="grid: learning rates (repeat, or 1e-5,1e-4)")
+    init: list[Init] = Field(default_factory=lambda: ["default", "mean", "normal"], min_length=1,
+                             description="grid: new-row inits, default | mean | normal (repeat)")
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1, description="grid: seeds (repeat, or 0,1,2)")
     # null (the default) = each run's seed; a run name gets +i/+o/+d<seed> where one differs from seed
-    init_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
-    order_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
-    data_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    init_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1,
+                                        description="grid: model-init seeds (none: each run's seed)")
+    order_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1,
+                                         description="grid: batch-order seeds (none: each run's seed)")
+    data_seed: list[int | None] = Field(default_factory=lambda: [None], min_length=1,
+                                        description="grid: training-data seeds (none: each run's seed)")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig settings shared by every run")
     out: Path = Field(Path("runs"), description="sweep directory: one run directory per grid point")
     backend: str = Field("local", description="local | ray (probes.sweep.BACKENDS)")
@@ -436,7 +447,8 @@ class PretrainConfig(Config):
     warmup: int = Field(200, ge=0, description="linear warmup steps")
     weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None, or 0 on the command "
+                                    "line: no clipping)", json_schema_extra={"cli_none": ["0"]})
     # evaluation
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations (None: 5% of the steps)")
     eval_windows: int = Field(64, gt=0, description="held-out windows of seq_len + 1 tokens per evaluation")

@@ -90,7 +90,8 @@ class VLMTrainConfig(Config):
     eval_batch_size: int = Field(64, gt=0, description="examples per evaluation batch")
     eval_every: int = Field(100, gt=0, description="evaluate every this many steps (and at each stage's end)")
     threshold: float = Field(0.9, gt=0, le=1, description="stop once held-out Acc@IoU≥0.5 reaches this")
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: no clipping)")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None, or 0 on the command "
+                                    "line: no clipping)", json_schema_extra={"cli_none": ["0"]})
     seed: int = Field(0, ge=0, description="seed of weights and batch order")
     out: Path | None = Field(None, description="run directory (None: runs/vlm/<run name>)")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda[:i]")
@@ -99,7 +100,7 @@ class VLMTrainConfig(Config):
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints (None: every evaluation)")
     threads: Threads = Field("auto", description=THREADS_HELP)
     log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
-    data: VLMDataConfig = Field(default_factory=VLMDataConfig)
+    data: VLMDataConfig = Field(default_factory=VLMDataConfig, description="where examples come from")
 
     @model_validator(mode="after")
     def _check(self) -> VLMTrainConfig:
