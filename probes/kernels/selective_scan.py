@@ -454,7 +454,7 @@ def tuning_on(t: torch.Tensor, cfg: ScanConfig) -> bool:
 
 def bench_ms(fn) -> float:
     """Median ms of fn on the GPU (triton.testing.do_bench, short)."""
-    return float(triton.testing.do_bench(fn, warmup=5, rep=20))
+    return float(triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median"))
 
 
 def pick_launch(key: tuple, default: dict, candidates: list[dict], run, timer=None) -> dict:
