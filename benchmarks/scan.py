@@ -108,8 +108,8 @@ def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
     title = (f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
              f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.")
     lines = [title, "",
-             "| levers | B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured "
-             "| conv fwd+bwd ms |",
+             ("| levers | B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured "
+             "| conv fwd+bwd ms |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['levers']} | {r['B']} | {r['D']} | {r['L']} | {r['N']} | {r['fwd_ms']:.3f} | "

@@ -108,10 +108,10 @@ BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile
 # Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches
 # whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
 # whatever the tile. Backward: BLOCK_L stays (dw/db add up time in BLOCK_L-row blocks).
-FWD_CANDIDATES = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=w)
+FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
                   for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8),
                                     (32, 256, 8), (16, 64, 2)]]
-BWD_CANDIDATES = [dict(BLOCK_D=bd, num_warps=w) for bd, w in [(128, 4), (64, 4), (256, 4), (256, 8), (64, 2),
+BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (256, 8), (64, 2),
                                                               (128, 8)]]
 
 
@@ -158,7 +158,7 @@ def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
             W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, **p)
         return [out]
 
-    params = dict(BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D)
+    params = {"BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D}
     if tuning_on(x, CONFIG):
         params = pick_launch(_key("conv_fwd", x, weight, bias, act, mask, out.stride()), params,
                              FWD_CANDIDATES, run)
@@ -187,7 +187,7 @@ def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None):
             ACT=act, BLOCK_L=BWD_BLOCK_L, **p)
         return [t for t in (dx, dw, db) if t is not None]
 
-    params = dict(BLOCK_D=BWD_BLOCK_D)
+    params = {"BLOCK_D": BWD_BLOCK_D}
     if tuning_on(x, CONFIG):
         params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride()), params,
                              BWD_CANDIDATES, run)
@@ -215,4 +215,4 @@ def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
     return CausalConv1dFn.apply(x, weight, bias, activation, mask)
 
 
-__all__ = ["BWD_CANDIDATES", "CausalConv1dFn", "FWD_CANDIDATES", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]
+__all__ = ["BWD_CANDIDATES", "FWD_CANDIDATES", "CausalConv1dFn", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]

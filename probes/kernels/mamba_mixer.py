@@ -42,8 +42,14 @@ import torch.nn.functional as F
 
 from probes.kernels.causal_conv import causal_conv1d_fn, causal_conv1d_ref, conv_bwd, conv_fwd
 from probes.kernels.fused_norm import AddRMSNormFn, RMSNormFn, add_rms_norm, rms_norm
-from probes.kernels.selective_scan import (HAS_TRITON, interpret_mode, scan_bwd, scan_fwd, selective_scan_ref,
-                                          state_buffer)
+from probes.kernels.selective_scan import (
+    HAS_TRITON,
+    interpret_mode,
+    scan_bwd,
+    scan_fwd,
+    selective_scan_ref,
+    state_buffer,
+)
 
 BACKENDS = ("auto", "triton", "mamba-ssm", "torch", "reference")
 

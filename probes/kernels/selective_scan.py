@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from probes.errors import UserError
+
 try:  # optional: the Triton path needs it, the reference does not
     import triton
     import triton.language as tl
@@ -98,7 +100,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if delta_softplus:
         delta = F.softplus(delta)
     A, B, C = A.float(), B.float(), C.float()
-    batch, dim, L = u.shape
+    batch, dim, _L = u.shape
     dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
     h = u.new_zeros(batch, dim, A.shape[1])
@@ -473,7 +475,7 @@ def pick_launch(key: tuple, default: dict, candidates: list[dict], run, timer=No
             continue
         try:
             outs = run(cand)
-        except Exception:  # noqa: BLE001 - a launch the GPU cannot take is simply not a candidate
+        except Exception:  # noqa: BLE001, S112 - a launch the GPU cannot take is simply not a candidate
             continue
         if len(outs) != len(ref) or not all(torch.equal(a, b) for a, b in zip(outs, ref)):
             continue
@@ -490,7 +492,7 @@ def _meta(t) -> tuple:
 
 # Forward: warps always split channels (DL = 32 * warps) so that a sum over N stays in one thread;
 # CHUNK divides chunk_bwd (4) so that the forward can save the backward's chunk states.
-FWD_CANDIDATES = [dict(DH=dh, DL=32 * w, CHUNK=k, PREFETCH=p, num_warps=w)
+FWD_CANDIDATES = [{"DH": dh, "DL": 32 * w, "CHUNK": k, "PREFETCH": p, "num_warps": w}
                   for dh, w, k, p in [(1, 1, 2, True), (1, 1, 4, True), (1, 1, 1, True), (2, 1, 2, True),
                                       (1, 2, 2, True), (1, 4, 2, True), (1, 1, 2, False), (2, 2, 4, True)]]
 # Backward: CHUNK stays chunk_bwd (the saved states' spacing and dA's order over time), DL stays
@@ -501,8 +503,8 @@ BWD_CANDIDATES = [dict(DH=dh, PREFETCH=p, **({"num_stages": s} if s else {}))
 
 
 def _fwd_default(cfg: ScanConfig, pass1: bool) -> dict:
-    return dict(DH=cfg.dh_fwd, DL=cfg.dl_fwd, CHUNK=cfg.chunk_bwd if pass1 else cfg.chunk_fwd,
-                PREFETCH=cfg.prefetch, num_warps=cfg.warps_fwd)
+    return {"DH": cfg.dh_fwd, "DL": cfg.dl_fwd, "CHUNK": cfg.chunk_bwd if pass1 else cfg.chunk_fwd,
+                "PREFETCH": cfg.prefetch, "num_warps": cfg.warps_fwd}
 
 
 def _fwd_candidates(cfg: ScanConfig, pass1: bool, saving: bool) -> list[dict]:
@@ -534,9 +536,9 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
         out = torch.empty_like(u)
     last = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
     dummy = u
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), WRITE_OUT=write_out, WRITE_LAST=last is not None,
-                 WRITE_CHUNKS=states is not None)
+    flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+                 "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": write_out, "WRITE_LAST": last is not None,
+                 "WRITE_CHUNKS": states is not None}
 
     def run(p):
         grid = (triton.cdiv(dim, p["DH"] * p["DL"]), batch)
@@ -583,16 +585,26 @@ def saved_state_bytes() -> int:
     return _SAVED_BYTES[0]
 
 
+def save_budget(cfg: ScanConfig) -> int:
+    """Bytes of saved chunk states allowed: PROBES_SCAN_SAVE_MB (MiB) if set, else cfg.save_states_bytes."""
+    text = os.environ.get("PROBES_SCAN_SAVE_MB")
+    if text is None:
+        return cfg.save_states_bytes
+    if not text.strip().isdigit():
+        raise UserError(f"PROBES_SCAN_SAVE_MB={text!r} is not allowed (a whole number of MiB, 0 to recompute)")
+    return int(text) << 20
+
+
 def state_buffer(u, A, config: ScanConfig | None = None):
     """A float32 chunk-state buffer for the forward to fill, or None (the backward then recomputes).
 
     Given when levers are on and the bytes held by all live buffers, B * ceil(L / chunk_bwd) * D *
-    N * 4 each, stay within `config.save_states_bytes`; the count drops when a buffer is freed.
+    N * 4 each, stay within `save_budget` (1 GiB by default); the count drops when a buffer is freed.
     """
     cfg = config or CONFIG
     shape = chunk_state_shape(u, A, cfg)
     nbytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
-    if not levers_on() or _SAVED_BYTES[0] + nbytes > cfg.save_states_bytes:
+    if not levers_on() or _SAVED_BYTES[0] + nbytes > save_budget(cfg):
         return None
     if cfg.chunk_bwd % cfg.chunk_fwd:
         return None
@@ -666,8 +678,8 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
     u, delta, A, B, C, D, z, delta_bias, dout, chk = ins
     du, ddelta, dz, out, dA, dD, dbias, dB, dC = grads
     dummy = u
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), WRITE_OUT=out is not None, BC_MODE=cfg.bc_mode)
+    flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+                 "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": out is not None, "BC_MODE": cfg.bc_mode}
     atomics = [dB, dC] if cfg.bc_mode != 1 else []
 
     def run(p):
@@ -685,7 +697,7 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
             num_warps=cfg.warps_bwd, **p)
         return [t for t in (du, ddelta, dz, out, dA, dD, dbias) if t is not None]
 
-    params = dict(DH=cfg.dh_bwd, PREFETCH=cfg.prefetch)
+    params = {"DH": cfg.dh_bwd, "PREFETCH": cfg.prefetch}
     if cfg.bc_mode == 0 and tuning_on(u, cfg):
         key = ("bwd", *u.shape, A.shape[1], tuple(flags.items()), *map(_meta, (u, delta, B, C, z, dout, du)))
         params = pick_launch(key, params, BWD_CANDIDATES, run)
@@ -737,5 +749,5 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
 
 __all__ = ["BWD_CANDIDATES", "CONFIG", "FWD_CANDIDATES", "HAS_TRITON", "ScanConfig", "SelectiveScanFn",
-           "bench_ms", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "saved_state_bytes",
+           "bench_ms", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
            "scan_bwd", "scan_fwd", "selective_scan_fn", "selective_scan_ref", "state_buffer", "tuning_on"]

@@ -283,6 +283,18 @@ def test_state_budget_and_no_grad(tiny_tiles, device):
     assert ss.saved_state_bytes() == 0
 
 
+def test_save_budget_env(monkeypatch):
+    from probes.errors import UserError
+    from probes.kernels.selective_scan import ScanConfig, save_budget
+
+    assert save_budget(ScanConfig(save_states_bytes=123)) == 123
+    monkeypatch.setenv("PROBES_SCAN_SAVE_MB", "8")
+    assert save_budget(ScanConfig()) == 8 << 20
+    monkeypatch.setenv("PROBES_SCAN_SAVE_MB", "lots")
+    with pytest.raises(UserError, match="PROBES_SCAN_SAVE_MB='lots'"):
+        save_budget(ScanConfig())
+
+
 def test_pick_launch_keeps_the_fastest_equal_candidate():
     """Tuning may change speed, never bits: a faster candidate with different outputs is dropped."""
     from probes.kernels.selective_scan import pick_launch
