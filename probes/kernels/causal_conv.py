@@ -109,10 +109,8 @@ BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile
 # whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
 # whatever the tile. Backward: BLOCK_L stays (dw/db add up time in BLOCK_L-row blocks).
 FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
-                  for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (64, 128, 8),
-                                    (32, 256, 8), (16, 64, 2)]]
-BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (256, 8), (64, 2),
-                                                              (128, 8)]]
+                  for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8)]]
+BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (64, 2)]]
 
 
 def causal_conv1d_ref(x, weight, bias=None, activation="silu", mask=None):
