@@ -2,7 +2,7 @@
 
     python benchmarks/scan.py --out bench/                  # B=64, L=203, N=16, D = 1536 / 2048 / 4096
     python benchmarks/scan.py --shape 64,1536,203,16 --reps 50 --out bench/
-    python benchmarks/scan.py --compare --out bench/        # levers off (old path) and on, side by side
+    python benchmarks/scan.py --compare --out bench/        # levers off (old path), tuned, on: side by side
 
 Inputs are laid out as the fused mixer passes them (channel-last views of (B, L, D) tensors, bf16;
 A, D, delta_bias float32; softplus, D skip and z gate on). The floor: fwd reads u, delta, z and
@@ -13,8 +13,9 @@ device-to-device clone), so `x_floor` = measured / floor says how far the kernel
 memory system. Also times the causal conv (fwd+bwd, Mamba's W=4, SiLU) on the same (B, L, D).
 
 Levers (issue 17): launch tuning of the scan and conv kernels and chunk states saved by the
-forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off;
---compare times each shape with levers off, then on, in one process. Writes OUT/scan.json and
+forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off,
+PROBES_SCAN_SAVE_MB=0 the saved states only; --compare times each shape with levers off, with
+tuned launches only, then with both, in one process. Writes OUT/scan.json and
 OUT/scan.md. Needs a CUDA GPU.
 """
 
@@ -76,7 +77,10 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     from probes.kernels.causal_conv import causal_conv1d_fn
     from probes.kernels.selective_scan import selective_scan_fn
 
-    os.environ["PROBES_SCAN_LEVERS"] = "1" if levers == "on" else "0"
+    os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
+    saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
+    if levers == "tuned":  # launch tuning only, no saved chunk states
+        os.environ["PROBES_SCAN_SAVE_MB"] = "0"
     batch, dim, L, N = shape
     ins = inputs(batch, dim, L, N)
     args = [ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
@@ -99,6 +103,9 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
 
     floor_ms = VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
     ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
+    os.environ.pop("PROBES_SCAN_SAVE_MB", None)
+    if saved_mb is not None:
+        os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
     return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
             "floor_ms": floor_ms, "x_floor": ms_fb / floor_ms, "pct_of_floor": 100 * floor_ms / ms_fb,
             "conv_fwd_bwd_ms": ms_conv}
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=parse_shape, action="append", help="B,D,L,N (repeat; default: paper)")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--compare", action="store_true", help="time each shape with levers off, then on")
+    parser.add_argument("--compare", action="store_true",
+                        help="time each shape with levers off, tuned launches only, then all levers on")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    modes = ("off", "on") if args.compare else ("on" if levers_on() else "off",)
+    modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
     rows = [time_shape(s, args.reps, bandwidth, m) for s in (args.shape or PAPER_SHAPES) for m in modes]
     args.out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rows, bandwidth, env)
