@@ -353,3 +353,37 @@ def test_tuned_and_saved_paths_match_the_old_path_cuda(dim, monkeypatch):
             assert rel(a, b) < 1e-3, name
         else:
             assert torch.equal(a, b), (name, rel(a, b))
+
+
+def test_forced_tuning_runs_every_candidate_and_keeps_the_results(tiny_tiles, device, monkeypatch):
+    """Tuning switched on in the interpreter (a fake clock that favours later candidates): every
+    scan and conv launch candidate runs, and gradients equal the untuned ones."""
+    from probes.kernels import causal_conv as cc
+    from probes.kernels import selective_scan as ss
+
+    tiny_tiles.chunk_fwd = 2  # the real tiles' chunk: the saving forward may pick CHUNK 1, 2 or 4
+    ins = make_inputs(1, 5, 6, 4, torch.float32, device)
+    x = ins["u"].detach().transpose(1, 2).contiguous().requires_grad_()
+    w, cb = torch.randn(5, 4, device=device, requires_grad=True), torch.zeros(5, device=device, requires_grad=True)
+
+    def everything():
+        out = cc.causal_conv1d_fn(x, w, cb, "silu")
+        return grads_of(ins) + [out, *torch.autograd.grad(out, (x, w, cb), torch.ones_like(out))]
+
+    ref = everything()
+    clock = iter(range(1000, 0, -1))
+    picked = []
+    orig = ss.pick_launch
+
+    def spy(key, default, candidates, run, timer=None):
+        picked.append(orig(key, default, candidates, run, timer=lambda fn: fn() or next(clock)))
+        return picked[-1]
+
+    monkeypatch.setattr(ss, "tuning_on", lambda *a: True)
+    monkeypatch.setattr(cc, "tuning_on", lambda *a: True)
+    monkeypatch.setattr(ss, "pick_launch", spy)
+    monkeypatch.setattr(cc, "pick_launch", spy)
+    monkeypatch.setattr(ss, "_TUNED", {})
+    tuned = everything()
+    assert len(picked) == 4 and any(p != picked[0] for p in picked)  # scan fwd/bwd, conv fwd/bwd
+    assert all(torch.equal(a, b) for a, b in zip(tuned, ref))
