@@ -223,12 +223,15 @@ if HAS_TRITON:
                 sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, 0, 0, 0,
                 LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
         n_saved = tl.cdiv(L, SAVE_EVERY)
+        if WRITE_CHUNKS:  # int32 offsets within one saved state; the base pointer moves on
+            chk_ptr += b * n_saved * DIM * NS
+            chk_off = ds * NS + ns
         for c in range(n_chunks):
             # the state at every SAVE_EVERY-th step (SAVE_EVERY a multiple of CHUNK), for the backward
             if WRITE_CHUNKS:  # noqa: SIM102 - constexpr first: the store is compiled only when asked for
                 if (c * CHUNK) % SAVE_EVERY == 0:
-                    tl.store(chk_ptr + ((b * n_saved + (c * CHUNK) // SAVE_EVERY) * DIM + ds) * NS + ns,
-                             tl.reshape(h, (DH, BLOCK_N, DL)), mask=mds)
+                    tl.store(chk_ptr + chk_off, tl.reshape(h, (DH, BLOCK_N, DL)), mask=mds)
+                    chk_ptr += DIM * NS  # the next saved state
             if PREFETCH:
                 u, dt, Bt, Ct, z = nu, ndt, nB, nC, nz
                 nu, ndt, nB, nC, nz, _d, _h = _chunk_loads(
