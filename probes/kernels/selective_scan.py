@@ -471,6 +471,7 @@ def pick_launch(key: tuple, default: dict, candidates: list[dict], run, timer=No
     run(params) launches once and returns the output tensors to compare; timer(fn) -> ms.
     Cached by `key`; a candidate that fails to launch (e.g. out of shared memory) is skipped.
     """
+    key = (*key, *sorted(default.items()))  # a changed default (CONFIG, a variant's config) tunes anew
     if key in _TUNED:
         return _TUNED[key]
     timer = timer or bench_ms
@@ -560,7 +561,7 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     if save_states is not None and cfg.chunk_bwd % params["CHUNK"]:
         raise ValueError(f"save_states needs chunk_fwd ({params['CHUNK']}) to divide chunk_bwd ({cfg.chunk_bwd})")
     if tuning_on(u, cfg):
-        key = ("fwd", batch, dim, L, N, tuple(flags.items()), *map(_meta, (u, delta, B, C, z, out)))
+        key = ("fwd", batch, dim, L, N, cfg.chunk_bwd, tuple(flags.items()), *map(_meta, (u, delta, B, C, z, out)))
         params = pick_launch(key, params, _fwd_candidates(cfg, not write_out, states is not None), run)
     run(params)
     return out, last
@@ -703,7 +704,8 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
 
     params = {"DH": cfg.dh_bwd, "PREFETCH": cfg.prefetch}
     if cfg.bc_mode == 0 and tuning_on(u, cfg):
-        key = ("bwd", *u.shape, A.shape[1], tuple(flags.items()), *map(_meta, (u, delta, B, C, z, dout, du)))
+        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
+               *map(_meta, (u, delta, B, C, z, dout, du)))
         params = pick_launch(key, params, BWD_CANDIDATES, run)
     run(params)
 
