@@ -2,6 +2,7 @@
 
     python benchmarks/scan.py --out bench/                  # B=64, L=203, N=16, D = 1536 / 2048 / 4096
     python benchmarks/scan.py --shape 64,1536,203,16 --reps 50 --out bench/
+    python benchmarks/scan.py --compare --out bench/        # levers off (old path), tuned, on: side by side
 
 Inputs are laid out as the fused mixer passes them (channel-last views of (B, L, D) tensors, bf16;
 A, D, delta_bias float32; softplus, D skip and z gate on). The floor: fwd reads u, delta, z and
@@ -9,13 +10,20 @@ writes out (4 x B.D.L values); the backward's two passes read u, delta (pass 1),
 dout and write du, ddelta, dz (pass 2): 13 x B.D.L bf16 values in all (B, C and the chunk states
 are N / D of that or less). floor_ms = bytes / the copy bandwidth measured here (a large
 device-to-device clone), so `x_floor` = measured / floor says how far the kernels are from the
-memory system. Writes OUT/scan.json and OUT/scan.md. Needs a CUDA GPU.
+memory system. Also times the causal conv (fwd+bwd, Mamba's W=4, SiLU) on the same (B, L, D).
+
+Levers (issue 17): launch tuning of the scan and conv kernels and chunk states saved by the
+forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off,
+PROBES_SCAN_SAVE_MB=0 the saved states only; --compare times each shape with levers off, with
+tuned launches only, then with both, in one process. Writes OUT/scan.json and
+OUT/scan.md. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,13 +73,22 @@ def copy_bandwidth(gib: float = 2.0, reps: int = 10) -> float:
     return 2 * x.numel() * x.element_size() / (ms / 1e3)
 
 
-def time_shape(shape, reps: int, bandwidth: float) -> dict:
+def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
+    from probes.kernels.causal_conv import causal_conv1d_fn
     from probes.kernels.selective_scan import selective_scan_fn
 
+    os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
+    saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
+    if levers == "tuned":  # launch tuning only, no saved chunk states
+        os.environ["PROBES_SCAN_SAVE_MB"] = "0"
     batch, dim, L, N = shape
     ins = inputs(batch, dim, L, N)
     args = [ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     dout = torch.randn_like(ins["u"])
+    x = ins["u"].detach().transpose(1, 2).requires_grad_()  # (B, L, D), unit channel stride
+    w = torch.randn(dim, 4, device="cuda", requires_grad=True)
+    cb = torch.randn(dim, device="cuda", requires_grad=True)
+    gx = torch.randn_like(x)
 
     def fwd():
         with torch.no_grad():
@@ -81,21 +98,30 @@ def time_shape(shape, reps: int, bandwidth: float) -> dict:
         out = selective_scan_fn(*args, delta_softplus=True)
         torch.autograd.grad(out, [ins["u"], ins["delta"], ins["B"], ins["C"], ins["z"]], dout)
 
+    def conv_fwd_bwd():
+        torch.autograd.grad(causal_conv1d_fn(x, w, cb, "silu"), [x, w, cb], gx)
+
     floor_ms = VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
-    ms_f, ms_fb = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps)
-    return {"B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb, "floor_ms": floor_ms,
-            "x_floor": ms_fb / floor_ms, "pct_of_floor": 100 * floor_ms / ms_fb}
+    ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
+    os.environ.pop("PROBES_SCAN_SAVE_MB", None)
+    if saved_mb is not None:
+        os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
+    return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
+            "floor_ms": floor_ms, "x_floor": ms_fb / floor_ms, "pct_of_floor": 100 * floor_ms / ms_fb,
+            "conv_fwd_bwd_ms": ms_conv}
 
 
 def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
     title = (f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
              f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.")
     lines = [title, "",
-             "| B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             ("| levers | B | D | L | N | fwd ms | fwd+bwd ms | floor ms | x floor | floor as % of measured "
+             "| conv fwd+bwd ms |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['B']} | {r['D']} | {r['L']} | {r['N']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-                     f"{r['floor_ms']:.3f} | {r['x_floor']:.1f} | {r['pct_of_floor']:.0f}% |")
+        lines.append(f"| {r['levers']} | {r['B']} | {r['D']} | {r['L']} | {r['N']} | {r['fwd_ms']:.3f} | "
+                     f"{r['fwd_bwd_ms']:.3f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} | {r['pct_of_floor']:.0f}% | "
+                     f"{r['conv_fwd_bwd_ms']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,15 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=parse_shape, action="append", help="B,D,L,N (repeat; default: paper)")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--compare", action="store_true",
+                        help="time each shape with levers off, tuned launches only, then all levers on")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 
+    from probes.kernels.selective_scan import levers_on
+
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    rows = [time_shape(s, args.reps, bandwidth) for s in (args.shape or PAPER_SHAPES)]
+    modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
+    rows = [time_shape(s, args.reps, bandwidth, m) for s in (args.shape or PAPER_SHAPES) for m in modes]
     args.out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rows, bandwidth, env)
     (args.out / "scan.md").write_text(md)

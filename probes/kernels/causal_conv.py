@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from probes.kernels.selective_scan import HAS_TRITON, interpret_mode
+from probes.kernels.selective_scan import CONFIG, HAS_TRITON, interpret_mode, pick_launch, tuning_on
 
 if HAS_TRITON:
     import triton
@@ -105,6 +105,13 @@ if HAS_TRITON:
 BLOCK_L, BLOCK_D = 32, 64  # forward tiles
 BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
 
+# Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches
+# whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
+# whatever the tile. Backward: BLOCK_L stays (dw/db add up time in BLOCK_L-row blocks).
+FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
+                  for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8)]]
+BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (64, 2)]]
+
 
 def causal_conv1d_ref(x, weight, bias=None, activation="silu", mask=None):
     """Readable twin: x (B, L, D), weight (D, W), bias (D,), mask (B, L) -> (B, L, D)."""
@@ -128,19 +135,32 @@ def _check(x):
         raise ValueError("causal_conv1d: x must have unit channel stride (channel-last)")
 
 
+def _key(kind, x, weight, bias, act, mask, *more):
+    return (kind, *x.shape, x.stride(), x.dtype, weight.shape[1], weight.dtype, bias is not None, act,
+            mask is not None, *more)
+
+
 def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
     _check(x)
     batch, L, dim = x.shape
     W = weight.shape[1]
     out = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if out is None else out
-    grid = (triton.cdiv(L, BLOCK_L), triton.cdiv(dim, BLOCK_D), batch)
-    _conv_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, mask if mask is not None else x, out, L, dim,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
-        out.stride(0), out.stride(1),
-        W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
-    )
+
+    def run(p):
+        grid = (triton.cdiv(L, p["BLOCK_L"]), triton.cdiv(dim, p["BLOCK_D"]), batch)
+        _conv_fwd_kernel[grid](
+            x, weight, bias if bias is not None else weight, mask if mask is not None else x, out, L, dim,
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
+            out.stride(0), out.stride(1),
+            W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, **p)
+        return [out]
+
+    params = {"BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D}
+    if tuning_on(x, CONFIG):
+        params = pick_launch(_key("conv_fwd", x, weight, bias, act, mask, out.stride()), params,
+                             FWD_CANDIDATES, run)
+    run(params)
     return out
 
 
@@ -153,15 +173,23 @@ def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None):
     dw = torch.empty(batch, dim, W, device=x.device, dtype=torch.float32)
     db = torch.empty(batch, dim, device=x.device, dtype=torch.float32) if bias is not None else None
     grad = grad if grad.stride(2) == 1 else grad.contiguous()
-    _conv_bwd_kernel[(triton.cdiv(dim, BWD_BLOCK_D), batch)](
-        x, weight, bias if bias is not None else weight, mask if mask is not None else x, grad, dx, dw,
-        db if db is not None else dw, L, dim,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
-        grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-        W=W, W_P2=max(2, 1 << (W - 1).bit_length()), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-        ACT=act, BLOCK_L=BWD_BLOCK_L, BLOCK_D=BWD_BLOCK_D,
-    )
+
+    def run(p):
+        _conv_bwd_kernel[(triton.cdiv(dim, p["BLOCK_D"]), batch)](
+            x, weight, bias if bias is not None else weight, mask if mask is not None else x, grad, dx, dw,
+            db if db is not None else dw, L, dim,
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
+            grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
+            W=W, W_P2=max(2, 1 << (W - 1).bit_length()), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
+            ACT=act, BLOCK_L=BWD_BLOCK_L, **p)
+        return [t for t in (dx, dw, db) if t is not None]
+
+    params = {"BLOCK_D": BWD_BLOCK_D}
+    if tuning_on(x, CONFIG):
+        params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride()), params,
+                             BWD_CANDIDATES, run)
+    run(params)
     return dx, dw.sum(0), db.sum(0) if db is not None else None
 
 
@@ -185,4 +213,4 @@ def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
     return CausalConv1dFn.apply(x, weight, bias, activation, mask)
 
 
-__all__ = ["CausalConv1dFn", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]
+__all__ = ["BWD_CANDIDATES", "FWD_CANDIDATES", "CausalConv1dFn", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]

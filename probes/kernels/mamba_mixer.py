@@ -42,15 +42,25 @@ import torch.nn.functional as F
 
 from probes.kernels.causal_conv import causal_conv1d_fn, causal_conv1d_ref, conv_bwd, conv_fwd
 from probes.kernels.fused_norm import AddRMSNormFn, RMSNormFn, add_rms_norm, rms_norm
-from probes.kernels.selective_scan import HAS_TRITON, interpret_mode, scan_bwd, scan_fwd, selective_scan_ref
+from probes.kernels.selective_scan import (
+    HAS_TRITON,
+    interpret_mode,
+    scan_bwd,
+    scan_fwd,
+    selective_scan_ref,
+    state_buffer,
+)
 
 BACKENDS = ("auto", "triton", "mamba-ssm", "torch", "reference")
 
 # === The fused mixer ===
 
 
-def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b, mask):
-    """xz: (B, L, 2D) in_proj output. Returns (out (B, L, H), x_dbl (B, L, R + 2N))."""
+def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b, mask,
+                   states=None):
+    """xz: (B, L, 2D) in_proj output. Returns (out (B, L, H), x_dbl (B, L, R + 2N)).
+
+    states: a `state_buffer` for the scan to save its chunk-start states in, for the backward."""
     cdt = xz.dtype
     dim, N = A_log.shape
     R = dt_proj_w.shape[1]
@@ -61,7 +71,7 @@ def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp
     y = torch.empty_like(conv_out)
     scan_fwd(conv_out.transpose(1, 2), dt.transpose(1, 2), -torch.exp(A_log.float()),
              x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2), Dp.float(),
-             z.transpose(1, 2), dt_proj_b.float(), True, out=y.transpose(1, 2))
+             z.transpose(1, 2), dt_proj_b.float(), True, out=y.transpose(1, 2), save_states=states)
     del conv_out, dt
     out = F.linear(y, out_proj_w.to(cdt), out_proj_b.to(cdt) if out_proj_b is not None else None)
     return out, x_dbl
@@ -71,14 +81,16 @@ class MambaInnerFn(torch.autograd.Function):
     """conv1d + SiLU -> x_proj -> dt_proj -> selective scan (softplus, D, z gate) -> out_proj.
 
     Inputs are the mixer's own parameters; `xz` (B, L, 2D) is in_proj's output in the compute
-    dtype (bf16 under autocast). Saves xz and x_dbl only; recomputes the rest in the backward.
+    dtype (bf16 under autocast). Saves xz and x_dbl, and the scan's chunk-start states when
+    `state_buffer` gives room for them; recomputes the rest in the backward.
     """
 
     @staticmethod
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp, out_proj_w, out_proj_b,
                 mask=None):
+        ctx.chunk_states = state_buffer(xz[..., :A_log.shape[0]].transpose(1, 2), A_log)
         out, x_dbl = _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp,
-                                    out_proj_w, out_proj_b, mask)
+                                    out_proj_w, out_proj_b, mask, ctx.chunk_states)
         ctx.save_for_backward(xz, x_dbl, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A_log, Dp,
                               out_proj_w, out_proj_b, mask)
         return out
@@ -106,11 +118,12 @@ class MambaInnerFn(torch.autograd.Function):
         ddt = torch.empty_like(dt)
         y = torch.empty_like(conv_out)
         A = -torch.exp(A_log.float())
+        states, ctx.chunk_states = ctx.chunk_states, None  # freed once used
         _, _, dA, dB, dC, dD, _, dbias = scan_bwd(
             conv_out.transpose(1, 2), dt.transpose(1, 2), A, x_dbl[..., R:R + N].transpose(1, 2),
             x_dbl[..., R + N:].transpose(1, 2), Dp.float(), z.transpose(1, 2), dt_proj_b.float(), True,
             dy.transpose(1, 2), du=du.transpose(1, 2), ddelta=ddt.transpose(1, 2),
-            dz=dxz[..., dim:].transpose(1, 2), out=y.transpose(1, 2))
+            dz=dxz[..., dim:].transpose(1, 2), out=y.transpose(1, 2), chunk_states=states)
         del dt, dy
         d_out_w = dout.t() @ y.view(M, dim)
         d_out_b = dout.sum(0) if out_proj_b is not None else None

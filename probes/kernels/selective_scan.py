@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from probes.errors import UserError
 
 try:  # optional: the Triton path needs it, the reference does not
     import triton
@@ -73,6 +76,8 @@ class ScanConfig:
     prefetch: bool = True  # load the next chunk's tiles while computing the current one
     bc_mode: int = 0  # dB/dC over channels: 0 sum + atomics, 1 sum + partial buffers, 2 per-lane atomics
     scratch_bytes: int = 768 << 20  # cap on the backward's chunk-state buffer (batch is sliced)
+    autotune: bool = True  # on CUDA: time the launch candidates below once per shape, keep the fastest
+    save_states_bytes: int = 1 << 30  # live budget for chunk states saved by the forward (0: recompute)
 
 
 CONFIG = ScanConfig()
@@ -95,7 +100,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if delta_softplus:
         delta = F.softplus(delta)
     A, B, C = A.float(), B.float(), C.float()
-    batch, dim, L = u.shape
+    batch, dim, _L = u.shape
     dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
     dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
     h = u.new_zeros(batch, dim, A.shape[1])
@@ -198,6 +203,7 @@ if HAS_TRITON:
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         WRITE_OUT: tl.constexpr, WRITE_LAST: tl.constexpr, WRITE_CHUNKS: tl.constexpr,
         DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
+        SAVE_EVERY: tl.constexpr,
     ):
         b = tl.program_id(1).to(tl.int64)
         k3, d3, md3, k2, n2, ds, ns, mds = _index_tiles(DIM, NS, DH, DL, BLOCK_N, CHUNK)
@@ -216,10 +222,16 @@ if HAS_TRITON:
                 k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
                 sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, 0, 0, 0,
                 LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
+        n_saved = tl.cdiv(L, SAVE_EVERY)
+        if WRITE_CHUNKS:  # int32 offsets within one saved state; the base pointer moves on
+            chk_ptr += b * n_saved * DIM * NS
+            chk_off = ds * NS + ns
         for c in range(n_chunks):
-            if WRITE_CHUNKS:  # chunk-start state, for the backward's pass 2
-                tl.store(chk_ptr + ((b * n_chunks + c) * DIM + ds) * NS + ns, tl.reshape(h, (DH, BLOCK_N, DL)),
-                         mask=mds)
+            # the state at every SAVE_EVERY-th step (SAVE_EVERY a multiple of CHUNK), for the backward
+            if WRITE_CHUNKS:  # noqa: SIM102 - constexpr first: the store is compiled only when asked for
+                if (c * CHUNK) % SAVE_EVERY == 0:
+                    tl.store(chk_ptr + chk_off, tl.reshape(h, (DH, BLOCK_N, DL)), mask=mds)
+                    chk_ptr += DIM * NS  # the next saved state
             if PREFETCH:
                 u, dt, Bt, Ct, z = nu, ndt, nB, nC, nz
                 nu, ndt, nB, nC, nz, _d, _h = _chunk_loads(
@@ -424,12 +436,100 @@ def _s3(t):
     return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
 
 
+# === Launch tuning ===
+#
+# Each kernel has a default launch (from CONFIG) and a few candidates. On CUDA, with
+# `CONFIG.autotune` on and levers not switched off (PROBES_SCAN_LEVERS=0), the first call of a
+# shape times every candidate and keeps the fastest for that key. A candidate is kept only if its
+# outputs are bitwise equal to the default launch's on the same inputs: tuning can change the
+# speed, never a result (a tile change that moved a sum over lanes or over time would change the
+# bits and is dropped). Float atomics (the scan's dB/dC in bc_mode 0/2) are left out of that check:
+# their order is already the hardware's. In the interpreter the default launch is the only one.
+
+_TUNED: dict[tuple, dict] = {}
+
+
+def levers_on() -> bool:
+    """False when PROBES_SCAN_LEVERS=0: no launch tuning, no saved chunk states (the old path)."""
+    return os.environ.get("PROBES_SCAN_LEVERS", "1") not in ("0", "", "off", "false")
+
+
+def tuning_on(t: torch.Tensor, cfg: ScanConfig) -> bool:
+    return cfg.autotune and levers_on() and t.device.type == "cuda" and not interpret_mode()
+
+
+def bench_ms(fn) -> float:
+    """Median ms of fn on the GPU (triton.testing.do_bench, short)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=5, rep=20, return_mode="median"))
+
+
+def pick_launch(key: tuple, default: dict, candidates: list[dict], run, timer=None) -> dict:
+    """The fastest launch among `candidates` whose outputs equal `default`'s bit for bit.
+
+    run(params) launches once and returns the output tensors to compare; timer(fn) -> ms.
+    Cached by `key`; a candidate that fails to launch (e.g. out of shared memory) is skipped.
+    """
+    key = (*key, *sorted(default.items()))  # a changed default (CONFIG, a variant's config) tunes anew
+    if key in _TUNED:
+        return _TUNED[key]
+    timer = timer or bench_ms
+    ref = [t.clone() for t in run(default)]
+    best, best_ms = default, timer(lambda: run(default))
+    for cand in candidates:
+        if cand == default:
+            continue
+        try:
+            outs = run(cand)
+        except Exception:  # noqa: BLE001, S112 - a launch the GPU cannot take is simply not a candidate
+            continue
+        if len(outs) != len(ref) or not all(torch.equal(a, b) for a, b in zip(outs, ref)):
+            continue
+        ms = timer(lambda c=cand: run(c))
+        if ms < best_ms:
+            best, best_ms = cand, ms
+    _TUNED[key] = best
+    return best
+
+
+def _meta(t) -> tuple:
+    return (None,) if t is None else (t.dtype, t.stride())
+
+
+# Forward: warps always split channels (DL = 32 * warps) so that a sum over N stays in one thread;
+# CHUNK divides chunk_bwd (4) so that the forward can save the backward's chunk states.
+FWD_CANDIDATES = [{"DH": dh, "DL": 32 * w, "CHUNK": k, "PREFETCH": p, "num_warps": w}
+                  for dh, w, k, p in [(1, 1, 2, True), (1, 1, 4, True), (2, 1, 2, True), (1, 2, 2, True),
+                                      (1, 4, 2, True), (1, 1, 2, False)]]
+# Backward: CHUNK stays chunk_bwd (the saved states' spacing and dA's order over time), DL stays
+# dl_bwd (the lanes over N); channels per thread (registers) and prefetch are tuned.
+# (ptxas, sm_90: DH 2 with prefetch 255 registers + 96 B spilled; DH 1 without, 211; DH 4 spills 1.2 kB.)
+BWD_CANDIDATES = [{"DH": dh, "PREFETCH": p} for dh, p in [(2, True), (1, True), (2, False), (1, False)]]
+
+
+def _fwd_default(cfg: ScanConfig, pass1: bool) -> dict:
+    return {"DH": cfg.dh_fwd, "DL": cfg.dl_fwd, "CHUNK": cfg.chunk_bwd if pass1 else cfg.chunk_fwd,
+                "PREFETCH": cfg.prefetch, "num_warps": cfg.warps_fwd}
+
+
+def _fwd_candidates(cfg: ScanConfig, pass1: bool, saving: bool) -> list[dict]:
+    out = []
+    for c in FWD_CANDIDATES:
+        c = dict(c, CHUNK=cfg.chunk_bwd) if pass1 else c
+        if (not saving or cfg.chunk_bwd % c["CHUNK"] == 0) and c not in out:
+            out.append(c)
+    return out
+
+
 def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
-             out=None, return_last_state=False, chunk_states=None, config: ScanConfig | None = None):
+             out=None, return_last_state=False, chunk_states=None, save_states=None,
+             config: ScanConfig | None = None):
     """Launch the forward kernel. Shapes as `selective_scan_fn`; `out` (B, D, L) may be a view.
 
     chunk_states: a float32 (B, n_chunks, D, N) buffer (n_chunks = ceil(L / chunk_bwd)) to fill
     with chunk-start states instead of computing `out` (pass 1 of the backward).
+    save_states: the same buffer, filled as well as `out` (the backward then skips pass 1).
     Returns (out, last_state or None).
     """
     _check_device(u)
@@ -437,25 +537,34 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     batch, dim, L = u.shape
     N = A.shape[1]
     write_out = chunk_states is None
+    states = chunk_states if chunk_states is not None else save_states
     if write_out and out is None:
         out = torch.empty_like(u)
     last = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32) if return_last_state else None
-    chunk = cfg.chunk_fwd if write_out else cfg.chunk_bwd
-    dh, dl = cfg.dh_fwd, cfg.dl_fwd
     dummy = u
-    grid = (triton.cdiv(dim, dh * dl), batch)
-    _ssm_fwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, out if write_out else dummy,
-        last if last is not None else dummy, chunk_states if chunk_states is not None else dummy,
-        L, dim, N,
-        *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
-        *(_s3(out) if write_out else (0, 0, 0)),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), WRITE_OUT=write_out, WRITE_LAST=last is not None,
-        WRITE_CHUNKS=chunk_states is not None,
-        DH=dh, DL=dl, BLOCK_N=_np2(N), CHUNK=chunk, PREFETCH=cfg.prefetch, num_warps=cfg.warps_fwd,
-    )
+    flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+                 "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": write_out, "WRITE_LAST": last is not None,
+                 "WRITE_CHUNKS": states is not None}
+
+    def run(p):
+        grid = (triton.cdiv(dim, p["DH"] * p["DL"]), batch)
+        _ssm_fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, out if write_out else dummy,
+            last if last is not None else dummy, states if states is not None else dummy,
+            L, dim, N,
+            *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
+            *(_s3(out) if write_out else (0, 0, 0)),
+            **flags, BLOCK_N=_np2(N), SAVE_EVERY=cfg.chunk_bwd, **p)
+        return [t for t in (out if write_out else None, last, states) if t is not None]
+
+    params = _fwd_default(cfg, not write_out)
+    if save_states is not None and cfg.chunk_bwd % params["CHUNK"]:
+        raise ValueError(f"save_states needs chunk_fwd ({params['CHUNK']}) to divide chunk_bwd ({cfg.chunk_bwd})")
+    if tuning_on(u, cfg):
+        key = ("fwd", batch, dim, L, N, cfg.chunk_bwd, tuple(flags.items()), *map(_meta, (u, delta, B, C, z, out)))
+        params = pick_launch(key, params, _fwd_candidates(cfg, not write_out, states is not None), run)
+    run(params)
     return out, last
 
 
@@ -463,15 +572,65 @@ def _bsl(t, lo, hi):
     return t[lo:hi] if t is not None else None
 
 
+def chunk_state_shape(u, A, config: ScanConfig | None = None) -> tuple[int, int, int, int]:
+    """(B, ceil(L / chunk_bwd), D, N): the chunk-start states the backward starts its chunks from."""
+    cfg = config or CONFIG
+    batch, dim, L = u.shape
+    return batch, triton.cdiv(L, cfg.chunk_bwd), dim, A.shape[1]
+
+
+_SAVED_BYTES = [0]  # chunk-state bytes now held for backward passes (all calls together)
+
+
+def _release(nbytes: int) -> None:
+    _SAVED_BYTES[0] -= nbytes
+
+
+def saved_state_bytes() -> int:
+    """Bytes of chunk states now held by forwards for their backward (see `state_buffer`)."""
+    return _SAVED_BYTES[0]
+
+
+def save_budget(cfg: ScanConfig) -> int:
+    """Bytes of saved chunk states allowed: PROBES_SCAN_SAVE_MB (MiB) if set, else cfg.save_states_bytes."""
+    text = os.environ.get("PROBES_SCAN_SAVE_MB")
+    if text is None:
+        return cfg.save_states_bytes
+    if not text.strip().isdigit():
+        raise UserError(f"PROBES_SCAN_SAVE_MB={text!r} is not allowed (a whole number of MiB, 0 to recompute)")
+    return int(text) << 20
+
+
+def state_buffer(u, A, config: ScanConfig | None = None):
+    """A float32 chunk-state buffer for the forward to fill, or None (the backward then recomputes).
+
+    Given when levers are on and the bytes held by all live buffers, B * ceil(L / chunk_bwd) * D *
+    N * 4 each, stay within `save_budget` (1 GiB by default); the count drops when a buffer is freed.
+    """
+    cfg = config or CONFIG
+    shape = chunk_state_shape(u, A, cfg)
+    nbytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+    if not levers_on() or _SAVED_BYTES[0] + nbytes > save_budget(cfg):
+        return None
+    if cfg.chunk_bwd % cfg.chunk_fwd:
+        return None
+    buf = torch.empty(shape, device=u.device, dtype=torch.float32)
+    _SAVED_BYTES[0] += nbytes
+    weakref.finalize(buf, _release, nbytes)
+    return buf
+
+
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=None, ddelta=None, dz=None,
-             out=None, config: ScanConfig | None = None):
+             out=None, chunk_states=None, config: ScanConfig | None = None):
     """Gradients of the scan. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     dout: (B, D, L). du/ddelta/dz (B, D, L) may be given as views to write into; `out` (B, D, L),
     when given, receives the recomputed forward output (for the next layer's weight gradient).
+    chunk_states: the (B, ceil(L / chunk_bwd), D, N) states the forward saved (`save_states`);
+    without it, pass 1 recomputes them, the batch in slices so that the float32 buffer stays
+    under `config.scratch_bytes`.
     dA (D, N), dD and ddelta_bias (D,) are float32; dB, dC are float32 (B, L, N) buffers viewed as
-    (B, N, L). The batch is processed in slices so that the float32 chunk-state buffer
-    (slice, ceil(L / chunk_bwd), D, N) stays under `config.scratch_bytes`.
+    (B, N, L).
     """
     _check_device(u)
     cfg = config or CONFIG
@@ -481,15 +640,17 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
     f32 = {"device": dev, "dtype": torch.float32}
     n_chunks = triton.cdiv(L, cfg.chunk_bwd)
     per_batch = n_chunks * dim * N * 4
-    bs = max(1, min(batch, cfg.scratch_bytes // per_batch))
-    chk = torch.empty(bs, n_chunks, dim, N, **f32)
+    if chunk_states is not None:
+        bs, chk = batch, chunk_states
+    else:
+        bs = max(1, min(batch, cfg.scratch_bytes // per_batch))
+        chk = torch.empty(bs, n_chunks, dim, N, **f32)
     du = torch.empty_like(u) if du is None else du
     ddelta = torch.empty_like(delta) if ddelta is None else ddelta
     if z is not None and dz is None:
         dz = torch.empty_like(z)
-    block_d = cfg.dh_bwd * cfg.dl_bwd
-    n_dblk = triton.cdiv(dim, block_d)
     mode = cfg.bc_mode
+    n_dblk = triton.cdiv(dim, cfg.dh_bwd * cfg.dl_bwd)
     if mode == 0:
         dB, dC = torch.zeros(batch, L, N, **f32), torch.zeros(batch, L, N, **f32)
     elif mode == 1:
@@ -499,31 +660,17 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
     dA = torch.empty(batch, dim, N, **f32)
     dD = torch.empty(batch, dim, **f32) if D is not None else None
     dbias = torch.empty(batch, dim, **f32) if delta_bias is not None else None
+    grads = (du, ddelta, dz, out, dA, dD, dbias, dB, dC)
     for lo in range(0, batch, bs):
         hi = min(batch, lo + bs)
         sl = functools.partial(_bsl, lo=lo, hi=hi)
-        # pass 1: chunk-start states of this slice
-        scan_fwd(sl(u), sl(delta), A, sl(B), sl(C), None, None, delta_bias, delta_softplus,
-                 chunk_states=chk[: hi - lo], config=cfg)
-        # pass 2: reverse walk over chunks
-        dBs, dCs = (dB[:, lo:hi], dC[:, lo:hi]) if mode == 1 else (sl(dB), sl(dC))
-        u_, dl_, z_, do_, du_, dd_, dz_, o_ = (sl(u), sl(delta), sl(z), sl(dout), sl(du), sl(ddelta),
-                                               sl(dz), sl(out))
-        dummy = u_
-        _ssm_bwd_kernel[(n_dblk, hi - lo)](
-            u_, dl_, A, sl(B), sl(C), D if D is not None else dummy, z_ if z_ is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, do_, chk,
-            du_, dd_, dz_ if dz_ is not None else dummy, o_ if o_ is not None else dummy,
-            sl(dA), sl(dD) if dD is not None else sl(dA), sl(dbias) if dbias is not None else sl(dA),
-            dBs, dCs,
-            L, dim, N, batch,
-            *_s3(u_), *_s3(dl_), A.stride(0), A.stride(1), *_s3(sl(B)), *_s3(sl(C)), *_s3(z_),
-            *_s3(do_), *_s3(du_), *_s3(dd_), *_s3(dz_), *_s3(o_),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), WRITE_OUT=out is not None, BC_MODE=mode,
-            DH=cfg.dh_bwd, DL=cfg.dl_bwd, BLOCK_N=_np2(N), CHUNK=cfg.chunk_bwd, PREFETCH=cfg.prefetch,
-            num_warps=cfg.warps_bwd,
-        )
+        if chunk_states is None:  # pass 1: chunk-start states of this slice
+            scan_fwd(sl(u), sl(delta), A, sl(B), sl(C), None, None, delta_bias, delta_softplus,
+                     chunk_states=chk[: hi - lo], config=cfg)
+        _bwd_launch(cfg, (sl(u), sl(delta), A, sl(B), sl(C), D, sl(z), delta_bias, sl(dout), chk),
+                    [sl(t) for t in grads[:-2]] + ([dB[:, lo:hi], dC[:, lo:hi]] if mode == 1 else
+                                                   [sl(dB), sl(dC)]),
+                    delta_softplus, batch)
     if mode == 1:
         dB, dC = dB.sum(0), dC.sum(0)
     elif mode == 2:
@@ -532,18 +679,53 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
             dD.sum(0) if dD is not None else None, dz, dbias.sum(0) if dbias is not None else None)
 
 
+def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
+    """One backward launch over a batch slice; tuned (bc_mode 0 only: the buffers fix DH * DL otherwise)."""
+    u, delta, A, B, C, D, z, delta_bias, dout, chk = ins
+    du, ddelta, dz, out, dA, dD, dbias, dB, dC = grads
+    dummy = u
+    flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+                 "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": out is not None, "BC_MODE": cfg.bc_mode}
+    atomics = [dB, dC] if cfg.bc_mode != 1 else []
+
+    def run(p):
+        for t in atomics:
+            t.zero_()
+        _ssm_bwd_kernel[(triton.cdiv(u.shape[1], p["DH"] * cfg.dl_bwd), u.shape[0])](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, dout, chk,
+            du, ddelta, dz if dz is not None else dummy, out if out is not None else dummy,
+            dA, dD if dD is not None else dA, dbias if dbias is not None else dA, dB, dC,
+            u.shape[2], u.shape[1], A.shape[1], nbatch,
+            *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
+            *_s3(dout), *_s3(du), *_s3(ddelta), *_s3(dz), *_s3(out),
+            **flags, DL=cfg.dl_bwd, BLOCK_N=_np2(A.shape[1]), CHUNK=cfg.chunk_bwd,
+            num_warps=cfg.warps_bwd, **p)
+        return [t for t in (du, ddelta, dz, out, dA, dD, dbias) if t is not None]
+
+    params = {"DH": cfg.dh_bwd, "PREFETCH": cfg.prefetch}
+    if cfg.bc_mode == 0 and tuning_on(u, cfg):
+        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
+               *map(_meta, (u, delta, B, C, z, dout, du)))
+        params = pick_launch(key, params, BWD_CANDIDATES, run)
+    run(params)
+
+
 # === Autograd ===
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """Triton selective scan with a recomputing backward (saves only the inputs)."""
+    """Triton selective scan. Saves the inputs, and the chunk-start states when `state_buffer`
+    gives room for them (else the backward recomputes them: same values, one more pass)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                return_last_state=False):
+                return_last_state=False, for_backward=True):
+        states = state_buffer(u, A) if for_backward else None
         out, last = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                             return_last_state=return_last_state)
+                             return_last_state=return_last_state, save_states=states)
         ctx.delta_softplus = delta_softplus
+        ctx.chunk_states = states
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         if return_last_state:
             ctx.mark_non_differentiable(last)
@@ -553,11 +735,12 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *_):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        states, ctx.chunk_states = ctx.chunk_states, None  # freed once used
         du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout)
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout, chunk_states=states)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None, dz,
-                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -567,8 +750,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
     Returns out (B, D, L) in u's dtype [, last_state (B, D, N) float32, not differentiable].
     """
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                            for t in (u, delta, A, B, C, D, z, delta_bias))
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, grads)
 
 
-__all__ = ["CONFIG", "HAS_TRITON", "ScanConfig", "SelectiveScanFn", "interpret_mode", "scan_bwd", "scan_fwd",
-           "selective_scan_fn", "selective_scan_ref"]
+__all__ = ["BWD_CANDIDATES", "CONFIG", "FWD_CANDIDATES", "HAS_TRITON", "ScanConfig", "SelectiveScanFn",
+           "bench_ms", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
+           "scan_bwd", "scan_fwd", "selective_scan_fn", "selective_scan_ref", "state_buffer", "tuning_on"]

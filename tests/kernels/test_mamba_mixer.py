@@ -251,3 +251,27 @@ def test_fused_residual_trunk_trains_like_the_unfused_one(tiny_tiles, device, mo
                            plain.generate(ids[:1, :4], max_new_tokens=2, do_sample=False))
     assert fuse_residual_norm(fused, enabled=False) is False
     assert fuse_residual_norm(tiny_mamba()) is False  # no fast backend chosen: nothing to fuse
+
+
+def test_mixer_saved_states_give_the_recompute_gradients(tiny_tiles, device, monkeypatch):
+    """The fused mixer saves the scan's chunk states in its forward (PROBES_SCAN_LEVERS on) and
+    then gets the same gradients as when its backward recomputes them (levers off)."""
+    from probes.kernels import mamba_mixer, set_scan_backend
+
+    model = tiny_mamba(hidden=8, layers=1).to(device)
+    set_scan_backend(model, "triton")
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4)).to(device)
+    seen = []
+    orig = mamba_mixer.scan_bwd
+    monkeypatch.setattr(mamba_mixer, "scan_bwd",
+                        lambda *a, **k: seen.append(k.get("chunk_states") is not None) or orig(*a, **k))
+
+    def grads(levers):
+        monkeypatch.setenv("PROBES_SCAN_LEVERS", levers)
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    old, new = grads("0"), grads("1")
+    assert seen == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
