@@ -154,7 +154,9 @@ def same_or_close(got: list[float], want: list[float], model: str, precision: st
     """Bit for bit where the graph runs the eager kernels and eager training is deterministic:
     Mamba. A GPT-NeoX graph cannot: under capture transformers skips its data-dependent
     packed-sequence check (a host sync) and hands SDPA a materialized causal mask, where the eager
-    step passes is_causal=True, so the attention kernel differs."""
+    step passes is_causal=True, so the attention kernel differs. (On an H200 a 5-step determinism
+    check passed for bf16 Mamba, yet graphed and eager then differed at step 7 by 2e-6 relative: the
+    scan adds dB/dC with float atomics, so the check now covers every step compared.)"""
     if model.startswith("mamba") and eager_is_deterministic(model, precision):
         assert got == want
     else:
@@ -164,7 +166,7 @@ def same_or_close(got: list[float], want: list[float], model: str, precision: st
 @functools.cache
 def eager_is_deterministic(model: str, precision: str) -> bool:
     a, b = Run(model, "cuda", precision), Run(model, "cuda", precision)
-    return a.train(a.eager(), 5) == b.train(b.eager(), 5)
+    return a.train(a.eager(), STEPS) == b.train(b.eager(), STEPS)
 
 
 @pytest.fixture
