@@ -79,26 +79,29 @@ def describe(result: Result) -> str:
 
 
 class Display:
-    """rich Progress over the whole sweep (runs done / total) plus one bar per active run."""
+    """rich Progress over the whole sweep (runs done / total) plus one bar per active run. It shows
+    from the first run a backend starts, so that a backend that fails to start prints one line."""
 
     def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.already_done = enabled, total, done
         self.bar, self.tasks = None, {}
-        if enabled:
+
+    def _started(self) -> bool:
+        if self.bar is None and self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                                 console=Console(stderr=True))
-            self.overall = self.bar.add_task("sweep: runs done", total=total, completed=done, info="")
+            self.overall = self.bar.add_task("sweep: runs done", total=self.total, completed=self.already_done,
+                                             info="")
             self.bar.start()
+        return self.bar is not None
 
     def add(self, job: Job) -> None:
-        if self.bar is not None and job.name not in self.tasks:
+        if job.name not in self.tasks and self._started():
             self.tasks[job.name] = self.bar.add_task(f"  {job.name}", total=job.max_steps, info=job.action)
-
-    def shows(self, job: Job) -> bool:
-        return job.name in self.tasks
 
     def update(self, job: Job) -> None:
         if self.bar is None or job.name not in self.tasks:
@@ -110,7 +113,7 @@ class Display:
                             info=f"acc {acc:.3f}" if acc is not None else "")
 
     def done(self, job: Job, result: Result) -> None:
-        if self.bar is None:
+        if not self._started():
             return
         if job.name in self.tasks:
             self.bar.remove_task(self.tasks.pop(job.name))
