@@ -156,22 +156,21 @@ def test_the_backend_registry_holds_local_and_ray_and_refuses_others(tmp_path):
 class Recorder:
     """A backend that runs nothing: each job 'fails' with a message naming it."""
 
-    seen: list = []
-
     def __init__(self, options):
         self.options = options
 
     def run(self, jobs, display, on_done=None):
-        Recorder.seen = [(j.kind, j.name, j.action, self.options.jobs, self.options.threads) for j in jobs]
+        Recorder.seen.append([(j.kind, j.name, j.action, self.options.jobs, self.options.threads) for j in jobs])
         return [make_result(j.name, j.dir, None, j.action, f"recorded {j.name}") for j in jobs]
 
 
 def test_run_sweep_hands_the_jobs_to_the_backend_the_registry_names(tmp_path, monkeypatch):
     monkeypatch.setitem(BACKENDS, "recorder", Recorder)
+    monkeypatch.setattr(Recorder, "seen", [], raising=False)
     sweep = load_sweep_config(vlm_yaml(tmp_path / "v.yaml"), {"out": str(tmp_path / "o")})
     results = run_sweep(sweep, backend="recorder", jobs=3, threads=2, progress=False)
     names = [Path(c.out).name for c in expand_grid(sweep)]
-    assert Recorder.seen == [("vlm", n, "new", 3, 2) for n in names]
+    assert Recorder.seen == [[("vlm", n, "new", 3, 2) for n in names]]
     assert [r["message"] for r in results] == [f"recorded {n}" for n in names]
     assert json.loads((tmp_path / "o" / "sweep.json").read_text()) == results
     assert isinstance(Job("vlm", expand_grid(sweep)[0], names[0], "new").max_steps, int)

@@ -44,8 +44,8 @@ def held_out_size(cfg: TrainConfig) -> int:
 
 def describe_cost(cfgs: list[TrainConfig]) -> list[str]:
     """Lines of expected GPU-hours per model and in all, on the bench machine."""
-    lines, total, unknown = [f"expected GPU-hours on {BENCH_MACHINE}, at most (runs that reach the threshold "
-                             f"stop early):"], [0.0, 0.0], []
+    lines, total, unknown = [(f"expected GPU-hours on {BENCH_MACHINE}, at most (runs that reach the threshold "
+                              f"stop early):")], [0.0, 0.0], []
     for model in dict.fromkeys(c.model for c in cfgs):
         runs = [c for c in cfgs if c.model == model]
         hours = [run_gpu_hours(c) for c in runs]

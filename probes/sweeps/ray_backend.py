@@ -65,7 +65,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
                 raise UserError(f"Ray in this process is already connected to {here}, "
                                 f"not to --address {address}; call ray.shutdown() first, or omit --address to use it")
         return ray
-    quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address is None:
         ray.init(num_cpus=num_cpus, **quiet)
         return ray
