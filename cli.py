@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from probes.cliopts import Flags, config_options
+from probes.cliopts import Flags, config_options, option_keys
 from probes.config import DataConfig, load_config
 from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
@@ -235,11 +235,9 @@ def sweep(
     """Run a grid model × n × layout × lr × init × seeds: skip finished runs, resume unfinished ones."""
     import yaml
 
-    from probes.sweep import check_backend, describe_cost, expand_grid, plan, run_sweep
+    from probes.sweep import check_backend, expand_grid, expected_cost, load_sweep_config, plan, run_sweep
 
-    given = flags_given(ctx, {k: k for k in ("out", "backend", "jobs", "model", "n", "layout", "lr", "init", "seed",
-                                             "address", "cpus_per_run", "gpus_per_run", "retries",
-                                             "init_seed", "order_seed", "data_seed")})
+    given = flags_given(ctx, option_keys(SweepConfig, exclude=("train",)))
     if "out" in given:
         given["out"] = str(given["out"])
     for item in set_ or []:
@@ -249,7 +247,7 @@ def sweep(
         given[f"train.{key.strip()}"] = yaml.safe_load(value)
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads}: allowed: 1 or more threads per run")
-    cfg = load_config(SweepConfig, config, given)
+    cfg = load_sweep_config(config, given)  # the file's `kind:` (text | vlm) picks the config
     check_backend(cfg.backend)
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
@@ -260,7 +258,7 @@ def sweep(
             out_console.print(f"{result['dir']}  skip ({result['status']}{why})", highlight=False, markup=False)
         for job in todo:
             out_console.print(f"{job.dir}  {job.action}", highlight=False, markup=False)
-        for line in describe_cost([job.cfg for job in todo]):
+        for line in expected_cost(cfg, [job.cfg for job in todo]):
             out_console.print(line, highlight=False, markup=False)
         return
     results = run_sweep(cfg, progress=progress,

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 from probes.config import SweepConfig, TrainConfig  # noqa: E402
 from probes.errors import UserError  # noqa: E402
-from probes.sweep import expand_grid, run_sweep  # noqa: E402
+from probes.sweep import VLMSweepConfig, expand_grid, run_sweep  # noqa: E402
 from probes.sweep_ray import WORKER_PID_FILE, connect  # noqa: E402
 from probes.train import train_run  # noqa: E402
 
@@ -53,6 +53,18 @@ def test_ray_backend_skips_finished_runs(tmp_path):
     results = run_sweep(cfg, progress=False)
     assert results[0]["action"] == "skipped"
     assert summary.stat().st_mtime_ns == before
+
+
+def test_ray_backend_runs_a_vlm_grid(tmp_path):
+    train = {"instruction": "", "max_steps": 2, "stage1_steps": 1, "eval_every": 1, "batch_size": 2,
+             "eval_batch_size": 4, "device": "cpu",
+             "data": {"train_size": 8, "eval_size": 4, "image_size": 32, "max_objects": 2}}
+    cfg = VLMSweepConfig(model="pythia-tiny", lr=1e-3, train=train, out=tmp_path / "vlm", backend="ray")
+    results = run_sweep(cfg, progress=False, threads=1)
+    assert [(r["action"], r["status"]) for r in results] == [("new", "not_reached")]
+    run = Path(expand_grid(cfg)[0].out)
+    assert (run / WORKER_PID_FILE).exists() and '"kind": "vlm"' in (run / "summary.json").read_text()
+    assert pd.read_parquet(run / "metrics.parquet")["step"].tolist() == [0, 1, 2]
 
 
 def test_a_killed_worker_is_retried_and_resumes_without_lost_or_duplicated_evaluations(tmp_path):

@@ -1,0 +1,121 @@
+"""Local sweep backend: one `python -m probes.sweeps.worker` process per run, `jobs` at a time.
+
+Several small runs can share one GPU this way. Each worker runs in its own process group, logs to
+RUN/train.log and dies with the sweep process (probes.locks.die_with_parent: PR_SET_PDEATHSIG on
+Linux); progress comes from each run's summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import probes
+from probes.errors import UserError
+from probes.locks import PARENT_ENV
+from probes.rundir import LOG_FILE, read_summary
+from probes.sweeps.jobs import BackendOptions, Display, Job, Result, job_result
+
+POLL_SECONDS = 0.5
+
+
+def default_threads(jobs: int) -> int:
+    """CPU threads of each of `jobs` runs at once: an equal share of the cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGTERM to the worker's process group (the worker and anything it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def worker_command(job: Job, threads: int) -> list[str]:
+    # --threads: the share of a new run; a resumed run keeps the count its config.yaml records
+    return [sys.executable, "-m", "probes.sweeps.worker", "--kind", job.kind, "--json", job.cfg.model_dump_json(),
+            "--threads", str(threads)] + (["--overwrite"] if job.action == "restart" else [])
+
+
+def start_worker(job: Job, threads: int) -> tuple[subprocess.Popen, object]:
+    """(the worker process, its open log file) of `job`."""
+    job.dir.mkdir(parents=True, exist_ok=True)
+    log = open(job.dir / LOG_FILE, "a")  # noqa: SIM115 - closed when the process ends
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action} {job.name}\n")
+    log.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    root = str(Path(probes.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env[PARENT_ENV] = str(os.getpid())  # the worker dies with this process (locks.die_with_parent)
+    proc = subprocess.Popen(worker_command(job, threads), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            process_group=0)
+    return proc, log
+
+
+def last_error(log: Path) -> str | None:
+    """The worker's last `error: ...` line in its log (a UserError: a busy or damaged run), if any."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((ln.removeprefix("error: ") for ln in reversed(lines) if ln.startswith("error: ")), None)
+
+
+def finished_result(job: Job, code: int) -> Result:
+    """The Result of a worker that exited with `code`, from its run's summary.json (or its log)."""
+    try:
+        summary = read_summary(job.dir)
+    except UserError:
+        summary = None
+    if summary is None or summary["status"] == "running":
+        reason = last_error(job.dir / LOG_FILE) or f"worker exited with code {code} before the run finished"
+        return job_result(job, None, f"{reason}; see {job.dir / LOG_FILE}")
+    return job_result(job, summary)
+
+
+class LocalBackend:
+    """Runs jobs on this machine, at most `jobs` at once, each with `threads` CPU threads."""
+
+    def __init__(self, jobs: int = 1, threads: int | None = None):
+        self.jobs, self.threads = jobs, threads or default_threads(jobs)
+
+    @classmethod
+    def from_options(cls, options: BackendOptions) -> LocalBackend:
+        return cls(options.jobs, options.threads)
+
+    def run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None = None) -> list[Result]:
+        pending, active, results = list(jobs), {}, []
+        try:
+            while pending or active:
+                while pending and len(active) < self.jobs:
+                    job = pending.pop(0)
+                    active[job.name] = (job, *start_worker(job, self.threads))
+                    display.add(job)
+                time.sleep(POLL_SECONDS)
+                for name, (job, proc, log) in list(active.items()):
+                    code = proc.poll()
+                    if code is None:
+                        display.update(job)
+                        continue
+                    log.close()
+                    del active[name]
+                    result = finished_result(job, code)
+                    results.append(result)
+                    display.done(job, result)
+                    if on_done:
+                        on_done(result)
+        except BaseException:
+            for _job, proc, _log in active.values():  # unfinished runs stay resumable
+                stop_worker(proc)
+            for _job, proc, log in active.values():
+                proc.wait()
+                log.close()
+            raise
+        return results
