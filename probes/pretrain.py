@@ -57,7 +57,7 @@ from probes.runtime import choose_scan_backend, precision_name
 
 # Settings that may differ when a run resumes: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("out", "device", "checkpoint_every", "scan_backend", "threads", "log_to")
-METRIC_COLUMNS = ["step", "tokens", "train_loss", "heldout_loss", "lr", "tokens_per_s", "wall_seconds"]
+METRIC_COLUMNS = schema.PRETRAIN_METRIC_COLUMNS
 COPY_COLUMNS = ["step", *copytest.COPY_COLUMNS]
 MAX_SHARD_SIZE = "15MB"  # every file of model/ fits a 16 MiB limit on copies
 _RUN_DIRS = ("corpus", "model", "model.new")  # what a pretraining run writes besides rundir's files

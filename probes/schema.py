@@ -56,8 +56,7 @@ PROBE_METRIC_COLUMNS = ["step", "examples_seen", "loss", "accuracy", "train_loss
                         "train_tokens_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
 VLM_METRIC_COLUMNS = ["step", "examples_seen", "stage", "loss", "accuracy", "parse_rate", "mean_iou", "train_loss",
                       "lr", "train_examples_per_s", "eval_examples_per_s", "eval_seconds", "wall_seconds"]
-PRETRAIN_METRIC_COLUMNS = ["step", "tokens_seen", "loss", "train_loss", "lr", "train_tokens_per_s",
-                           "eval_seconds", "wall_seconds"]
+PRETRAIN_METRIC_COLUMNS = ["step", "tokens", "train_loss", "heldout_loss", "lr", "tokens_per_s", "wall_seconds"]
 METRIC_COLUMNS: dict[str, list[str]] = {PROBE: PROBE_METRIC_COLUMNS, VLM: VLM_METRIC_COLUMNS,
                                         PRETRAIN: PRETRAIN_METRIC_COLUMNS}
 HAS_POSITIONS: dict[str, bool] = {PROBE: True, VLM: True, PRETRAIN: False}

@@ -106,10 +106,10 @@ def test_scan_benchmark_floor_and_arguments(capsys):
     assert mod.parse_shape("64,1536,203,16") == (64, 1536, 203, 16)
     with pytest.raises(Exception, match="bad shape '64,0,203'"):
         mod.parse_shape("64,0,203")
-    md = mod.to_markdown([{"B": 64, "D": 1536, "L": 203, "N": 16, "fwd_ms": 0.5, "fwd_bwd_ms": 1.39,
-                           "floor_ms": 0.1, "x_floor": 13.9, "pct_of_floor": 7.2}], 4.3e12,
+    md = mod.to_markdown([{"levers": "on", "B": 64, "D": 1536, "L": 203, "N": 16, "fwd_ms": 0.5, "fwd_bwd_ms": 1.39,
+                           "floor_ms": 0.1, "x_floor": 13.9, "pct_of_floor": 7.2, "conv_fwd_bwd_ms": 0.6}], 4.3e12,
                          {"gpu": "H200", "torch": "2", "triton": "3"})
-    assert "| 64 | 1536 | 203 | 16 | 0.500 | 1.390 | 0.100 | 13.9 | 7% |" in md
+    assert "| on | 64 | 1536 | 203 | 16 | 0.500 | 1.390 | 0.100 | 13.9 | 7% | 0.600 |" in md
     if not torch.cuda.is_available():
         assert mod.main(["--out", "unused"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err

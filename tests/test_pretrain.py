@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from cli import app
+from probes import schema
 from probes.backbones import build_backbone
 from probes.config import PretrainConfig, TrainConfig, validate
 from probes.errors import UserError
@@ -70,7 +71,7 @@ def test_a_run_writes_its_files_and_a_pretrain_summary(finished):
     assert (run / "config.yaml").exists() and not (run / "positions.parquet").exists()
     metrics = pd.read_parquet(run / "metrics.parquet")
     assert list(metrics.columns) == ["step", "tokens", "train_loss", "heldout_loss", "lr", "tokens_per_s",
-                                     "wall_seconds"]
+                                     "wall_seconds"] == schema.PRETRAIN_METRIC_COLUMNS  # the typed schema
     assert metrics.tokens.tolist() == [s * 8 * 32 for s in metrics.step]
     assert metrics.lr.iloc[-1] < metrics.lr.max()  # cosine decay
     copy = pd.read_parquet(run / "copy.parquet")

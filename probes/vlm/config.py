@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from probes.config import LOG_TO_HELP, THREADS_HELP, Config, Init, LogTo, Precision, ScanBackend, Threads
 from probes.errors import UserError
@@ -101,6 +101,14 @@ class VLMTrainConfig(Config):
     threads: Threads = Field("auto", description=THREADS_HELP)
     log_to: LogTo = Field(default_factory=list, description=LOG_TO_HELP)
     data: VLMDataConfig = Field(default_factory=VLMDataConfig, description="where examples come from")
+
+    @field_validator("marker_ids", mode="before")
+    @classmethod
+    def _three_ids(cls, value):
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise ValueError(f"marker_ids {list(value)} is not three token ids "
+                             "(allowed: image start, image end, row separator)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> VLMTrainConfig:

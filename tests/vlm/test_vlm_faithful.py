@@ -303,7 +303,7 @@ def test_vlm_preview_shows_both_marker_kinds_and_bad_ids_are_one_line(cli_runner
     r = run("--layout", "query-first")
     assert r.exit_code == 0 and "\\n <img> p p p p <row>" in r.stdout and "<row> </img> [" in r.stdout
     r = run("--markers", "paper", "--marker-ids", "1,2")
-    assert r.exit_code == 2 and "--marker-ids '1,2' is not three token ids" in r.output
+    assert r.exit_code == 2 and "marker_ids [1, 2] is not three token ids" in r.output
     assert "Traceback" not in r.output
 
 
