@@ -16,8 +16,9 @@ from typing import Optional
 
 import typer
 
+from analysis.plot_config import PlotConfig
 from probes.cliopts import Flags, config_options, option_keys
-from probes.config import DataConfig, load_config
+from probes.config import DataConfig
 from probes.console import console, flags_given, out_console, user_errors
 from probes.errors import UserError
 
@@ -279,41 +280,29 @@ def sweep(
 
 @app.command()
 @user_errors
+@config_options(PlotConfig, exclude=("formats", "only"))
 def plot(
-    ctx: typer.Context,
+    flags: Flags,
     dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
                                       help="Directories holding run directories (at any depth)."),
-    kind: str = typer.Option("all", help="curves | heatmap | efficiency | all."),
-    out: Path = typer.Option(Path("figures"), help="Output directory for PNG and PDF files."),
-    threshold: Optional[float] = typer.Option(None, help="Threshold line, steps to threshold and learning order "
-                                              "[default: each run's own]."),
-    formats: str = typer.Option("png,pdf", "--format", help="Comma-separated file formats: png, pdf, svg."),
-    heatmap: str = typer.Option("representative", help="Heatmap of each group's median run "
-                                "(representative) or the mean over its runs (mean)."),
-    dpi: int = typer.Option(150, help="PNG resolution."),
-    only: list[str] = typer.Option([], help="Draw only runs with KEY=VALUE (repeat; e.g. --only n=10 "
+    formats: Optional[str] = typer.Option(None, "--format", show_default=False, metavar="FMT[,FMT]",
+                                          help="Comma-separated file formats: png, pdf, svg [default: png,pdf]."),
+    only: list[str] = typer.Option([], metavar="KEY=VALUE", help="Draw only runs with KEY=VALUE (repeat; e.g. --only n=10 "
                                    "--only layout=suffix; VALUE may be a,b)."),
-    prefix: str = typer.Option("", help="Prefix of the file names (e.g. n10- → n10-heatmap.png)."),
-    order_rule: str = typer.Option("stays", help="Learning order: a position is learned when it stays "
-                                   "above the threshold (stays) or first passes it (first)."),
-    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
-    from analysis.plots import PlotConfig, plot_runs
+    from analysis.plots import plot_runs
 
-    given = flags_given(ctx, {k: k for k in ("kind", "out", "threshold", "formats", "heatmap", "dpi", "only",
-                                             "prefix", "order_rule")})
-    if "formats" in given:
-        given["formats"] = [f.strip().lstrip(".") for f in given["formats"].split(",") if f.strip()]
-    if "out" in given:
-        given["out"] = str(given["out"])
-    if "only" in given:
-        pairs = [item.partition("=") for item in given["only"]]
+    extra: dict = {}
+    if formats is not None:
+        extra["formats"] = [f.strip().lstrip(".") for f in formats.split(",") if f.strip()]
+    if only:
+        pairs = [item.partition("=") for item in only]
         bad = [key for key, eq, value in pairs if not (key and eq and value)]
         if bad:
             raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
-        given["only"] = {key: value.split(",") for key, _, value in pairs}
-    cfg = load_config(PlotConfig, config, given)
+        extra["only"] = {key: value.split(",") for key, _, value in pairs}
+    cfg = flags.load(extra)
     if "/" in cfg.prefix or "\\" in cfg.prefix or cfg.prefix in (".", ".."):
         raise UserError(f"--prefix {cfg.prefix!r}: allowed: a file-name prefix without / (files go into --out)")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():

@@ -6,6 +6,7 @@ import pytest
 import typer
 from pydantic import Field
 
+from analysis.plot_config import PlotConfig
 from cli import app
 from probes.cliopts import Flags, config_options, field_options, option_keys
 from probes.config import Config, DataConfig, PretrainConfig, SweepConfig, TrainConfig
@@ -32,6 +33,7 @@ def command_options(*path: str) -> set[str]:
     (("vlm", "train"), VLMTrainConfig, DATA_NAMES, ()),
     (("vlm", "eval"), VLMEvalConfig, {}, ("run",)),
     (("demo",), DemoConfig, {"models": "model", "layouts": "layout"}, ()),
+    (("plot",), PlotConfig, {}, ("formats", "only")),  # those two: --format a,b and --only KEY=VALUE
 ])
 def test_every_config_field_is_an_option_of_its_command(path, cls, names, exclude):
     options = command_options(*path)
@@ -47,6 +49,7 @@ def test_the_documented_flags_keep_their_names():
             "--set", "--overwrite", "--no-progress", "--gradient-checkpointing"} <= train
     assert {"--data", "--data-seed", "--train-file", "--marker-ids", "--no-scan-shared"} <= command_options("vlm", "train")
     assert {"--corpus", "--set", "--describe", "--copy-lengths"} <= command_options("pretrain")
+    assert {"--kind", "--format", "--only", "--prefix", "--order-rule", "--config"} <= command_options("plot")
 
 
 # === a toy config: what a new field gets by being declared ===

@@ -5,52 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
-from pydantic import Field
 
 from analysis.load import PROBE, VLM, NoRunsError, Tables, load_metrics, load_positions, load_runs
+from analysis.plot_config import Kind
 from analysis.plots.curves import plot_curves
 from analysis.plots.efficiency import plot_efficiency
 from analysis.plots.heatmap import plot_heatmap
 from analysis.plots.learning_order import plot_learning_order
 from analysis.plots.style import save_figure
-from probes.config import Config
 from probes.errors import UserError
 
 KINDS = ("curves", "heatmap", "efficiency")
-Kind = Literal["curves", "heatmap", "efficiency", "all"]
 NAME_PREFIX = {PROBE: "", VLM: "vlm-"}  # kinds of run with figures; the prefix of their files where kinds mix
-
-
-class PlotConfig(Config):
-    """What `probes plot` draws (every field is also a flag)."""
-
-    kind: Kind = Field("all", description="curves | heatmap | efficiency | all")
-    out: str = Field("figures", description="output directory for the PNG and PDF files")
-    threshold: float | None = Field(
-        None, gt=0, le=1, description="threshold line / steps to threshold / learning order (default: each run's own)"
-    )
-    formats: list[Literal["png", "pdf", "svg"]] = Field(
-        ["png", "pdf"], min_length=1, description="file formats written"
-    )
-    heatmap: Literal["representative", "mean"] = Field(
-        "representative", description="heatmap of the median run of each group, or the mean over runs"
-    )
-    dpi: int = Field(150, ge=50, le=600, description="PNG resolution")
-    only: dict[str, Any] = Field(
-        {},
-        description="draw only the runs whose columns have these values "
-        "(n: 10, layout: suffix; a list matches any of its items)",
-    )
-    prefix: str = Field("", description="prefix of the file names (heatmap.png → PREFIXheatmap.png)")
-    order_rule: Literal["stays", "first"] = Field(
-        "stays",
-        description="learning order: a position is learned when its accuracy stays above the "
-        "threshold from then on (stays) or first passes it (first)",
-    )
 
 
 def select_runs(runs: pd.DataFrame, only: dict[str, Any] | None) -> pd.DataFrame:
