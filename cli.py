@@ -233,7 +233,8 @@ def sweep(
                                  "runs to do are expected to take, then stop."),
     progress: bool = typer.Option(True, help="Show the sweep's progress."),
 ) -> None:
-    """Run a grid model × n × layout × lr × init × seeds: skip finished runs, resume unfinished ones."""
+    """Run a grid of runs (text: model × n × layout × lr × init × seeds; `kind: vlm` in the YAML: a VLM
+    grid): skip finished runs, resume unfinished ones, report damaged ones and carry on."""
     import yaml
 
     from probes.sweep import check_backend, expand_grid, expected_cost, load_sweep_config, plan, run_sweep
