@@ -31,7 +31,6 @@ The optimizer and one step are public for the benchmark (`probes bench` times `t
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from probes.backbones import (
     family_of,
     slot_logits,
 )
-from probes.config import TrainConfig, validate
+from probes.config import TrainConfig
 from probes.engine import Evaluation, Interval, RunKind
 from probes.errors import UserError
 from probes.naming import format_lr  # run names; also probes.train.format_lr, as before
@@ -372,32 +371,3 @@ class TextKind(RunKind):
                 "train_tokens_per_s": rate(rec["train_examples"] * self.layout.seq_len, rec["train_seconds"]),
                 "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
                 **self.info}
-
-
-# === Entry point for sweep workers: python -m probes.train --json '{...}' ===
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m probes.train", description="Train one run.")
-    parser.add_argument("--json", required=True, help="TrainConfig as JSON")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads of a new run where the config says auto (a resume keeps its count)")
-    args = parser.parse_args(argv)
-    from probes.locks import die_with_parent
-
-    die_with_parent()  # a sweep worker: killed with its sweep, so a rerun never meets it still writing
-    try:
-        cfg = validate(TrainConfig, json.loads(args.json))
-        summary = train_run(cfg, overwrite=args.overwrite, progress=False, default_threads=args.threads)
-    except UserError as err:
-        print(f"error: {err}", flush=True)
-        return 2
-    print(json.dumps(summary), flush=True)
-    return 1 if summary["status"] == "failed" else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
