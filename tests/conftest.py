@@ -12,3 +12,33 @@ def cli_runner():
     from typer.testing import CliRunner
 
     return CliRunner()
+
+
+# === offline hub (tests of hf: loading without network) ===
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to resolve a host or open a connection is recorded and fails at once."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -199,33 +199,6 @@ def test_a_damaged_hf_directory_is_one_line_naming_the_file(tmp_path, saved_tiny
     assert str(model_dir / filename) in text and "\n" not in text, text
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every attempt to resolve a host or open a connection is recorded and fails at once."""
-    import socket
-
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
-
-
-@pytest.fixture
-def empty_hub_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def test_hub_unreachable_names_the_reason_without_retrying(monkeypatch, no_network):
     import huggingface_hub
 

@@ -23,6 +23,7 @@ dropped, reshaped to the grid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probes.backbones import hub_offline, hub_unreachable
 from probes.errors import UserError
 
 Family = Literal["siglip", "clip", "dinov2", "eva02"]
@@ -238,10 +240,23 @@ _HF_FAMILY = {"siglip": "siglip", "siglip_vision_model": "siglip", "clip": "clip
 
 
 def _load_hf(name: str, id_or_path: str, feature_layer: int) -> VisionEncoder:
+    """A local directory, or a hub id: from the network when the hub answers, else from the local
+    cache alone (probes.backbones.hub_offline), so an uncached id offline fails at once."""
+    local = Path(id_or_path).expanduser()
+    offline = None if local.exists() else hub_unreachable()
+    try:
+        with hub_offline() if offline else contextlib.nullcontext():
+            return _load_hf_source(name, str(local) if local.exists() else id_or_path, feature_layer)
+    except UserError as err:
+        if offline is None:
+            raise
+        raise UserError(f"{err} (the hub cannot be reached: {offline}; download the encoder where there is "
+                        f"network, e.g. `hf download {id_or_path} --local-dir DIR`, and pass hf:DIR)") from None
+
+
+def _load_hf_source(name: str, source: str, feature_layer: int) -> VisionEncoder:
     from transformers import AutoConfig
 
-    local = Path(id_or_path).expanduser()
-    source = str(local) if local.exists() else id_or_path
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:

@@ -102,3 +102,14 @@ def test_another_input_resolution_gives_a_larger_grid(name):
     assert build_encoder(name, image_size=50).grid == (6, 6)  # patches floor, as the strided convolution
     with pytest.raises(UserError, match="smaller than"):
         build_encoder(name, image_size=4)
+
+
+def test_an_uncached_hub_encoder_offline_fails_at_once_with_one_line(monkeypatch, no_network, empty_hub_cache):
+    from probes.vlm import encoders
+
+    monkeypatch.setattr(encoders, "hub_unreachable", lambda: "offline for the test")
+    with pytest.raises(UserError) as err:
+        build_encoder("hf:google/siglip-base-patch16-224")
+    text = str(err.value)
+    assert "offline for the test" in text and "pass hf:DIR" in text and "\n" not in text
+    assert no_network == []  # from_pretrained never went to the network
