@@ -8,6 +8,7 @@ error, never a silently ignored key.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -305,8 +306,30 @@ class TrainConfig(Config):
                           seed=self.data_seed, heldout_seed=self.heldout_seed)
 
 
-def _as_list(value: Any) -> Any:
+def as_list(value: Any) -> Any:
+    """A grid key's value as a list: one value is a grid of one."""
     return value if isinstance(value, (list, tuple)) else [value]
+
+
+def check_grid(sweep: BaseModel, keys: Sequence[str], run_cls: type[BaseModel], clash: list[str]) -> None:
+    """A sweep's grid is valid: no list holds a value twice, `train` sets no key of the grid (`clash`
+    names those it does), and each grid value, with the other keys at their first value, makes a
+    valid `run_cls` (its error named where the user wrote it). Raises ValueError."""
+    for key in keys:
+        values = getattr(sweep, key)
+        if len(set(values)) != len(values):
+            raise ValueError(f"{key} lists a value twice: {values}")
+    if clash:
+        raise ValueError(f"train.{clash[0]} is set by the grid (or by out): put it at the top level")
+    first = {k: getattr(sweep, k)[0] for k in keys}
+    for key, value in [(k, v) for k in keys for v in getattr(sweep, k)]:  # each value once
+        try:
+            run_cls.model_validate(sweep.run_settings(first | {key: value}))
+        except ValidationError as err:
+            message = format_validation_error(err, run_cls)
+            if err.errors()[0]["type"] == "extra_forbidden":  # name it where the user wrote it
+                message = message.replace("key '", "key 'train.", 1)
+            raise ValueError(message) from None
 
 
 class SweepConfig(Config):
@@ -347,25 +370,12 @@ class SweepConfig(Config):
     @field_validator(*GRID_KEYS, mode="before")
     @classmethod
     def _one_value_or_a_list(cls, value: Any) -> Any:
-        return _as_list(value)
+        return as_list(value)
 
     @model_validator(mode="after")
     def _grid_and_settings_are_valid(self) -> SweepConfig:
-        for key in GRID_KEYS:
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{key} lists a value twice: {values}")
         clash = [k for k in self.train if k in (*GRID_KEYS, "out") and self.grid_values(k) != [None]]
-        if clash:
-            raise ValueError(f"train.{clash[0]} is set by the grid (or by out): put it at the top level")
-        for key, value in [(k, v) for k in GRID_KEYS for v in getattr(self, k)]:  # each value once
-            try:
-                TrainConfig.model_validate(self.run_settings({k: getattr(self, k)[0] for k in GRID_KEYS} | {key: value}))
-            except ValidationError as err:
-                message = format_validation_error(err, TrainConfig)
-                if err.errors()[0]["type"] == "extra_forbidden":  # name it where the user wrote it
-                    message = message.replace("key '", "key 'train.", 1)
-                raise ValueError(message) from None
+        check_grid(self, GRID_KEYS, TrainConfig, clash)
         return self
 
     def grid_values(self, key: str) -> list[Any]:

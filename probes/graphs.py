@@ -46,15 +46,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from probes.backbones import compute_loss, slot_logits
 from probes.errors import UserError
 
-if TYPE_CHECKING:
-    from probes.train import Targets
+
+class Targets(Protocol):
+    """What the step reads of probes.train.Targets: the scored slots (typed here, so that this
+    module needs nothing from probes.train, which imports it)."""
+
+    slots: list[int]
+
 
 EAGER_STEPS = 3  # eager warm-up calls before the capture (torch's own recipe uses 3)
 

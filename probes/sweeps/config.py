@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from probes.config import Config, SweepConfig, format_validation_error
+from probes.config import Config, SweepConfig, as_list, check_grid
 from probes.vlm.config import Layout, VLMTrainConfig
 
 VLM_GRID_KEYS = ("model", "encoder", "connector", "scan", "layout", "lr", "seed")  # the keys of a VLM run name
@@ -50,26 +50,11 @@ class VLMSweepConfig(Config):
     @field_validator(*VLM_GRID_KEYS, mode="before")
     @classmethod
     def _one_value_or_a_list(cls, value: Any) -> Any:
-        return value if isinstance(value, (list, tuple)) else [value]
+        return as_list(value)
 
     @model_validator(mode="after")
     def _grid_and_settings_are_valid(self) -> VLMSweepConfig:
-        for key in VLM_GRID_KEYS:
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{key} lists a value twice: {values}")
-        clash = [k for k in self.train if k in (*VLM_GRID_KEYS, "out")]
-        if clash:
-            raise ValueError(f"train.{clash[0]} is set by the grid (or by out): put it at the top level")
-        first = {k: getattr(self, k)[0] for k in VLM_GRID_KEYS}
-        for key, value in [(k, v) for k in VLM_GRID_KEYS for v in getattr(self, k)]:  # each value once
-            try:
-                VLMTrainConfig.model_validate(self.run_settings(first | {key: value}))
-            except ValidationError as err:
-                message = format_validation_error(err, VLMTrainConfig)
-                if err.errors()[0]["type"] == "extra_forbidden":  # name it where the user wrote it
-                    message = message.replace("key '", "key 'train.", 1)
-                raise ValueError(message) from None
+        check_grid(self, VLM_GRID_KEYS, VLMTrainConfig, [k for k in self.train if k in (*VLM_GRID_KEYS, "out")])
         return self
 
     def run_settings(self, point: dict[str, Any]) -> dict[str, Any]:
