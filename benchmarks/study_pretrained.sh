@@ -6,10 +6,12 @@
 # 3. learning-rate search: N=32 suffix, 3,000 steps, lr 1e-4 / 3e-4 / 1e-3, per model (configs/study-lr.yaml)
 # 4. the probe with each model's best lr: N = 16, 32, 64, both layouts, seeds 0-2, 20,000 steps or 95%,
 #    evaluation every 1% on the whole held-out set (configs/study-probe.yaml)
-# Every step resumes: run the same command again after a kill. Past DEADLINE_SECONDS (default: none)
+# Every step resumes: run the same command again after a kill (a finished pretraining or copy test is
+# kept, not redone). Past DEADLINE_SECONDS (default: none)
 # the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); JOBS runs at once per
-# sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run. The best lrs are kept
+# sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only
+# the pretrained models, WEIGHTS="config" only their random twins (default: both). The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
@@ -38,6 +40,7 @@ MODELS=(pythia-20m mamba-20m)
 
 stamp "1. pretraining ${MODELS[*]}"
 for m in "${MODELS[@]}"; do
+  [ -f "$PT/$m/model/config.json" ] && continue  # finished earlier
   probes pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
 done
 wait
@@ -45,8 +48,10 @@ for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
 
 stamp "2. copy test"
 for m in "${MODELS[@]}"; do
-  probes copytest --model "hf:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$W/copy/$m-pretrained.parquet"
-  probes copytest --model "config:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$W/copy/$m-random.parquet"
+  for w in hf:pretrained config:random; do
+    out="$W/copy/$m-${w#*:}.parquet"
+    [ -f "$out" ] || probes copytest --model "${w%%:*}:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$out"
+  done
 done
 
 stamp "3. learning-rate search"
@@ -68,7 +73,7 @@ cat "$LRS"
 stamp "4. the probe"
 pids=()
 for m in "${MODELS[@]}"; do
-  for w in hf config; do
+  for w in ${WEIGHTS:-hf config}; do
     lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
     probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$w-$m" \
       "${N_ARGS[@]}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$w-$m.log" 2>&1 &
