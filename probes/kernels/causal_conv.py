@@ -13,8 +13,12 @@ This is Mamba's `conv1d` (transformers keeps it as nn.Conv1d(D, D, W, groups=D, 
 applied to (B, D, L) and cut to L). Working channel-last avoids the two transposes and the
 padded (B, D, L + W - 1) intermediate of that path. The backward recomputes the pre-activation
 (W multiply-adds per element, for each of the W output steps an input feeds) instead of storing
-it; each program walks all of L for its channels, so weight and bias gradients are
-per-(batch, channel) partial sums added up afterwards. (A two-kernel variant that first writes the
+it. Its grid is (row blocks of BWD_ROWS steps, channel blocks, batch): each program walks its
+ROWS steps in BWD_BLOCK_L-row tiles and writes dx for them, and weight and bias gradients are
+per-(batch, row block, channel) float32 partial sums that torch adds up afterwards (no atomics:
+deterministic). A program only reads x and dy around its rows, so dx is the same W-term sum
+whatever ROWS is; ROWS >= L is the earlier one-program-per-(channels, batch) schedule, whose
+768 programs of 26 serial tiles (B = 64, L = 203, D = 1536) ran ~10x above the memory floor on an H200. (A two-kernel variant that first writes the
 pre-activation gradient measured slower on an H100: 0.96 vs 0.58 ms at B=64, L=203, D=4096.)
 """
 
@@ -54,13 +58,16 @@ if HAS_TRITON:
         tl.store(o_ptr + b * so_b + t * so_l + d, acc.to(o_ptr.dtype.element_ty), mask=(t < L) & md)
 
     @triton.jit
-    def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, m_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM,
+    def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, m_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM, ROWS,
                          sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, sg_b, sg_l, sdx_b, sdx_l,
                          W: tl.constexpr, W_P2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
                          ACT: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-        # one program per (channel block, batch) walks all of L, so dw/db partials are (B, D, W)
-        pid_d = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
+        # one program per (block of ROWS steps, channel block, batch) walks its ROWS steps in BLOCK_L-row
+        # tiles (ROWS is a multiple of BLOCK_L); dw/db partials are (B, row blocks, D, W) / (B, row blocks, D)
+        pid_r = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        r0 = pid_r * ROWS
         d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
         md = d < DIM
         kk = tl.arange(0, W_P2)[:, None]
@@ -68,7 +75,7 @@ if HAS_TRITON:
             bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
         dw = tl.zeros((W_P2, BLOCK_D), dtype=tl.float32)
         db = tl.zeros((1, BLOCK_D), dtype=tl.float32)
-        for l0 in range(0, L, BLOCK_L):
+        for l0 in range(r0, tl.minimum(r0 + ROWS, L), BLOCK_L):
             t = l0 + tl.arange(0, BLOCK_L)[:, None]
             dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
             # output step s = t + j uses x[t] with weight index W - 1 - j
@@ -97,17 +104,26 @@ if HAS_TRITON:
                         xv = tl.load(x_ptr + b * sx_b + tk * sx_l + d, mask=(tk >= 0) & (tk < L) & md, other=0.0)
                         dw += tl.where(kk == k, tl.sum(g * xv.to(tl.float32), axis=0, keep_dims=True), 0.0)
             tl.store(dx_ptr + b * sdx_b + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty), mask=(t < L) & md)
-        tl.store(dw_ptr + (b * DIM + d) * W + kk, dw, mask=md & (kk < W))
+        part = (b * tl.num_programs(0) + pid_r) * DIM + d  # this program's (batch, row block) partials
+        tl.store(dw_ptr + part * W + kk, dw, mask=md & (kk < W))
         if HAS_BIAS:
-            tl.store(db_ptr + b * DIM + d, db, mask=md)
+            tl.store(db_ptr + part, db, mask=md)
 
 
 BLOCK_L, BLOCK_D = 32, 64  # forward tiles
 BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
+# Backward: steps per program (rounded up to a multiple of BWD_BLOCK_L; >= L: one program walks all
+# of L, the schedule before issue 17). At B = 64, L = 203 and 128 channels per program, 32 gives
+# 7 row blocks: 7 x 12 x 64 = 5,376 programs at D = 1536 (41 per SM of a 132-SM H200, so several
+# waves whatever the occupancy) and 14,336 at D = 4096, each with a chain of 4 tiles instead of 26.
+# The cost: 7 float32 (B, D, W) + (B, D) partials instead of 1 (write + torch's sum: ~73 MB at
+# D = 4096, B = 64, against ~320 MB of x, dy, dx).
+BWD_ROWS = 32
 
 # Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches
 # whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
-# whatever the tile. Backward: BLOCK_L stays (dw/db add up time in BLOCK_L-row blocks).
+# whatever the tile. Backward: BWD_BLOCK_L and BWD_ROWS stay (dw/db add up time in BLOCK_L-row
+# tiles within ROWS-step blocks, then over blocks).
 FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
                   for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8)]]
 BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (64, 2)]]
@@ -164,20 +180,34 @@ def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
     return out
 
 
-def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None):
-    """Returns (dx (B, L, D) in x's dtype, dweight (D, W) float32, dbias (D,) float32 or None)."""
+def bwd_rows(L: int, rows: int | None = None) -> int:
+    """Steps per backward program: `rows` (default BWD_ROWS) capped at L, rounded up to whole BWD_BLOCK_L tiles."""
+    rows = BWD_ROWS if rows is None else rows
+    if rows < 1:
+        raise ValueError(f"causal conv backward: rows must be a positive integer (got {rows})")
+    return -(-min(rows, L) // BWD_BLOCK_L) * BWD_BLOCK_L
+
+
+def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | None = None):
+    """Returns (dx (B, L, D) in x's dtype, dweight (D, W) float32, dbias (D,) float32 or None).
+
+    `rows`: steps per program (default BWD_ROWS; `bwd_rows`). dx does not depend on it (bit for
+    bit); dweight and dbias add up per-block partials, so their rounding does.
+    """
     _check(x)
     batch, L, dim = x.shape
     W = weight.shape[1]
+    rows = bwd_rows(L, rows)
+    n_rb = -(-L // rows)
     dx = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if dx is None else dx
-    dw = torch.empty(batch, dim, W, device=x.device, dtype=torch.float32)
-    db = torch.empty(batch, dim, device=x.device, dtype=torch.float32) if bias is not None else None
+    dw = torch.empty(batch, n_rb, dim, W, device=x.device, dtype=torch.float32)
+    db = torch.empty(batch, n_rb, dim, device=x.device, dtype=torch.float32) if bias is not None else None
     grad = grad if grad.stride(2) == 1 else grad.contiguous()
 
     def run(p):
-        _conv_bwd_kernel[(triton.cdiv(dim, p["BLOCK_D"]), batch)](
+        _conv_bwd_kernel[(n_rb, triton.cdiv(dim, p["BLOCK_D"]), batch)](
             x, weight, bias if bias is not None else weight, mask if mask is not None else x, grad, dx, dw,
-            db if db is not None else dw, L, dim,
+            db if db is not None else dw, L, dim, rows,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
             grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
@@ -187,10 +217,10 @@ def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None):
 
     params = {"BLOCK_D": BWD_BLOCK_D}
     if tuning_on(x, CONFIG):
-        params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride()), params,
-                             BWD_CANDIDATES, run)
+        params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride(), rows),
+                             params, BWD_CANDIDATES, run)
     run(params)
-    return dx, dw.sum(0), db.sum(0) if db is not None else None
+    return dx, dw.flatten(0, 1).sum(0), db.flatten(0, 1).sum(0) if db is not None else None
 
 
 class CausalConv1dFn(torch.autograd.Function):
@@ -213,4 +243,5 @@ def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
     return CausalConv1dFn.apply(x, weight, bias, activation, mask)
 
 
-__all__ = ["BWD_CANDIDATES", "FWD_CANDIDATES", "CausalConv1dFn", "causal_conv1d_fn", "causal_conv1d_ref", "conv_bwd", "conv_fwd"]
+__all__ = ["BWD_CANDIDATES", "BWD_ROWS", "FWD_CANDIDATES", "CausalConv1dFn", "causal_conv1d_fn", "bwd_rows", "causal_conv1d_ref", "conv_bwd",
+           "conv_fwd"]
