@@ -36,7 +36,45 @@ def test_conv_launch_candidates_agree_bitwise(interpreter, device, monkeypatch):
         monkeypatch.setattr(cc, "BLOCK_D", cand["BLOCK_D"])
         outs.append(cc.conv_fwd(x.detach(), w.detach(), b.detach(), True, mask))
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
-    assert all(set(c) == {"BLOCK_D", "num_warps"} for c in cc.BWD_CANDIDATES), "BLOCK_L fixes dw's sum order"
+    assert all(set(c) == {"BLOCK_D", "num_warps"} for c in cc.BWD_CANDIDATES), \
+        "the backward's BLOCK_L and ROWS fix dw's sum order: not tunable"
+
+
+@pytest.mark.parametrize("L, rows", [(37, 8), (37, 16), (40, 16), (37, 13)])
+def test_conv_backward_row_blocks_match_reference(interpreter, device, L, rows):
+    """The backward's grid over L: several row blocks, L not a multiple of ROWS, ROWS not a multiple of
+    its tile (rounded up), all against the twin's gradients."""
+    from probes.kernels import causal_conv as cc
+
+    x, w, b, mask = conv_inputs(device, L=L)
+    g = torch.randn(2, L, 6, generator=torch.Generator().manual_seed(1)).to(device)
+    n_blocks = -(-L // cc.bwd_rows(L, rows))
+    assert n_blocks >= 3
+    got = cc.conv_bwd(x.detach(), w.detach(), b.detach(), True, g, mask, rows=rows)
+    ref = torch.autograd.grad(cc.causal_conv1d_ref(x, w, b, "silu", mask), (x, w, b), g)
+    for name, a, r in zip(("dx", "dw", "db"), got, ref):
+        assert torch.allclose(a, r, atol=1e-4), (name, (a - r).abs().max())
+
+
+def test_conv_backward_rows_change_only_dw_rounding(interpreter, device):
+    """ROWS >= L (one program walks all of L) and small ROWS: dx bit for bit, dw/db to float rounding;
+    without a mask and bias too."""
+    from probes.kernels import causal_conv as cc
+
+    L = 45
+    x, w, b, mask = conv_inputs(device, L=L, seed=3)
+    g = torch.randn(2, L, 6, generator=torch.Generator().manual_seed(4)).to(device)
+    assert cc.bwd_rows(L, 10**6) >= L and cc.bwd_rows(L, 8) == 8
+    for bias, m in ((b.detach(), mask), (None, None)):
+        whole = cc.conv_bwd(x.detach(), w.detach(), bias, True, g, m, rows=10**6)
+        split = cc.conv_bwd(x.detach(), w.detach(), bias, True, g, m, rows=8)
+        assert torch.equal(whole[0], split[0])
+        assert torch.allclose(whole[1], split[1], rtol=1e-5, atol=1e-5)
+        assert (whole[2] is None) == (bias is None)
+        if bias is not None:
+            assert torch.allclose(whole[2], split[2], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rows must be a positive integer"):
+        cc.conv_bwd(x.detach(), w.detach(), None, True, g, rows=0)
 
 
 @pytest.mark.cuda
@@ -53,3 +91,32 @@ def test_conv_tuned_matches_untuned_cuda(monkeypatch):
         out = causal_conv1d_fn(x, w, b, "silu", mask)
         res.append([out, *torch.autograd.grad(out, (x, w, b), g)])
     assert all(torch.equal(a, c) for a, c in zip(*res))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dim", [1536, 4096])
+def test_conv_paper_shape_bf16_matches_reference_cuda(device, dim):
+    """Paper shape (B=64, L=203), bf16 x sliced from a (B, L, 2D) tensor, float32 weights as under
+    autocast: values and gradients against the float32 twin fed the same bf16 inputs; the default
+    row blocks against ROWS >= L (dx bit for bit)."""
+    from probes.kernels import causal_conv as cc
+
+    x, w, b, mask = conv_inputs(device, batch=64, L=203, dim=dim)  # `device`: TF32 off for the twin's conv
+    x = x.detach().bfloat16().requires_grad_()
+    g = torch.randn(64, 203, dim, generator=torch.Generator().manual_seed(5)).to(device, torch.bfloat16)
+    out = cc.causal_conv1d_fn(x, w, b, "silu", mask)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    xr = x.detach().float().requires_grad_()
+    ref = cc.causal_conv1d_ref(xr, w, b, "silu", mask)
+    ref_grads = torch.autograd.grad(ref, (xr, w, b), g.float())
+
+    def rel(a, r):
+        return float((a.float() - r).abs().max() / r.abs().max())
+
+    assert rel(out, ref) < 1e-2  # bf16 output rounding
+    assert rel(grads[0], ref_grads[0]) < 1e-2
+    assert rel(grads[1], ref_grads[1]) < 1e-4 and rel(grads[2], ref_grads[2]) < 1e-4  # float32 sums of 13k terms
+    whole = cc.conv_bwd(x.detach(), w.detach(), b.detach(), True, g, mask, rows=203)
+    assert torch.equal(whole[0], grads[0])
+    assert rel(grads[1], whole[1]) < 1e-5 and rel(grads[2], whole[2]) < 1e-5
