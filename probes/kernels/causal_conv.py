@@ -243,5 +243,14 @@ def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
     return CausalConv1dFn.apply(x, weight, bias, activation, mask)
 
 
-__all__ = ["BWD_CANDIDATES", "BWD_ROWS", "FWD_CANDIDATES", "CausalConv1dFn", "causal_conv1d_fn", "bwd_rows", "causal_conv1d_ref", "conv_bwd",
-           "conv_fwd"]
+__all__ = [
+    "BWD_CANDIDATES",
+    "BWD_ROWS",
+    "FWD_CANDIDATES",
+    "CausalConv1dFn",
+    "bwd_rows",
+    "causal_conv1d_fn",
+    "causal_conv1d_ref",
+    "conv_bwd",
+    "conv_fwd",
+]
