@@ -12,14 +12,18 @@ Output (B, L, D), contiguous, in x's dtype:
 This is Mamba's `conv1d` (transformers keeps it as nn.Conv1d(D, D, W, groups=D, padding=W-1)
 applied to (B, D, L) and cut to L). Working channel-last avoids the two transposes and the
 padded (B, D, L + W - 1) intermediate of that path. The backward recomputes the pre-activation
-(W multiply-adds per element, for each of the W output steps an input feeds) instead of storing
-it. Its grid is (row blocks of BWD_ROWS steps, channel blocks, batch): each program walks its
-ROWS steps in BWD_BLOCK_L-row tiles and writes dx for them, and weight and bias gradients are
-per-(batch, row block, channel) float32 partial sums that torch adds up afterwards (no atomics:
-deterministic). A program only reads x and dy around its rows, so dx is the same W-term sum
-whatever ROWS is; ROWS >= L is the earlier one-program-per-(channels, batch) schedule, whose
-768 programs of 26 serial tiles (B = 64, L = 203, D = 1536) ran ~10x above the memory floor on an H200. (A two-kernel variant that first writes the
-pre-activation gradient measured slower on an H100: 0.96 vs 0.58 ms at B=64, L=203, D=4096.)
+instead of storing it. Its grid is (row blocks of BWD_ROWS steps, channel blocks, batch): each
+program writes dx for its own rows (reading x and dy up to W - 1 steps past them), and weight and
+bias gradients are per-(batch, row block, channel) float32 partial sums that torch adds up
+afterwards (no atomics: deterministic). dx is the same W-term sum whatever ROWS is. With the
+"tiles" kernel, ROWS >= L is the schedule before issue 17 (one program per (channels, batch): 768
+programs of 26 serial tiles at B = 64, L = 203, D = 1536, ~10x above the memory floor on an
+H200). Two backward kernels:
+"stream" (W <= 4, Mamba's case, the default) walks its steps one at a time with x and the
+pre-activation gradient of the last 4 steps in registers, one sigmoid per element; "tiles" (any
+W) works on BWD_BLOCK_L-row tiles and recomputes the pre-activation for each of the W output steps
+an input feeds. (A two-kernel variant that first writes the pre-activation gradient measured
+slower on an H100: 0.96 vs 0.58 ms at B=64, L=203, D=4096.)
 """
 
 from __future__ import annotations
@@ -110,6 +114,90 @@ if HAS_TRITON:
             tl.store(db_ptr + part, db, mask=md)
 
 
+    @triton.jit
+    def _conv_bwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM, ROWS,
+                                sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, sg_b, sg_l, sdx_b, sdx_l,
+                                W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
+                                UNROLL: tl.constexpr, BLOCK_D: tl.constexpr):
+        # W <= 4, padded to 4 taps (weights of the missing leading taps are 0). One program per (block of
+        # ROWS steps, channel block, batch) walks s = r0 .. r1 + 2 one step at a time, keeping x[s-3..s] and
+        # the pre-activation gradient gp[s-3..s] in registers: per element one x and one dy load, one
+        # pre-activation and one sigmoid (the tile kernel recomputes them W times); dx[s-3] is complete
+        # once gp[s] is known. UNROLL steps per loop trip so that their loads are issued together.
+        PAD: tl.constexpr = 4 - W
+        pid_r = tl.program_id(0)
+        b = tl.program_id(2).to(tl.int64)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = d < DIM
+        r0 = pid_r * ROWS
+        r1 = tl.minimum(r0 + ROWS, L)
+        zero = tl.zeros((BLOCK_D,), dtype=tl.int32)  # step indices as vectors: masks of the same shape as md
+        w0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        w1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if PAD <= 0:
+            w0 = tl.load(w_ptr + d * sw_d + (0 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        if PAD <= 1:
+            w1 = tl.load(w_ptr + d * sw_d + (1 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        if PAD <= 2:
+            w2 = tl.load(w_ptr + d * sw_d + (2 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        w3 = tl.load(w_ptr + d * sw_d + (3 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+        xb_ = x_ptr + b * sx_b + d
+        xa = tl.load(xb_ + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
+        xb = tl.load(xb_ + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
+        xc = tl.load(xb_ + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        ga = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        gb = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        gc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dw0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dw1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dw2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dw3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        db = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for s0 in range(r0, r1 + 3, UNROLL):
+            for u in tl.static_range(UNROLL):
+                s = zero + (s0 + u)
+                xd = tl.load(xb_ + s * sx_l, mask=md & (s < L), other=0.0).to(tl.float32)
+                g = tl.load(g_ptr + b * sg_b + s * sg_l + d, mask=md & (s < L), other=0.0).to(tl.float32)
+                if HAS_MASK:  # the same address in every lane: one broadcast load
+                    g = g * tl.load(m_ptr + b * sm_b + s * sm_l, mask=s < L, other=0.0).to(tl.float32)
+                if ACT:  # the pre-activation at step s, summed as in the forward
+                    pre = bias + xa * w0
+                    pre = pre + xb * w1
+                    pre = pre + xc * w2
+                    pre = pre + xd * w3
+                    sg = tl.sigmoid(pre)
+                    g = g * sg * (1.0 + pre * (1.0 - sg))
+                gd = tl.where(s < r1, g, 0.0)  # weight and bias gradients: this block's own steps only
+                db += gd
+                dw0 += gd * xa
+                dw1 += gd * xb
+                dw2 += gd * xc
+                dw3 += gd * xd
+                t = s - 3  # dx[t] = sum_j gp[t + j] * w[3 - j], j = 0..3
+                dx = ga * w3
+                dx = dx + gb * w2
+                dx = dx + gc * w1
+                dx = dx + g * w0
+                tl.store(dx_ptr + b * sdx_b + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty),
+                         mask=md & (t >= r0) & (t < r1))
+                xa, xb, xc = xb, xc, xd
+                ga, gb, gc = gb, gc, g
+        part = ((b * tl.num_programs(0) + pid_r) * DIM + d) * W  # this program's (batch, row block) partials
+        if PAD <= 0:
+            tl.store(dw_ptr + part + (0 - PAD), dw0, mask=md)
+        if PAD <= 1:
+            tl.store(dw_ptr + part + (1 - PAD), dw1, mask=md)
+        if PAD <= 2:
+            tl.store(dw_ptr + part + (2 - PAD), dw2, mask=md)
+        tl.store(dw_ptr + part + (3 - PAD), dw3, mask=md)
+        if HAS_BIAS:
+            tl.store(db_ptr + part // W, db, mask=md)
+
+
 BLOCK_L, BLOCK_D = 32, 64  # forward tiles
 BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
 # Backward: steps per program (rounded up to a multiple of BWD_BLOCK_L; >= L: one program walks all
@@ -119,6 +207,15 @@ BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile
 # The cost: 7 float32 (B, D, W) + (B, D) partials instead of 1 (write + torch's sum: ~73 MB at
 # D = 4096, B = 64, against ~320 MB of x, dy, dx).
 BWD_ROWS = 32
+# Backward kernel for W <= STREAM_MAX_W ("tiles" for wider convs): "stream" walks its steps one at a
+# time with x and the pre-activation gradient of the last 4 steps in registers (one sigmoid per
+# element); "tiles" recomputes the pre-activation W times per element (sm_90, bf16, W = 4: 195
+# registers, 2 programs per SM; ~190 instructions per element against ~30 for "stream").
+BWD_KERNEL = "stream"
+STREAM_MAX_W = 4
+# 4 channels per thread, 4 steps per loop trip (sm_90, bf16, mask and bias: 119 registers, ~73
+# instructions per element; 2 channels per thread: 64 registers, ~92 per element)
+STREAM_DEFAULT = {"BLOCK_D": 256, "UNROLL": 4, "num_warps": 2}
 
 # Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches
 # whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
@@ -127,6 +224,10 @@ BWD_ROWS = 32
 FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
                   for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8)]]
 BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (64, 2)]]
+# Stream: every channel's sums run in one thread in step order, so channels per program, warps
+# and the unroll do not move a sum (ROWS does, and stays).
+STREAM_CANDIDATES = [{"BLOCK_D": bd, "UNROLL": u, "num_warps": w}
+                     for bd, u, w in [(256, 4, 2), (128, 4, 2), (256, 2, 2), (128, 4, 1), (512, 4, 4), (256, 8, 2)]]
 
 
 def causal_conv1d_ref(x, weight, bias=None, activation="silu", mask=None):
@@ -188,15 +289,40 @@ def bwd_rows(L: int, rows: int | None = None) -> int:
     return -(-min(rows, L) // BWD_BLOCK_L) * BWD_BLOCK_L
 
 
-def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | None = None):
+def _bwd_launch(kernel: str, W: int) -> tuple:
+    """(Triton kernel, its own constexprs, default launch, tuning candidates) of a backward kernel by name."""
+    if kernel not in BWD_KERNELS:
+        raise ValueError(f"causal conv backward: unknown kernel {kernel!r} (allowed: {', '.join(BWD_KERNELS)})")
+    if kernel == "stream" and W > STREAM_MAX_W:
+        raise ValueError(f"causal conv backward: the stream kernel takes widths up to {STREAM_MAX_W} (got {W})")
+    return BWD_KERNELS[kernel](W)
+
+
+def _tiles(W: int) -> tuple:
+    return (_conv_bwd_kernel, {"W_P2": max(2, 1 << (W - 1).bit_length()), "BLOCK_L": BWD_BLOCK_L},
+            {"BLOCK_D": BWD_BLOCK_D}, BWD_CANDIDATES)
+
+
+def _stream(W: int) -> tuple:
+    return _conv_bwd_stream_kernel, {}, dict(STREAM_DEFAULT), STREAM_CANDIDATES
+
+
+BWD_KERNELS = {"stream": _stream, "tiles": _tiles}
+
+
+def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | None = None,
+             kernel: str | None = None):
     """Returns (dx (B, L, D) in x's dtype, dweight (D, W) float32, dbias (D,) float32 or None).
 
     `rows`: steps per program (default BWD_ROWS; `bwd_rows`). dx does not depend on it (bit for
-    bit); dweight and dbias add up per-block partials, so their rounding does.
+    bit); dweight and dbias add up per-block partials, so their rounding does. `kernel`: "stream"
+    (default for W <= 4) or "tiles" (any W; the only one for W > 4).
     """
     _check(x)
     batch, L, dim = x.shape
     W = weight.shape[1]
+    kernel = kernel or (BWD_KERNEL if W <= STREAM_MAX_W else "tiles")
+    fn, consts, params, candidates = _bwd_launch(kernel, W)
     rows = bwd_rows(L, rows)
     n_rb = -(-L // rows)
     dx = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if dx is None else dx
@@ -205,20 +331,18 @@ def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | N
     grad = grad if grad.stride(2) == 1 else grad.contiguous()
 
     def run(p):
-        _conv_bwd_kernel[(n_rb, triton.cdiv(dim, p["BLOCK_D"]), batch)](
+        fn[(n_rb, triton.cdiv(dim, p["BLOCK_D"]), batch)](
             x, weight, bias if bias is not None else weight, mask if mask is not None else x, grad, dx, dw,
             db if db is not None else dw, L, dim, rows,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
             grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-            W=W, W_P2=max(2, 1 << (W - 1).bit_length()), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-            ACT=act, BLOCK_L=BWD_BLOCK_L, **p)
+            W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, **consts, **p)
         return [t for t in (dx, dw, db) if t is not None]
 
-    params = {"BLOCK_D": BWD_BLOCK_D}
     if tuning_on(x, CONFIG):
-        params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride(), rows),
-                             params, BWD_CANDIDATES, run)
+        params = pick_launch(_key("conv_bwd", x, weight, bias, act, mask, grad.stride(), dx.stride(), rows, kernel),
+                             params, candidates, run)
     run(params)
     return dx, dw.flatten(0, 1).sum(0), db.flatten(0, 1).sum(0) if db is not None else None
 
@@ -245,8 +369,11 @@ def causal_conv1d_fn(x, weight, bias=None, activation="silu", mask=None):
 
 __all__ = [
     "BWD_CANDIDATES",
+    "BWD_KERNEL",
+    "BWD_KERNELS",
     "BWD_ROWS",
     "FWD_CANDIDATES",
+    "STREAM_CANDIDATES",
     "CausalConv1dFn",
     "bwd_rows",
     "causal_conv1d_fn",
