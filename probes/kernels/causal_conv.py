@@ -115,15 +115,71 @@ if HAS_TRITON:
 
 
     @triton.jit
+    def _tap(w_ptr, d, md, sw_d, sw_k, K: tl.constexpr, PAD: tl.constexpr):
+        # weight K of a conv padded on the left to 4 taps (a missing tap's weight is never used)
+        w = tl.zeros_like(d).to(tl.float32)
+        if K >= PAD:
+            w = tl.load(w_ptr + d * sw_d + (K - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        return w
+
+    @triton.jit
+    def _window_sum(acc, xa, xb, xc, xd, w0, w1, w2, w3, PAD: tl.constexpr):
+        # acc + the real taps' products in tap order (the tiles forward's sum); padded taps are skipped
+        if PAD <= 0:
+            acc = acc + xa * w0
+        if PAD <= 1:
+            acc = acc + xb * w1
+        if PAD <= 2:
+            acc = acc + xc * w2
+        return acc + xd * w3
+
+    @triton.jit
+    def _conv_fwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, o_ptr, L, DIM, ROWS,
+                                sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, so_b, so_l,
+                                W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
+                                UNROLL: tl.constexpr, BLOCK_D: tl.constexpr):
+        # W <= 4. One program per (block of ROWS steps, channel block, batch) walks its steps keeping
+        # x[s-3..s] in registers: one load of x per output (the tiles forward loads each x W times).
+        PAD: tl.constexpr = 4 - W
+        r0 = tl.program_id(0) * ROWS
+        r1 = tl.minimum(r0 + ROWS, L)
+        b = tl.program_id(2).to(tl.int64)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        md = d < DIM
+        zero = tl.zeros((BLOCK_D,), dtype=tl.int32)  # step indices as vectors: masks of the same shape as md
+        w0 = _tap(w_ptr, d, md, sw_d, sw_k, 0, PAD)
+        w1 = _tap(w_ptr, d, md, sw_d, sw_k, 1, PAD)
+        w2 = _tap(w_ptr, d, md, sw_d, sw_k, 2, PAD)
+        w3 = _tap(w_ptr, d, md, sw_d, sw_k, 3, PAD)
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+        xp = x_ptr + b * sx_b + d
+        xa = tl.load(xp + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
+        xb = tl.load(xp + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
+        xc = tl.load(xp + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        for s0 in range(r0, r1, UNROLL):
+            for u in tl.static_range(UNROLL):
+                s = zero + (s0 + u)
+                xd = tl.load(xp + s * sx_l, mask=md & (s < r1), other=0.0).to(tl.float32)
+                acc = _window_sum(bias, xa, xb, xc, xd, w0, w1, w2, w3, PAD)
+                if ACT:
+                    acc = acc * tl.sigmoid(acc)
+                if HAS_MASK:  # the same address in every lane: one broadcast load
+                    acc = acc * tl.load(m_ptr + b * sm_b + s * sm_l, mask=s < r1, other=0.0).to(tl.float32)
+                tl.store(o_ptr + b * so_b + s * so_l + d, acc.to(o_ptr.dtype.element_ty), mask=md & (s < r1))
+                xa, xb, xc = xb, xc, xd
+
+    @triton.jit
     def _conv_bwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr, L, DIM, ROWS,
                                 sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, sg_b, sg_l, sdx_b, sdx_l,
                                 W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
                                 UNROLL: tl.constexpr, BLOCK_D: tl.constexpr):
-        # W <= 4, padded to 4 taps (weights of the missing leading taps are 0). One program per (block of
-        # ROWS steps, channel block, batch) walks s = r0 .. r1 + 2 one step at a time, keeping x[s-3..s] and
-        # the pre-activation gradient gp[s-3..s] in registers: per element one x and one dy load, one
-        # pre-activation and one sigmoid (the tile kernel recomputes them W times); dx[s-3] is complete
-        # once gp[s] is known. UNROLL steps per loop trip so that their loads are issued together.
+        # W <= 4 (taps counted from the left of 4). One program per (block of ROWS steps, channel block,
+        # batch) walks s = r0 .. r1 + 2 one step at a time, keeping x[s-3..s] and the pre-activation
+        # gradient gp[s-3..s] in registers: per element one x and one dy load, one pre-activation and
+        # one sigmoid (the tiles kernel recomputes them W times); dx[s-3] is complete once gp[s] is
+        # known. UNROLL steps per loop trip so that their loads are issued together.
         PAD: tl.constexpr = 4 - W
         pid_r = tl.program_id(0)
         b = tl.program_id(2).to(tl.int64)
@@ -132,23 +188,17 @@ if HAS_TRITON:
         r0 = pid_r * ROWS
         r1 = tl.minimum(r0 + ROWS, L)
         zero = tl.zeros((BLOCK_D,), dtype=tl.int32)  # step indices as vectors: masks of the same shape as md
-        w0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        w1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if PAD <= 0:
-            w0 = tl.load(w_ptr + d * sw_d + (0 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
-        if PAD <= 1:
-            w1 = tl.load(w_ptr + d * sw_d + (1 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
-        if PAD <= 2:
-            w2 = tl.load(w_ptr + d * sw_d + (2 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
-        w3 = tl.load(w_ptr + d * sw_d + (3 - PAD) * sw_k, mask=md, other=0.0).to(tl.float32)
+        w0 = _tap(w_ptr, d, md, sw_d, sw_k, 0, PAD)
+        w1 = _tap(w_ptr, d, md, sw_d, sw_k, 1, PAD)
+        w2 = _tap(w_ptr, d, md, sw_d, sw_k, 2, PAD)
+        w3 = _tap(w_ptr, d, md, sw_d, sw_k, 3, PAD)
         bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
         if HAS_BIAS:
             bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
-        xb_ = x_ptr + b * sx_b + d
-        xa = tl.load(xb_ + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
-        xb = tl.load(xb_ + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
-        xc = tl.load(xb_ + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        xp = x_ptr + b * sx_b + d
+        xa = tl.load(xp + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
+        xb = tl.load(xp + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
+        xc = tl.load(xp + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
         ga = tl.zeros((BLOCK_D,), dtype=tl.float32)
         gb = tl.zeros((BLOCK_D,), dtype=tl.float32)
         gc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -160,28 +210,31 @@ if HAS_TRITON:
         for s0 in range(r0, r1 + 3, UNROLL):
             for u in tl.static_range(UNROLL):
                 s = zero + (s0 + u)
-                xd = tl.load(xb_ + s * sx_l, mask=md & (s < L), other=0.0).to(tl.float32)
+                xd = tl.load(xp + s * sx_l, mask=md & (s < L), other=0.0).to(tl.float32)
                 g = tl.load(g_ptr + b * sg_b + s * sg_l + d, mask=md & (s < L), other=0.0).to(tl.float32)
                 if HAS_MASK:  # the same address in every lane: one broadcast load
                     g = g * tl.load(m_ptr + b * sm_b + s * sm_l, mask=s < L, other=0.0).to(tl.float32)
                 if ACT:  # the pre-activation at step s, summed as in the forward
-                    pre = bias + xa * w0
-                    pre = pre + xb * w1
-                    pre = pre + xc * w2
-                    pre = pre + xd * w3
+                    pre = _window_sum(bias, xa, xb, xc, xd, w0, w1, w2, w3, PAD)
                     sg = tl.sigmoid(pre)
                     g = g * sg * (1.0 + pre * (1.0 - sg))
                 gd = tl.where(s < r1, g, 0.0)  # weight and bias gradients: this block's own steps only
                 db += gd
-                dw0 += gd * xa
-                dw1 += gd * xb
-                dw2 += gd * xc
+                if PAD <= 0:
+                    dw0 += gd * xa
+                if PAD <= 1:
+                    dw1 += gd * xb
+                if PAD <= 2:
+                    dw2 += gd * xc
                 dw3 += gd * xd
-                t = s - 3  # dx[t] = sum_j gp[t + j] * w[3 - j], j = 0..3
+                t = s - 3  # dx[t] = sum_j gp[t + j] * w[3 - j] over the real taps, j = 0..3
                 dx = ga * w3
-                dx = dx + gb * w2
-                dx = dx + gc * w1
-                dx = dx + g * w0
+                if PAD <= 2:
+                    dx = dx + gb * w2
+                if PAD <= 1:
+                    dx = dx + gc * w1
+                if PAD <= 0:
+                    dx = dx + g * w0
                 tl.store(dx_ptr + b * sdx_b + t * sdx_l + d, dx.to(dx_ptr.dtype.element_ty),
                          mask=md & (t >= r0) & (t < r1))
                 xa, xb, xc = xb, xc, xd
@@ -196,7 +249,6 @@ if HAS_TRITON:
         tl.store(dw_ptr + part + (3 - PAD), dw3, mask=md)
         if HAS_BIAS:
             tl.store(db_ptr + part // W, db, mask=md)
-
 
 BLOCK_L, BLOCK_D = 32, 64  # forward tiles
 BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
