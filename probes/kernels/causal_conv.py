@@ -134,15 +134,15 @@ if HAS_TRITON:
         return acc + xd * w3
 
     @triton.jit
-    def _conv_fwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, o_ptr, L, DIM, ROWS,
+    def _conv_fwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, o_ptr, L, DIM,
                                 sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, so_b, so_l,
                                 W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
-                                UNROLL: tl.constexpr, BLOCK_D: tl.constexpr):
-        # W <= 4. One program per (block of ROWS steps, channel block, batch) walks its steps keeping
+                                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr):
+        # W <= 4. One program per (block of BLOCK_L steps, channel block, batch) walks its steps keeping
         # x[s-3..s] in registers: one load of x per output (the tiles forward loads each x W times).
         PAD: tl.constexpr = 4 - W
-        r0 = tl.program_id(0) * ROWS
-        r1 = tl.minimum(r0 + ROWS, L)
+        r0 = tl.program_id(0) * BLOCK_L
+        r1 = tl.minimum(r0 + BLOCK_L, L)
         b = tl.program_id(2).to(tl.int64)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         md = d < DIM
@@ -251,23 +251,30 @@ if HAS_TRITON:
             tl.store(db_ptr + part // W, db, mask=md)
 
 BLOCK_L, BLOCK_D = 32, 64  # forward tiles
-BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # backward: W shifted recomputations per tile, so keep tiles small
-# Backward: steps per program (rounded up to a multiple of BWD_BLOCK_L; >= L: one program walks all
-# of L, the schedule before issue 17). At B = 64, L = 203 and 128 channels per program, 32 gives
-# 7 row blocks: 7 x 12 x 64 = 5,376 programs at D = 1536 (41 per SM of a 132-SM H200, so several
-# waves whatever the occupancy) and 14,336 at D = 4096, each with a chain of 4 tiles instead of 26.
-# The cost: 7 float32 (B, D, W) + (B, D) partials instead of 1 (write + torch's sum: ~73 MB at
-# D = 4096, B = 64, against ~320 MB of x, dy, dx).
-BWD_ROWS = 32
+BWD_BLOCK_L, BWD_BLOCK_D = 8, 128  # "tiles" backward: W shifted recomputations per tile, so keep tiles small
+STREAM_MAX_W = 4  # the stream kernels keep a window of 4 steps in registers
+
 # Backward kernel for W <= STREAM_MAX_W ("tiles" for wider convs): "stream" walks its steps one at a
 # time with x and the pre-activation gradient of the last 4 steps in registers (one sigmoid per
-# element); "tiles" recomputes the pre-activation W times per element (sm_90, bf16, W = 4: 195
-# registers, 2 programs per SM; ~190 instructions per element against ~30 for "stream").
+# element); "tiles" recomputes the pre-activation W times per element. ptxas for sm_90 (bf16, W = 4,
+# with the JIT's specializations): tiles 176 registers (2 programs of 4 warps per SM) and ~180 SASS
+# instructions per element; stream at its default launch (4 channels per thread, 4 steps per loop
+# trip) 120 registers and ~60 per element (2 channels per thread: 56 registers, ~80 per element).
 BWD_KERNEL = "stream"
-STREAM_MAX_W = 4
-# 4 channels per thread, 4 steps per loop trip (sm_90, bf16, mask and bias: 119 registers, ~73
-# instructions per element; 2 channels per thread: 64 registers, ~92 per element)
 STREAM_DEFAULT = {"BLOCK_D": 256, "UNROLL": 4, "num_warps": 2}
+# Backward steps per program (rounded up to a multiple of BWD_BLOCK_L; >= L: one program walks all
+# of L, with "tiles" the schedule before issue 17). At B = 64, L = 203, 32 gives 7 row blocks: with
+# the stream default 7 x 6 x 64 = 2,688 programs of 2 warps at D = 1536 (20 per SM of a 132-SM
+# H200, a few waves at 8 resident) and 7,168 at D = 4096, each walking 35 steps (32 + 3 halo, 9%
+# extra) instead of 203. The cost: 7 float32 (B, D, W) + (B, D) partials instead of 1 (written, then
+# read by torch's sum: ~73 MB at D = 4096, against ~320 MB of x, dy and dx).
+BWD_ROWS = 32
+# Forward kernel for W <= STREAM_MAX_W: "tiles" (each x loaded W times from shifted tiles, mostly L1
+# hits) or "stream" (BLOCK_L steps per program, x loaded once per output); outputs are equal bit for
+# bit. ptxas counts about the same instructions per element (tiles ~38, 67 registers; stream ~33, 55
+# registers), so "tiles" stays the default until a GPU says otherwise (benchmarks/scan.py --compare).
+FWD_KERNEL = "tiles"
+FWD_STREAM_DEFAULT = {"BLOCK_L": 32, "BLOCK_D": 256, "UNROLL": 4, "num_warps": 2}
 
 # Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches
 # whose outputs equal the default's bit for bit). Forward: every output is its own W-term sum,
@@ -275,6 +282,9 @@ STREAM_DEFAULT = {"BLOCK_D": 256, "UNROLL": 4, "num_warps": 2}
 # tiles within ROWS-step blocks, then over blocks).
 FWD_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "num_warps": w}
                   for bl, bd, w in [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8)]]
+FWD_STREAM_CANDIDATES = [{"BLOCK_L": bl, "BLOCK_D": bd, "UNROLL": u, "num_warps": w}
+                         for bl, bd, u, w in [(32, 256, 4, 2), (16, 256, 4, 2), (64, 256, 4, 2), (32, 128, 4, 1),
+                                              (32, 512, 4, 4), (32, 256, 8, 2)]]
 BWD_CANDIDATES = [{"BLOCK_D": bd, "num_warps": w} for bd, w in [(128, 4), (64, 4), (256, 4), (64, 2)]]
 # Stream: every channel's sums run in one thread in step order, so channels per program, warps
 # and the unroll do not move a sum (ROWS does, and stays).
@@ -309,15 +319,38 @@ def _key(kind, x, weight, bias, act, mask, *more):
             mask is not None, *more)
 
 
-def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
+def _fwd_tiles(W: int) -> tuple:
+    return _conv_fwd_kernel, {"BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D}, FWD_CANDIDATES
+
+
+def _fwd_stream(W: int) -> tuple:
+    return _conv_fwd_stream_kernel, dict(FWD_STREAM_DEFAULT), FWD_STREAM_CANDIDATES
+
+
+FWD_KERNELS = {"stream": _fwd_stream, "tiles": _fwd_tiles}
+
+
+def _pick_kernel(kind: str, kernels: dict, kernel: str | None, default: str, W: int) -> str:
+    kernel = kernel or (default if W <= STREAM_MAX_W else "tiles")
+    if kernel not in kernels:
+        raise ValueError(f"causal conv {kind}: unknown kernel {kernel!r} (allowed: {', '.join(kernels)})")
+    if kernel == "stream" and W > STREAM_MAX_W:
+        raise ValueError(f"causal conv {kind}: the stream kernel takes widths up to {STREAM_MAX_W} (got {W})")
+    return kernel
+
+
+def conv_fwd(x, weight, bias, act: bool, mask=None, out=None, kernel: str | None = None):
+    """Returns y (B, L, D) in x's dtype. `kernel`: "stream" or "tiles" (default FWD_KERNEL; "tiles" for W > 4)."""
     _check(x)
     batch, L, dim = x.shape
     W = weight.shape[1]
+    kernel = _pick_kernel("forward", FWD_KERNELS, kernel, FWD_KERNEL, W)
+    fn, params, candidates = FWD_KERNELS[kernel](W)
     out = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if out is None else out
 
     def run(p):
         grid = (triton.cdiv(L, p["BLOCK_L"]), triton.cdiv(dim, p["BLOCK_D"]), batch)
-        _conv_fwd_kernel[grid](
+        fn[grid](
             x, weight, bias if bias is not None else weight, mask if mask is not None else x, out, L, dim,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
@@ -325,10 +358,9 @@ def conv_fwd(x, weight, bias, act: bool, mask=None, out=None):
             W=W, HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACT=act, **p)
         return [out]
 
-    params = {"BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D}
     if tuning_on(x, CONFIG):
-        params = pick_launch(_key("conv_fwd", x, weight, bias, act, mask, out.stride()), params,
-                             FWD_CANDIDATES, run)
+        params = pick_launch(_key("conv_fwd", x, weight, bias, act, mask, out.stride(), kernel), params,
+                             candidates, run)
     run(params)
     return out
 
@@ -339,15 +371,6 @@ def bwd_rows(L: int, rows: int | None = None) -> int:
     if rows < 1:
         raise ValueError(f"causal conv backward: rows must be a positive integer (got {rows})")
     return -(-min(rows, L) // BWD_BLOCK_L) * BWD_BLOCK_L
-
-
-def _bwd_launch(kernel: str, W: int) -> tuple:
-    """(Triton kernel, its own constexprs, default launch, tuning candidates) of a backward kernel by name."""
-    if kernel not in BWD_KERNELS:
-        raise ValueError(f"causal conv backward: unknown kernel {kernel!r} (allowed: {', '.join(BWD_KERNELS)})")
-    if kernel == "stream" and W > STREAM_MAX_W:
-        raise ValueError(f"causal conv backward: the stream kernel takes widths up to {STREAM_MAX_W} (got {W})")
-    return BWD_KERNELS[kernel](W)
 
 
 def _tiles(W: int) -> tuple:
@@ -368,13 +391,13 @@ def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | N
 
     `rows`: steps per program (default BWD_ROWS; `bwd_rows`). dx does not depend on it (bit for
     bit); dweight and dbias add up per-block partials, so their rounding does. `kernel`: "stream"
-    (default for W <= 4) or "tiles" (any W; the only one for W > 4).
+    or "tiles" (default BWD_KERNEL; "tiles" for W > 4).
     """
     _check(x)
     batch, L, dim = x.shape
     W = weight.shape[1]
-    kernel = kernel or (BWD_KERNEL if W <= STREAM_MAX_W else "tiles")
-    fn, consts, params, candidates = _bwd_launch(kernel, W)
+    kernel = _pick_kernel("backward", BWD_KERNELS, kernel, BWD_KERNEL, W)
+    fn, consts, params, candidates = BWD_KERNELS[kernel](W)
     rows = bwd_rows(L, rows)
     n_rb = -(-L // rows)
     dx = torch.empty(batch, L, dim, device=x.device, dtype=x.dtype) if dx is None else dx
@@ -425,6 +448,9 @@ __all__ = [
     "BWD_KERNELS",
     "BWD_ROWS",
     "FWD_CANDIDATES",
+    "FWD_KERNEL",
+    "FWD_KERNELS",
+    "FWD_STREAM_CANDIDATES",
     "STREAM_CANDIDATES",
     "CausalConv1dFn",
     "bwd_rows",
