@@ -13,9 +13,9 @@ device-to-device clone), so `x_floor` = measured / floor says how far the kernel
 memory system. Also times the causal conv (fwd+bwd, Mamba's W=4, SiLU) on the same (B, L, D),
 and in a second table its fwd and bwd alone on x sliced from a (B, L, 2D) tensor as in the mixer,
 against its floor of 5 x B.L.D bf16 values (fwd reads x, writes y; bwd reads x, dy, writes dx):
-with --compare for both backward kernels at several row blocks (`BWD_KERNEL`, `BWD_ROWS` in
-probes/kernels/causal_conv.py; "tiles" with rows "L", one program walking all of L, is the
-schedule before issue 17), default launches.
+with --compare for both kernels and several backward row blocks (`FWD_KERNEL`, `BWD_KERNEL`,
+`BWD_ROWS` in probes/kernels/causal_conv.py; "tiles / tiles" with rows "L", one backward program
+walking all of L, is the conv before issue 17), default launches.
 
 Levers (issue 17): launch tuning of the scan and conv kernels and chunk states saved by the
 forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off,
@@ -39,8 +39,10 @@ import torch
 PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
 VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
 CONV_VALUES_MOVED = 5  # x B.L.D, conv fwd + bwd
-# conv backward (kernel, steps per program) timed with --compare; None: all of L (tiles, None = before issue 17)
-CONV_COMPARE = (("tiles", None), ("tiles", 32), ("stream", 64), ("stream", 32), ("stream", 16))
+# conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
+# (tiles, tiles, None: the conv before issue 17)
+CONV_COMPARE = (("tiles", "tiles", None), ("tiles", "tiles", 32), ("tiles", "stream", 64), ("tiles", "stream", 32),
+                ("tiles", "stream", 16), ("stream", "stream", 32))
 
 
 def inputs(batch: int, dim: int, L: int, N: int, device: str = "cuda", dtype=torch.bfloat16, seed: int = 0):
@@ -119,9 +121,10 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
             "conv_fwd_bwd_ms": ms_conv}
 
 
-def time_conv(shape, reps: int, bandwidth: float, kernel: str, rows: int | None) -> dict:
-    """Conv fwd, bwd and both (default launches): backward `kernel` with `rows` steps per program (None: all of L)."""
-    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, bwd_rows, conv_bwd, conv_fwd
+def time_conv(shape, reps: int, bandwidth: float, fwd: str, bwd: str, rows: int | None) -> dict:
+    """Conv fwd, bwd and both (default launches) with the given kernels, `rows` backward steps per program
+    (None: all of L)."""
+    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, FWD_KERNEL, bwd_rows, conv_bwd, conv_fwd
 
     batch, dim, L, _ = shape
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -132,27 +135,29 @@ def time_conv(shape, reps: int, bandwidth: float, kernel: str, rows: int | None)
     saved = os.environ.get("PROBES_SCAN_LEVERS")
     os.environ["PROBES_SCAN_LEVERS"] = "0"  # default launches: the schedule, not the tuner's pick
     try:
-        ms_f = cuda_ms(lambda: conv_fwd(x, w, cb, True), reps)
-        ms_b = cuda_ms(lambda: conv_bwd(x, w, cb, True, dy, rows=steps, kernel=kernel), reps)
-        ms_fb = cuda_ms(lambda: (conv_fwd(x, w, cb, True), conv_bwd(x, w, cb, True, dy, rows=steps, kernel=kernel)),
-                        reps)
+        ms_f = cuda_ms(lambda: conv_fwd(x, w, cb, True, kernel=fwd), reps)
+        ms_b = cuda_ms(lambda: conv_bwd(x, w, cb, True, dy, rows=steps, kernel=bwd), reps)
+        ms_fb = cuda_ms(lambda: (conv_fwd(x, w, cb, True, kernel=fwd),
+                                 conv_bwd(x, w, cb, True, dy, rows=steps, kernel=bwd)), reps)
     finally:
         os.environ.pop("PROBES_SCAN_LEVERS")
         if saved is not None:
             os.environ["PROBES_SCAN_LEVERS"] = saved
     label = "L" if bwd_rows(L, steps) >= L else str(bwd_rows(L, steps))
-    default = kernel == BWD_KERNEL and steps == BWD_ROWS
+    default = (fwd, bwd, steps) == (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)
     floor_ms = CONV_VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
-    return {"kernel": kernel + (" (default)" if default else ""), "rows": label, "B": batch, "D": dim, "L": L,
-            "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_bwd_ms": ms_fb, "floor_ms": floor_ms, "x_floor": ms_fb / floor_ms}
+    return {"kernels": f"{fwd} / {bwd}" + (" (default)" if default else ""), "rows": label, "B": batch, "D": dim,
+            "L": L, "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_bwd_ms": ms_fb, "floor_ms": floor_ms,
+            "x_floor": ms_fb / floor_ms}
 
 
 def conv_markdown(rows: list[dict]) -> str:
     lines = [(f"Causal conv (W=4, SiLU, bf16); floor = {CONV_VALUES_MOVED} x B.L.D bf16 values; rows = backward "
-              "steps per program (L: one program walks all of L; tiles at L = the schedule before issue 17)."), "",
-             "| conv bwd kernel | rows | B | D | L | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |",
+              "steps per program (L: one program walks all of L; tiles / tiles at L = the conv before issue 17)."),
+             "",
+             "| conv kernels fwd / bwd | bwd rows | B | D | L | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['kernel']} | {r['rows']} | {r['B']} | {r['D']} | {r['L']} | {r['fwd_ms']:.3f} | "
+    lines += [f"| {r['kernels']} | {r['rows']} | {r['B']} | {r['D']} | {r['L']} | {r['fwd_ms']:.3f} | "
               f"{r['bwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -185,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--compare", action="store_true",
                         help="time each shape with levers off, tuned launches only, then all levers on; "
-                             "the conv backward's kernels and row blocks (CONV_COMPARE)")
+                             "the conv's kernels and backward row blocks (CONV_COMPARE)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 
-    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS
+    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, FWD_KERNEL
     from probes.kernels.selective_scan import levers_on
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
@@ -200,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
     shapes = args.shape or PAPER_SHAPES
     rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
-    default = (BWD_KERNEL, BWD_ROWS)
+    default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)
     conv_runs = tuple(dict.fromkeys((*CONV_COMPARE, default))) if args.compare else (default,)
-    conv_rows = [time_conv(s, args.reps, bandwidth, k, r) for s in shapes for k, r in conv_runs]
+    conv_rows = [time_conv(s, args.reps, bandwidth, *run) for s in shapes for run in conv_runs]
     args.out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rows, bandwidth, env, conv_rows)
     (args.out / "scan.md").write_text(md)
