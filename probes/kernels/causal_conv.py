@@ -373,16 +373,16 @@ def bwd_rows(L: int, rows: int | None = None) -> int:
     return -(-min(rows, L) // BWD_BLOCK_L) * BWD_BLOCK_L
 
 
-def _tiles(W: int) -> tuple:
+def _bwd_tiles(W: int) -> tuple:
     return (_conv_bwd_kernel, {"W_P2": max(2, 1 << (W - 1).bit_length()), "BLOCK_L": BWD_BLOCK_L},
             {"BLOCK_D": BWD_BLOCK_D}, BWD_CANDIDATES)
 
 
-def _stream(W: int) -> tuple:
+def _bwd_stream(W: int) -> tuple:
     return _conv_bwd_stream_kernel, {}, dict(STREAM_DEFAULT), STREAM_CANDIDATES
 
 
-BWD_KERNELS = {"stream": _stream, "tiles": _tiles}
+BWD_KERNELS = {"stream": _bwd_stream, "tiles": _bwd_tiles}
 
 
 def conv_bwd(x, weight, bias, act: bool, grad, mask=None, dx=None, rows: int | None = None,
