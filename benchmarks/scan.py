@@ -10,7 +10,12 @@ writes out (4 x B.D.L values); the backward's two passes read u, delta (pass 1),
 dout and write du, ddelta, dz (pass 2): 13 x B.D.L bf16 values in all (B, C and the chunk states
 are N / D of that or less). floor_ms = bytes / the copy bandwidth measured here (a large
 device-to-device clone), so `x_floor` = measured / floor says how far the kernels are from the
-memory system. Also times the causal conv (fwd+bwd, Mamba's W=4, SiLU) on the same (B, L, D).
+memory system. Also times the causal conv (fwd+bwd, Mamba's W=4, SiLU) on the same (B, L, D),
+and in a second table its fwd and bwd alone on x sliced from a (B, L, 2D) tensor as in the mixer,
+against its floor of 5 x B.L.D bf16 values (fwd reads x, writes y; bwd reads x, dy, writes dx):
+with --compare for both kernels and several backward row blocks (`FWD_KERNEL`, `BWD_KERNEL`,
+`BWD_ROWS` in probes/kernels/causal_conv.py; "tiles / tiles" with rows "L", one backward program
+walking all of L, is the conv before issue 17), default launches.
 
 Levers (issue 17): launch tuning of the scan and conv kernels and chunk states saved by the
 forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off,
@@ -33,6 +38,11 @@ import torch
 
 PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
 VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
+CONV_VALUES_MOVED = 5  # x B.L.D, conv fwd + bwd
+# conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
+# (tiles, tiles, None: the conv before issue 17)
+CONV_COMPARE = (("tiles", "tiles", None), ("tiles", "tiles", 32), ("tiles", "stream", 64), ("tiles", "stream", 32),
+                ("tiles", "stream", 16), ("stream", "stream", 32))
 
 
 def inputs(batch: int, dim: int, L: int, N: int, device: str = "cuda", dtype=torch.bfloat16, seed: int = 0):
@@ -111,7 +121,48 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
             "conv_fwd_bwd_ms": ms_conv}
 
 
-def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
+def time_conv(shape, reps: int, bandwidth: float, fwd: str, bwd: str, rows: int | None) -> dict:
+    """Conv fwd, bwd and both (default launches) with the given kernels, `rows` backward steps per program
+    (None: all of L)."""
+    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, FWD_KERNEL, bwd_rows, conv_bwd, conv_fwd
+
+    batch, dim, L, _ = shape
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(batch, L, 2 * dim, generator=g).to("cuda", torch.bfloat16)[..., :dim]  # in_proj's x half
+    w, cb = torch.randn(dim, 4, generator=g).cuda(), torch.randn(dim, generator=g).cuda()
+    dy = torch.randn(batch, L, dim, generator=g).to("cuda", torch.bfloat16)
+    steps = L if rows is None else rows
+    saved = os.environ.get("PROBES_SCAN_LEVERS")
+    os.environ["PROBES_SCAN_LEVERS"] = "0"  # default launches: the schedule, not the tuner's pick
+    try:
+        ms_f = cuda_ms(lambda: conv_fwd(x, w, cb, True, kernel=fwd), reps)
+        ms_b = cuda_ms(lambda: conv_bwd(x, w, cb, True, dy, rows=steps, kernel=bwd), reps)
+        ms_fb = cuda_ms(lambda: (conv_fwd(x, w, cb, True, kernel=fwd),
+                                 conv_bwd(x, w, cb, True, dy, rows=steps, kernel=bwd)), reps)
+    finally:
+        os.environ.pop("PROBES_SCAN_LEVERS")
+        if saved is not None:
+            os.environ["PROBES_SCAN_LEVERS"] = saved
+    label = "L" if bwd_rows(L, steps) >= L else str(bwd_rows(L, steps))
+    default = (fwd, bwd, steps) == (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)
+    floor_ms = CONV_VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
+    return {"kernels": f"{fwd} / {bwd}" + (" (default)" if default else ""), "rows": label, "B": batch, "D": dim,
+            "L": L, "fwd_ms": ms_f, "bwd_ms": ms_b, "fwd_bwd_ms": ms_fb, "floor_ms": floor_ms,
+            "x_floor": ms_fb / floor_ms}
+
+
+def conv_markdown(rows: list[dict]) -> str:
+    lines = [(f"Causal conv (W=4, SiLU, bf16); floor = {CONV_VALUES_MOVED} x B.L.D bf16 values; rows = backward "
+              "steps per program (L: one program walks all of L; tiles / tiles at L = the conv before issue 17)."),
+             "",
+             "| conv kernels fwd / bwd | bwd rows | B | D | L | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['kernels']} | {r['rows']} | {r['B']} | {r['D']} | {r['L']} | {r['fwd_ms']:.3f} | "
+              f"{r['bwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(rows: list[dict], bandwidth: float, env: dict, conv_rows: list[dict] = ()) -> str:
     title = (f"{env['gpu']}; torch {env['torch']}, triton {env['triton']}; copy bandwidth "
              f"{bandwidth / 1e12:.2f} TB/s; floor = {VALUES_MOVED} x B.D.L bf16 values at that bandwidth.")
     lines = [title, "",
@@ -122,7 +173,7 @@ def to_markdown(rows: list[dict], bandwidth: float, env: dict) -> str:
         lines.append(f"| {r['levers']} | {r['B']} | {r['D']} | {r['L']} | {r['N']} | {r['fwd_ms']:.3f} | "
                      f"{r['fwd_bwd_ms']:.3f} | {r['floor_ms']:.3f} | {r['x_floor']:.1f} | {r['pct_of_floor']:.0f}% | "
                      f"{r['conv_fwd_bwd_ms']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n" + conv_markdown(conv_rows) if conv_rows else "")
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -138,23 +189,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--compare", action="store_true",
-                        help="time each shape with levers off, tuned launches only, then all levers on")
+                        help="time each shape with levers off, tuned launches only, then all levers on; "
+                             "the conv's kernels and backward row blocks (CONV_COMPARE)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 
+    from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, FWD_KERNEL
     from probes.kernels.selective_scan import levers_on
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
     modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
-    rows = [time_shape(s, args.reps, bandwidth, m) for s in (args.shape or PAPER_SHAPES) for m in modes]
+    shapes = args.shape or PAPER_SHAPES
+    rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
+    default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)
+    conv_runs = tuple(dict.fromkeys((*CONV_COMPARE, default))) if args.compare else (default,)
+    conv_rows = [time_conv(s, args.reps, bandwidth, *run) for s in shapes for run in conv_runs]
     args.out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(rows, bandwidth, env)
+    md = to_markdown(rows, bandwidth, env, conv_rows)
     (args.out / "scan.md").write_text(md)
-    (args.out / "scan.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
+    (args.out / "scan.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows,
+                                                    "conv_rows": conv_rows}, indent=1))
     print(md)
     return 0
 
