@@ -273,7 +273,7 @@ BWD_ROWS = 32
 # hits) or "stream" (BLOCK_L steps per program, x loaded once per output); outputs are equal bit for
 # bit. ptxas counts about the same instructions per element (tiles ~38, 67 registers; stream ~33, 55
 # registers), so "tiles" stays the default until a GPU says otherwise (benchmarks/scan.py --compare).
-FWD_KERNEL = "tiles"
+FWD_KERNEL = "stream"
 FWD_STREAM_DEFAULT = {"BLOCK_L": 32, "BLOCK_D": 256, "UNROLL": 4, "num_warps": 2}
 
 # Launch candidates, tried on CUDA once per shape by `pick_launch` (which keeps only launches

@@ -131,7 +131,11 @@ def test_conv_backward_rows_change_only_dw_rounding(interpreter, device, kernel)
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conv_tuned_matches_untuned_cuda(monkeypatch):
+    """With launch tuning on (off by default), the tuned conv gives the untuned results bit for bit."""
+    from probes.kernels import selective_scan
     from probes.kernels.causal_conv import causal_conv1d_fn
+
+    monkeypatch.setattr(selective_scan.CONFIG, "autotune", True)
 
     x, w, b, mask = conv_inputs("cuda", batch=64, L=203, dim=4096)
     x = x.detach().bfloat16().requires_grad_()

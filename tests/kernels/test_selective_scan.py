@@ -348,6 +348,7 @@ def test_tuned_and_saved_paths_match_the_old_path_cuda(dim, monkeypatch):
     ref = grads_of(ins)
     monkeypatch.setenv("PROBES_SCAN_LEVERS", "1")
     monkeypatch.setattr(ss.CONFIG, "save_states_bytes", 4 << 30)
+    monkeypatch.setattr(ss.CONFIG, "autotune", True)  # off by default: switched on to test it
     new = grads_of(ins)
     live = ["out"] + [k for k in NAMES if ins[k] is not None]
     for name, a, b in zip(live, new, ref):
