@@ -2,7 +2,7 @@
 
     python benchmarks/scan.py --out bench/                  # B=64, L=203, N=16, D = 1536 / 2048 / 4096
     python benchmarks/scan.py --shape 64,1536,203,16 --reps 50 --out bench/
-    python benchmarks/scan.py --compare --out bench/        # levers off (old path), tuned, on: side by side
+    python benchmarks/scan.py --compare --out bench/        # levers off (old path), tuned, default: side by side
 
 Inputs are laid out as the fused mixer passes them (channel-last views of (B, L, D) tensors, bf16;
 A, D, delta_bias float32; softplus, D skip and z gate on). The floor: fwd reads u, delta, z and
@@ -18,9 +18,10 @@ with --compare for both kernels and several backward row blocks (`FWD_KERNEL`, `
 walking all of L, is the conv before issue 17), default launches.
 
 Levers (issue 17): launch tuning of the scan and conv kernels and chunk states saved by the
-forward (the backward then skips its recompute pass). PROBES_SCAN_LEVERS=0 switches both off,
-PROBES_SCAN_SAVE_MB=0 the saved states only; --compare times each shape with levers off, with
-tuned launches only, then with both, in one process. Writes OUT/scan.json and
+forward (the backward then skips its recompute pass). Saved states are on by default, launch
+tuning off (CONFIG.autotune). PROBES_SCAN_LEVERS=0 switches both off, PROBES_SCAN_SAVE_MB=0 the
+saved states only; --compare times each shape with levers off ("off"), with launch tuning switched
+on and no saved states ("tuned"), and with the defaults ("on"), in one process. Writes OUT/scan.json and
 OUT/scan.md. Needs a CUDA GPU.
 """
 
@@ -85,12 +86,14 @@ def copy_bandwidth(gib: float = 2.0, reps: int = 10) -> float:
 
 def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     from probes.kernels.causal_conv import causal_conv1d_fn
-    from probes.kernels.selective_scan import selective_scan_fn
+    from probes.kernels.selective_scan import CONFIG, selective_scan_fn
 
     os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
     saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
-    if levers == "tuned":  # launch tuning only, no saved chunk states
+    autotune = CONFIG.autotune
+    if levers == "tuned":  # launch tuning only (off by default, so switched on here), no saved chunk states
         os.environ["PROBES_SCAN_SAVE_MB"] = "0"
+        CONFIG.autotune = True
     batch, dim, L, N = shape
     ins = inputs(batch, dim, L, N)
     args = [ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
@@ -114,6 +117,7 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     floor_ms = VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
     ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
     os.environ.pop("PROBES_SCAN_SAVE_MB", None)
+    CONFIG.autotune = autotune
     if saved_mb is not None:
         os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
     return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--compare", action="store_true",
-                        help="time each shape with levers off, tuned launches only, then all levers on; "
+                        help="time each shape with levers off, launch tuning only, then the defaults; "
                              "the conv's kernels and backward row blocks (CONV_COMPARE)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
