@@ -134,6 +134,21 @@ if HAS_TRITON:
         return acc + xd * w3
 
     @triton.jit
+    def _stream_start(w_ptr, b_ptr, xp, d, md, zero, r0, sw_d, sw_k, sx_l, PAD: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # what a stream kernel holds before its first step r0: the 4 taps, the bias, x[r0-3..r0-1]
+        w0 = _tap(w_ptr, d, md, sw_d, sw_k, 0, PAD)
+        w1 = _tap(w_ptr, d, md, sw_d, sw_k, 1, PAD)
+        w2 = _tap(w_ptr, d, md, sw_d, sw_k, 2, PAD)
+        w3 = _tap(w_ptr, d, md, sw_d, sw_k, 3, PAD)
+        bias = tl.zeros_like(d).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+        xa = tl.load(xp + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
+        xb = tl.load(xp + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
+        xc = tl.load(xp + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        return w0, w1, w2, w3, bias, xa, xb, xc
+
+    @triton.jit
     def _conv_fwd_stream_kernel(x_ptr, w_ptr, b_ptr, m_ptr, o_ptr, L, DIM,
                                 sx_b, sx_l, sw_d, sw_k, sm_b, sm_l, so_b, so_l,
                                 W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
@@ -147,17 +162,9 @@ if HAS_TRITON:
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         md = d < DIM
         zero = tl.zeros((BLOCK_D,), dtype=tl.int32)  # step indices as vectors: masks of the same shape as md
-        w0 = _tap(w_ptr, d, md, sw_d, sw_k, 0, PAD)
-        w1 = _tap(w_ptr, d, md, sw_d, sw_k, 1, PAD)
-        w2 = _tap(w_ptr, d, md, sw_d, sw_k, 2, PAD)
-        w3 = _tap(w_ptr, d, md, sw_d, sw_k, 3, PAD)
-        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
         xp = x_ptr + b * sx_b + d
-        xa = tl.load(xp + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
-        xb = tl.load(xp + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
-        xc = tl.load(xp + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        w0, w1, w2, w3, bias, xa, xb, xc = _stream_start(w_ptr, b_ptr, xp, d, md, zero, r0, sw_d, sw_k, sx_l,
+                                                         PAD, HAS_BIAS)
         for s0 in range(r0, r1, UNROLL):
             for u in tl.static_range(UNROLL):
                 s = zero + (s0 + u)
@@ -188,17 +195,9 @@ if HAS_TRITON:
         r0 = pid_r * ROWS
         r1 = tl.minimum(r0 + ROWS, L)
         zero = tl.zeros((BLOCK_D,), dtype=tl.int32)  # step indices as vectors: masks of the same shape as md
-        w0 = _tap(w_ptr, d, md, sw_d, sw_k, 0, PAD)
-        w1 = _tap(w_ptr, d, md, sw_d, sw_k, 1, PAD)
-        w2 = _tap(w_ptr, d, md, sw_d, sw_k, 2, PAD)
-        w3 = _tap(w_ptr, d, md, sw_d, sw_k, 3, PAD)
-        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
         xp = x_ptr + b * sx_b + d
-        xa = tl.load(xp + (r0 - 3) * sx_l, mask=md & (zero + r0 >= 3), other=0.0).to(tl.float32)
-        xb = tl.load(xp + (r0 - 2) * sx_l, mask=md & (zero + r0 >= 2), other=0.0).to(tl.float32)
-        xc = tl.load(xp + (r0 - 1) * sx_l, mask=md & (zero + r0 >= 1), other=0.0).to(tl.float32)
+        w0, w1, w2, w3, bias, xa, xb, xc = _stream_start(w_ptr, b_ptr, xp, d, md, zero, r0, sw_d, sw_k, sx_l,
+                                                         PAD, HAS_BIAS)
         ga = tl.zeros((BLOCK_D,), dtype=tl.float32)
         gb = tl.zeros((BLOCK_D,), dtype=tl.float32)
         gc = tl.zeros((BLOCK_D,), dtype=tl.float32)
