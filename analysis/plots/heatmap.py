@@ -28,6 +28,7 @@ from analysis.plots.style import (
     select,
     style,
     variant,
+    wrap_label,
 )
 from probes.errors import UserError
 
@@ -138,7 +139,7 @@ def plot_position_heatmap(
                 )
                 ax.set_title(
                     panel_title(a if row == "layout" else None, b if col == "n" else None, None)
-                    + f"\n{model}"
+                    + f"\n{wrap_label(model)}"
                     + (f" ({what})" if what else ""),
                     fontsize=10,
                 )

@@ -4,6 +4,7 @@ and `variant`, which picks a figure's drawer for the kind of run in a table."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -110,6 +111,17 @@ def select(df: pd.DataFrame, **eq) -> pd.DataFrame:
         if value is not None:
             mask &= df[key] == value
     return df[mask]
+
+
+def wrap_label(text: str, width: int = 32) -> str:
+    """A long model name (an `hf:` or `config:` path) on several lines, broken after a '/', so that
+    side-by-side panel titles do not run into each other; short names are returned as they are."""
+    lines = [""]
+    for part in re.split(r"(?<=/)", str(text)):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
 
 
 def panel_title(layout=None, n=None, extra: str | None = None) -> str:

@@ -198,3 +198,14 @@ def test_figures_pick_their_variant_by_the_kind_in_the_summary(tmp_path):
         plot_heatmap(load(tmp_path).positions)
     with pytest.raises(UserError, match="runs are of kind pretrain; figures are drawn for probe, vlm runs"):
         plot_runs(tmp_path, out=tmp_path / "figs")
+
+
+def test_long_model_paths_wrap_after_a_slash_in_panel_titles():
+    from analysis.plots.style import wrap_label
+
+    path = "hf:/root/study/pretrain/pythia-20m/model"
+    assert wrap_label(path) == "hf:/root/study/pretrain/\npythia-20m/model"
+    assert wrap_label(path).replace("\n", "") == path
+    assert all(len(line) <= 32 for line in wrap_label(path).split("\n"))
+    assert wrap_label("pythia-tiny") == "pythia-tiny"
+    assert wrap_label("hf:state-spaces/mamba-1.4b-hf") == "hf:state-spaces/mamba-1.4b-hf"
