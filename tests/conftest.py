@@ -42,3 +42,18 @@ def empty_hub_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def checkpoint_steps(monkeypatch) -> list[int]:
+    """The step of every checkpoint the engine saves from now on (each one still written)."""
+    from probes import engine
+
+    real, steps = engine.save_checkpoint, []
+
+    def save(run, bb, state):
+        steps.append(state["step"])
+        real(run, bb, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save)
+    return steps

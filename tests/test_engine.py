@@ -52,19 +52,12 @@ def test_the_nan_message_names_weight_decay_when_it_is_on(tmp_path, monkeypatch)
     assert "weight_decay" not in plain["message"] and plain["message"].endswith("try a lower lr")
 
 
-def test_checkpoint_every_sets_the_checkpoint_cadence(tmp_path, monkeypatch):
-    real, steps = engine_mod.save_checkpoint, []
-
-    def save(run, bb, state):
-        steps.append(state["step"])
-        real(run, bb, state)
-
-    monkeypatch.setattr(engine_mod, "save_checkpoint", save)
+def test_checkpoint_every_sets_the_checkpoint_cadence(tmp_path, checkpoint_steps):
     train_run(tiny(tmp_path, eval_every=2, checkpoint_every=5, max_steps=12, threshold=1.0), progress=False)
-    assert steps == [6, 12]  # the first evaluation >= 5 steps after the last checkpoint, and the end
-    steps.clear()
+    assert checkpoint_steps == [6, 12]  # the first evaluation >= 5 steps after the last checkpoint, and the end
+    checkpoint_steps.clear()
     train_run(tiny(tmp_path / "b", eval_every=4, max_steps=12, threshold=1.0), progress=False)
-    assert steps == [4, 8, 12]  # checkpoint_every None: every evaluation
+    assert checkpoint_steps == [4, 8, 12]  # checkpoint_every None: every evaluation
 
 
 def test_a_checkpoint_holds_every_rng_and_the_batch_order(tmp_path):

@@ -214,20 +214,11 @@ def test_vlm_run_directories_follow_the_shared_rundir_lifecycle(tmp_path):
         train_vlm(tiny(tmp_path / "mine"))
 
 
-def test_vlm_runs_honour_checkpoint_every_and_keep_every_rng(tmp_path, monkeypatch):
-    from probes import engine
-
-    real, steps = engine.save_checkpoint, []
-
-    def save(run, bb, state):
-        steps.append(state["step"])
-        real(run, bb, state)
-
-    monkeypatch.setattr(engine, "save_checkpoint", save)
+def test_vlm_runs_honour_checkpoint_every_and_keep_every_rng(tmp_path, checkpoint_steps):
     cfg = tiny(tmp_path / "r", max_steps=6, stage1_steps=3, eval_every=1, batch_size=2, stage1_batch_size=4, checkpoint_every=4,
                threshold=1.0, data={**TINY_DATA, "eval_size": 2})
     summary = train_vlm(cfg)
-    assert steps == [4, 6]  # evaluations at every step; checkpoints 4 steps apart, and the end
+    assert checkpoint_steps == [4, 6]  # evaluations at every step; checkpoints 4 steps apart, and the end
     _, state = latest_checkpoint(tmp_path / "r")
     assert set(state["rng"]) == {"cpu", "cuda", "numpy", "python"} and state["batch_order"]["seed"] == cfg.seed
     assert summary["kind"] == "vlm" and state["train_examples"] == cfg.examples_seen(6) == 3 * 4 + 3 * 2
