@@ -3,6 +3,7 @@ kind of run drawn apart (its file names prefixed by NAME_PREFIX where kinds are 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,16 @@ def plot_runs(
     only: dict[str, Any] | None = None,
     prefix: str = "",
     order_rule: str = "stays",
+    on_skip: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
     as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
     Probe and VLM runs are drawn apart; where both are present the VLM figures are named
-    `prefix` + vlm-curves.* and so on. Pretraining runs have no grounding figures."""
+    `prefix` + vlm-curves.* and so on. Pretraining runs have no grounding figures.
+
+    With kind "all", a figure that has nothing to draw (efficiency while every run is still
+    running, say) is skipped: `on_skip(reason)` hears why (default: a warning). A kind asked for
+    by name raises instead."""
     kinds = KINDS if kind == "all" else (kind,)
     if any(k not in KINDS for k in kinds):
         raise UserError(f"unknown figure kind '{kind}' (allowed: {', '.join(KINDS)}, all)")
@@ -78,9 +84,20 @@ def plot_runs(
         name = prefix + (NAME_PREFIX[run_kind] if len(run_kinds) > 1 else "")
         selected = runs[runs["kind"] == run_kind]
         tables = Tables(selected, load_metrics(selected), load_positions(selected))
-        figures = _figures(tables, kinds, threshold, heatmap, order_rule)
-        written += [path for file, make in figures for path in save_figure(make(), out, name + file, formats, dpi=dpi)]
+        for file, make in _figures(tables, kinds, threshold, heatmap, order_rule):
+            try:
+                figure = make()
+            except NoRunsError as err:
+                if kind != "all":
+                    raise
+                (on_skip or _warn)(f"{name + file}: skipped, {err}")
+                continue
+            written += save_figure(figure, out, name + file, formats, dpi=dpi)
     return written
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def _figures(tables: Tables, kinds, threshold, heatmap, order_rule) -> list[tuple[str, Callable[[], Figure]]]:

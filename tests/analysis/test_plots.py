@@ -209,3 +209,17 @@ def test_long_model_paths_wrap_after_a_slash_in_panel_titles():
     assert all(len(line) <= 32 for line in wrap_label(path).split("\n"))
     assert wrap_label("pythia-tiny") == "pythia-tiny"
     assert wrap_label("hf:state-spaces/mamba-1.4b-hf") == "hf:state-spaces/mamba-1.4b-hf"
+
+
+def test_all_figures_of_runs_still_running_skip_efficiency_and_say_why(tmp_path):
+    """A study window that ends before any run finishes still gets its curves, heatmap and learning
+    order; efficiency (steps to threshold of finished runs) is skipped with a reason, and asking for
+    it by name is an error."""
+    for seed in (0, 1):
+        write_run(tmp_path, seed=seed, status="running", learn_at=None)
+    skipped = []
+    written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"], on_skip=skipped.append)
+    assert sorted(p.stem for p in written) == ["curves", "heatmap", "learning_order"]
+    assert len(skipped) == 1 and skipped[0].startswith("efficiency: skipped, no finished runs")
+    with pytest.raises(UserError, match="no finished runs"):
+        plot_runs(tmp_path, kind="efficiency", out=tmp_path / "figs", formats=["png"])
