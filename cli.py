@@ -342,7 +342,7 @@ def bench(
                                      help="Model spec NAME[@BACKEND][:bBATCH][:gc][:fr][:cg] (repeat the option)."),
     batch_size: int = typer.Option(64, help="Training batch (the paper's 64)."),
     n: int = typer.Option(200, "--n", help="N: sequence length N + 3 (the paper's 203)."),
-    steps: int = typer.Option(10, help="Timed training steps per model."),
+    steps: int = typer.Option(100, help="Timed training steps per model (fewer if --max-seconds runs out)."),
     warmup: int = typer.Option(3, help="Untimed steps first (Triton compiles here)."),
     eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch [default: 4 x batch]."),
     device: str = typer.Option("cuda", help="cuda | cpu."),

@@ -132,7 +132,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["pythia-160m", "mamba-130m", "mamba-130m@reference:b16"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n", type=int, default=200, help="context size N; sequence length N + 3")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eval-batch-size", type=int, default=None)
     p.add_argument("--eval-steps", type=int, default=10)

@@ -1,6 +1,6 @@
 """Throughput of Pythia and Mamba side by side, in one run: training tokens/s, peak memory, eval examples/s.
 
-    run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 10, warmup: int = 3,
+    run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 100, warmup: int = 3,
               out_dir: str | Path = "bench", eval_batch_size: int | None = None, eval_steps: int = 10,
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
               profile: list[str] | None = None) -> pandas.DataFrame
@@ -384,7 +384,7 @@ def check_args(models: list[str], batch_size: int, n: int, steps: int, warmup: i
             raise UserError(f"{flag} {value}: allowed: {allowed}")
 
 
-def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 10, warmup: int = 3,
+def run_bench(models: list[str], batch_size: int = 64, n: int = 200, steps: int = 100, warmup: int = 3,
               out_dir: str | Path = "bench", eval_batch_size: int | None = None, eval_steps: int = 10,
               lr: float = 1e-4, seed: int = 0, device: str = "cuda", max_seconds: float = 60.0,
               profile: list[str] | None = None, verbose: bool = True):
