@@ -11,7 +11,9 @@
 # the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); JOBS runs at once per
 # sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only
-# the pretrained models, WEIGHTS="config" only their random twins (default: both). The best lrs are kept
+# the pretrained models, WEIGHTS="config" only their random twins (default: both); MODELS="mamba-20m" keeps
+# one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
+# started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
@@ -33,10 +35,20 @@ for p in pathlib.Path(sys.argv[1]).glob("*/summary.json"):
 print(min(best)[3])
 PY
 }
+read -r -a MODELS <<< "${MODELS:-pythia-20m mamba-20m}"
+for m in "${MODELS[@]}"; do
+  if [ ! -f "configs/pretrain-$m.yaml" ]; then
+    known=$(cd configs && ls pretrain-*.yaml | sed 's/^pretrain-//; s/[.]yaml$//' | paste -sd, -)
+    echo "error: MODELS: no configs/pretrain-$m.yaml for '$m' (allowed: ${known//,/, })" >&2; exit 2
+  fi
+done
+if [ "${MPS:-0}" = 1 ]; then
+  if ! command -v nvidia-cuda-mps-control > /dev/null; then echo "error: MPS=1 but nvidia-cuda-mps-control is not installed" >&2; exit 2; fi
+  nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
+fi
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 mkdir -p "$W/copy" "$W/lr" "$W/probe"
 PT=$W/pretrain
-MODELS=(pythia-20m mamba-20m)
 
 stamp "1. pretraining ${MODELS[*]}"
 for m in "${MODELS[@]}"; do
