@@ -10,6 +10,7 @@ traceback.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -279,6 +280,9 @@ def sweep(
 # === plot / demo ===
 
 
+ONLY_HELP = "Only runs with KEY=VALUE (repeat; e.g. --only n=10 --only layout=suffix; VALUE may be a,b)."
+
+
 @app.command()
 @user_errors
 @config_options(PlotConfig, exclude=("formats", "only"))
@@ -288,8 +292,7 @@ def plot(
                                       help="Directories holding run directories (at any depth)."),
     formats: Optional[str] = typer.Option(None, "--format", show_default=False, metavar="FMT[,FMT]",
                                           help="Comma-separated file formats: png, pdf, svg [default: png,pdf]."),
-    only: list[str] = typer.Option([], metavar="KEY=VALUE", help="Draw only runs with KEY=VALUE (repeat; e.g. --only n=10 "
-                                   "--only layout=suffix; VALUE may be a,b)."),
+    only: list[str] = typer.Option([], metavar="KEY=VALUE", help=f"Draw {ONLY_HELP[0].lower()}{ONLY_HELP[1:]}"),
 ) -> None:
     """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
     from analysis.plots import plot_runs
@@ -298,11 +301,7 @@ def plot(
     if formats is not None:
         extra["formats"] = [f.strip().lstrip(".") for f in formats.split(",") if f.strip()]
     if only:
-        pairs = [item.partition("=") for item in only]
-        bad = [key for key, eq, value in pairs if not (key and eq and value)]
-        if bad:
-            raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
-        extra["only"] = {key: value.split(",") for key, _, value in pairs}
+        extra["only"] = _only_pairs(only)
     cfg = flags.load(extra)
     if "/" in cfg.prefix or "\\" in cfg.prefix or cfg.prefix in (".", ".."):
         raise UserError(f"--prefix {cfg.prefix!r}: allowed: a file-name prefix without / (files go into --out)")
@@ -314,6 +313,66 @@ def plot(
                             order_rule=cfg.order_rule, on_skip=lambda why: console.print(f"[yellow]{why}"))
     console.print(f"wrote {len(written)} files to {cfg.out}: "
                   + ", ".join(sorted({p.stem for p in written})), highlight=False)
+
+
+def _only_pairs(only: list[str]) -> dict[str, list[str]]:
+    """--only KEY=VALUE[,VALUE] items as {KEY: [VALUE, ...]}."""
+    pairs = [item.partition("=") for item in only]
+    bad = [key for key, eq, value in pairs if not (key and eq and value)]
+    if bad:
+        raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
+    return {key: value.split(",") for key, _, value in pairs}
+
+
+@app.command()
+@user_errors
+def runs(
+    dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
+                                      help="Directories holding run directories (at any depth)."),
+    only: list[str] = typer.Option([], metavar="KEY=VALUE", help=ONLY_HELP),
+    csv: Optional[Path] = typer.Option(None, help="Also write the table to this CSV file."),
+) -> None:
+    """Where the runs under DIRs stand: status, last step, best and last accuracy, examples/s."""
+    from analysis.load import load_runs, select_runs
+    from analysis.overview import runs_overview
+
+    table = runs_overview(select_runs(load_runs(*dirs), _only_pairs(only) if only else None))
+    out_console.print(_runs_view(table))
+    if csv is not None:
+        table.to_csv(csv, index=False)
+        console.print(f"wrote {csv} ({len(table)} runs)", markup=False)
+
+
+# `probes runs` columns: (header, overview column, format); one table per model (and VLM connector),
+# headed by its name; the CSV keeps every overview column
+RUNS_VIEW = (("N", "n", "{:.0f}".format), ("layout", "layout", str), ("lr", "lr", "{:g}".format),
+             ("seed", "seed", "{:.0f}".format), ("status", "status", str), ("step", "step", "{:,.0f}".format),
+             ("of", "max_steps", "{:,.0f}".format), ("best", "best_accuracy", "{:.3f}".format),
+             ("last", "final_accuracy", "{:.3f}".format), ("reached at", "step_reached", "{:,.0f}".format),
+             ("ex/s", "train_examples_per_s", "{:,.0f}".format))
+
+
+def _runs_view(table):
+    """The overview as rich tables, one per model (+ connector); empty cells stay blank."""
+    from rich.console import Group
+    from rich.table import Table
+
+    shown = [(head, col, fmt) for head, col, fmt in RUNS_VIEW if col in table and table[col].notna().any()]
+    title = table["model"].fillna(table["run"]) if "model" in table else table["run"]  # a pretraining run: its name
+    if "connector" in table:
+        title = title + table["connector"].map(lambda c: "" if _missing(c) else f" + {c}")
+    parts = []
+    for name, group in table.groupby(title, sort=False):
+        view = Table(*(head for head, _, _ in shown), title=name, title_justify="left", title_style="bold",
+                     box=None, header_style="bold", pad_edge=False)
+        for row in group.to_dict("records"):
+            view.add_row(*("" if _missing(row[col]) else fmt(row[col]) for _, col, fmt in shown))
+        parts.append(view)
+    return Group(*parts)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 from probes.demo import DemoConfig  # light (pydantic only): torch loads when a demo runs

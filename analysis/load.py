@@ -291,6 +291,32 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
     return runs[cols].reset_index(drop=True)
 
 
+def select_runs(runs: pd.DataFrame, only: dict[str, Any] | None) -> pd.DataFrame:
+    """The runs whose columns match every `only` item ({"n": 10, "layout": "suffix"}); values
+    are compared as text, and a list value matches any of its items (`--only` of `probes plot`
+    and `probes runs`)."""
+    for key, want in (only or {}).items():
+        if key not in runs:
+            raise UserError(
+                f"cannot select on '{key}': the runs have no such column "
+                f"(some are: {', '.join(c for c in runs.columns[:12])})"
+            )
+        wanted = {_text(w) for w in (want if isinstance(want, (list, tuple)) else [want])}
+        runs = runs[runs[key].map(_text).isin(wanted)]
+    if not len(runs):
+        shown = [
+            f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in only.items()
+        ]
+        raise NoRunsError(f"no run matches {' '.join(shown)}")
+    return runs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _with_seeds(row: dict[str, Any]) -> dict[str, Any]:
     """A probe run's row with init_seed, order_seed and data_seed resolved as the trainer resolves
     them (null or absent: `seed`), so runs differing only in one of them stay apart in every table

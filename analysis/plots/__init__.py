@@ -23,6 +23,7 @@ Colour is per model (Pythia blues, Mamba oranges, darker = larger), line style p
 the threshold is a dashed grey line, and % of training is `step / max_steps * 100`.
 """
 
+from analysis.load import select_runs
 from analysis.plot_config import Kind, PlotConfig
 from analysis.plots.cells import cell_grid
 from analysis.plots.curves import CURVES, plot_curves
@@ -43,7 +44,7 @@ from analysis.plots.learning_order import (
     plot_position_learning_order,
     plot_vlm_learning_order,
 )
-from analysis.plots.runs import KINDS, NAME_PREFIX, plot_runs, select_runs
+from analysis.plots.runs import KINDS, NAME_PREFIX, plot_runs
 from analysis.plots.style import (
     CENSORED_LABEL,
     CENSORED_MARKER,

@@ -8,10 +8,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import PROBE, VLM, NoRunsError, Tables, load_metrics, load_positions, load_runs
+from analysis.load import (
+    PROBE,
+    VLM,
+    NoRunsError,
+    Tables,
+    load_metrics,
+    load_positions,
+    load_runs,
+    select_runs,
+)
 from analysis.plot_config import Kind
 from analysis.plots.curves import plot_curves
 from analysis.plots.efficiency import plot_efficiency
@@ -22,31 +30,6 @@ from probes.errors import UserError
 
 KINDS = ("curves", "heatmap", "efficiency")
 NAME_PREFIX = {PROBE: "", VLM: "vlm-"}  # kinds of run with figures; the prefix of their files where kinds mix
-
-
-def select_runs(runs: pd.DataFrame, only: dict[str, Any] | None) -> pd.DataFrame:
-    """The runs whose columns match every `only` item ({"n": 10, "layout": "suffix"}); values
-    are compared as text, and a list value matches any of its items."""
-    for key, want in (only or {}).items():
-        if key not in runs:
-            raise UserError(
-                f"cannot select on '{key}': the runs have no such column "
-                f"(some are: {', '.join(c for c in runs.columns[:12])})"
-            )
-        wanted = {_text(w) for w in (want if isinstance(want, (list, tuple)) else [want])}
-        runs = runs[runs[key].map(_text).isin(wanted)]
-    if not len(runs):
-        shown = [
-            f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in only.items()
-        ]
-        raise NoRunsError(f"no run matches {' '.join(shown)}")
-    return runs
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def plot_runs(
