@@ -31,7 +31,7 @@ def train_losses(model, ids, steps, device, autocast=False, lr=1e-2):
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
