@@ -372,8 +372,7 @@ if HAS_TRITON:
                 nh = _h0_load(chk_ptr, b, n_chunks - 1, n_chunks, DIM, NS, ds, ns, mds)
         for i in range(n_chunks):
             c = n_chunks - 1 - i
-            for pp in tl.static_range(NP):
-                p: tl.constexpr = NP - 1 - pp  # the piece (SUB steps from c * CHUNK + p * SUB), last first
+            for p in tl.static_range(NP - 1, -1, -1):  # the pieces (SUB steps from c * CHUNK + p * SUB), last first
                 q = c * NP + p  # its index among all pieces
                 if PREFETCH:
                     u, dtp, Bt, Ct, z, dout, hl = nu, ndt, nB, nC, nz, ndo, nh
@@ -384,7 +383,7 @@ if HAS_TRITON:
                         LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=NP == 1, CHUNK=SUB)
                     if NP == 1:
                         nh = nh1
-                    elif pp == NP - 1:  # the previous interval's saved state
+                    elif p == 0:  # the previous interval's saved state
                         nh = _h0_load(chk_ptr, b, c - 1, n_chunks, DIM, NS, ds, ns, mds)
                 else:
                     u, dtp, Bt, Ct, z, dout, hl = _chunk_loads(
@@ -392,9 +391,9 @@ if HAS_TRITON:
                         k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
                         sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
                         LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=NP == 1, CHUNK=SUB)
-                    if NP > 1 and pp == 0:
+                    if NP > 1 and p == NP - 1:
                         hl = _h0_load(chk_ptr, b, c, n_chunks, DIM, NS, ds, ns, mds)
-                if pp == 0:
+                if p == NP - 1:
                     h0 = hl  # the interval's saved state
                 h = h0
                 for r in tl.static_range(p):  # advance through the interval's earlier pieces
