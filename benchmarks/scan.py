@@ -21,8 +21,10 @@ Levers (issue 17): launch tuning of the scan and conv kernels and chunk states s
 forward (the backward then skips its recompute pass). Saved states are on by default, launch
 tuning off (CONFIG.autotune). PROBES_SCAN_LEVERS=0 switches both off, PROBES_SCAN_SAVE_MB=0 the
 saved states only; --compare times each shape with levers off ("off"), with launch tuning switched
-on and no saved states ("tuned"), and with the defaults ("on"), in one process. Writes OUT/scan.json and
-OUT/scan.md. Needs a CUDA GPU.
+on and no saved states ("tuned"), and with the defaults ("on"), in one process; then the defaults with a
+few scan CONFIG fields changed (`CONFIG_ROWS`: the backward in 2-step pieces, `sub_bwd = 2`, alone, with one
+channel per thread and no prefetch, and with a register cap). Writes OUT/scan.json and OUT/scan.md. Needs a
+CUDA GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ import torch
 PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
 VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
 CONV_VALUES_MOVED = 5  # x B.L.D, conv fwd + bwd
+# --compare rows after off / tuned / on: the defaults ("on") with these scan CONFIG fields changed.
+# prefetch also switches the forward's prefetch off (its fwd ms shows that part).
+CONFIG_ROWS = {
+    "sub2": {"sub_bwd": 2},  # backward pieces of 2 steps (ScanConfig.sub_bwd)
+    "sub2 dh1 nopf": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False},  # ~160 registers (ptxas, sm_90)
+    "sub2 nopf r168": {"sub_bwd": 2, "prefetch": False, "maxnreg_bwd": 168},  # capped: 12 warps/SM, some spill
+}
 # conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
 # (tiles, tiles, None: the conv before issue 17)
 CONV_COMPARE = (("tiles", "tiles", None), ("tiles", "tiles", 32), ("tiles", "stream", 64), ("tiles", "stream", 32),
@@ -91,6 +100,8 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
     saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
     autotune = CONFIG.autotune
+    config_before = dict(CONFIG.__dict__)
+    CONFIG.__dict__.update(CONFIG_ROWS.get(levers, {}))
     if levers == "tuned":  # launch tuning only (off by default, so switched on here), no saved chunk states
         os.environ["PROBES_SCAN_SAVE_MB"] = "0"
         CONFIG.autotune = True
@@ -118,6 +129,7 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
     os.environ.pop("PROBES_SCAN_SAVE_MB", None)
     CONFIG.autotune = autotune
+    CONFIG.__dict__.update(config_before)
     if saved_mb is not None:
         os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
     return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
@@ -193,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--compare", action="store_true",
-                        help="time each shape with levers off, launch tuning only, then the defaults; "
-                             "the conv's kernels and backward row blocks (CONV_COMPARE)")
+                        help="time each shape with levers off, launch tuning only, the defaults, then the "
+                             "defaults with the CONFIG_ROWS changes (backward pieces); the conv's kernels and "
+                             "backward row blocks (CONV_COMPARE)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
+    modes = ("off", "tuned", "on", *CONFIG_ROWS) if args.compare else ("on" if levers_on() else "off",)
     shapes = args.shape or PAPER_SHAPES
     rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
     default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)

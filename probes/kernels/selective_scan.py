@@ -79,6 +79,7 @@ class ScanConfig:
     warps_bwd: int = 1
     prefetch: bool = True  # load the next chunk's tiles while computing the current one
     sub_bwd: int = 0  # backward piece length, a divisor of chunk_bwd; 0: chunk_bwd (one piece per interval)
+    maxnreg_bwd: int = 0  # CUDA: cap on the backward's registers per thread (ptxas spills past it); 0: no cap
     bc_mode: int = 0  # dB/dC over channels: 0 sum + atomics, 1 sum + partial buffers, 2 per-lane atomics
     scratch_bytes: int = 768 << 20  # cap on the backward's chunk-state buffer (batch is sliced)
     # on CUDA: time the launch candidates once per shape and keep the fastest. Off by default: on an
@@ -769,6 +770,7 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
                  "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": out is not None, "BC_MODE": cfg.bc_mode}
     atomics = [dB, dC] if cfg.bc_mode != 1 else []
     sub = bwd_sub(cfg)  # not tuned: it can move dA's last bits
+    cap = {"maxnreg": cfg.maxnreg_bwd} if cfg.maxnreg_bwd else {}  # register allocation only: the same bits
 
     def run(p):
         for t in atomics:
@@ -782,12 +784,12 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
             *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
             *_s3(dout), *_s3(du), *_s3(ddelta), *_s3(dz), *_s3(out),
             **flags, DL=cfg.dl_bwd, BLOCK_N=_np2(A.shape[1]), CHUNK=cfg.chunk_bwd, SUB=sub,
-            num_warps=cfg.warps_bwd, **p)
+            num_warps=cfg.warps_bwd, **cap, **p)
         return [t for t in (du, ddelta, dz, out, dA, dD, dbias) if t is not None]
 
     params = {"DH": cfg.dh_bwd, "PREFETCH": cfg.prefetch}
     if cfg.bc_mode == 0 and tuning_on(u, cfg):
-        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, sub, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
+        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, sub, cfg.maxnreg_bwd, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
                *map(_meta, (u, delta, B, C, z, dout, du)))
         params = pick_launch(key, params, BWD_CANDIDATES, run)
     run(params)

@@ -451,11 +451,11 @@ def test_backward_pieces_match_reference_and_one_piece(tiny_tiles, device, monke
 
 
 def test_backward_pieces_bc_mode_and_no_prefetch(tiny_tiles, device):
-    """Pieces with per-lane dB/dC slots (bc_mode 2) and without prefetch: same per-step bits."""
+    """Pieces with per-lane dB/dC slots (bc_mode 2), without prefetch, with a register cap: same per-step bits."""
     from dataclasses import replace
 
     ins = make_inputs(2, 7, 11, 4, torch.float32, device)
-    cfg = replace(tiny_tiles, bc_mode=2, prefetch=False)
+    cfg = replace(tiny_tiles, bc_mode=2, prefetch=False, maxnreg_bwd=128)  # the cap: CUDA only, same bits
     assert_pieces_agree(bwd_outputs(ins, True, 4, True, cfg), bwd_outputs(ins, True, 2, True, cfg),
                         exact_atomics=not CUDA)
 
@@ -497,3 +497,22 @@ def test_backward_pieces_paper_shape_cuda(device, shape, saved):
         check(ins, 1e-2)
     finally:
         ss.CONFIG.__dict__.update(old.__dict__)
+
+
+def test_scan_benchmark_config_rows_name_real_fields():
+    """benchmarks/scan.py --compare sets these CONFIG fields on the GPU: catch a typo here."""
+    import importlib.util
+    from dataclasses import fields, replace
+    from pathlib import Path
+
+    from probes.kernels.selective_scan import CONFIG, bwd_sub
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "scan.py"
+    spec = importlib.util.spec_from_file_location("scan_bench_rows", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = {f.name for f in fields(CONFIG)}
+    assert "sub2" in mod.CONFIG_ROWS
+    for row in mod.CONFIG_ROWS.values():
+        assert set(row) <= names, set(row) - names
+        assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", CONFIG.chunk_bwd)
