@@ -398,11 +398,14 @@ if HAS_TRITON:
                     h0 = hl  # the interval's saved state
                 h = h0
                 for r in tl.static_range(p):  # advance through the interval's earlier pieces
-                    ru, rdt, rB, _c, _z, _do, _h = _chunk_loads(
-                        u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c * NP + r, n_chunks, L, DIM, NS,
-                        k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
-                        sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                        LOAD_C=False, HAS_Z=False, LOAD_DOUT=False, LOAD_H0=False, CHUNK=SUB)
+                    if PREFETCH and r == p - 1:  # the piece just prefetched
+                        ru, rdt, rB = nu, ndt, nB
+                    else:
+                        ru, rdt, rB, _c, _z, _do, _h = _chunk_loads(
+                            u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c * NP + r, n_chunks, L, DIM,
+                            NS, k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n,
+                            sB_l, sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                            LOAD_C=False, HAS_Z=False, LOAD_DOUT=False, LOAD_H0=False, CHUNK=SUB)
                     rm3 = ((c * NP + r) * SUB + k3 < L) & md3
                     _u, _dtp, _dl, _dl4, _dlu, _B4, _C4, ra, rx = _step_factors(ru, rdt, rB, rB, rm3, A2, bias,
                                                                                  HAS_BIAS, SOFTPLUS)
