@@ -19,9 +19,9 @@ Kernel layout: one program (one warp) per (block of channels, batch). Time runs 
 few steps whose inputs are loaded as tiles; the recurrence is unrolled over the chunk in
 registers and the (channels, N) state is carried from chunk to chunk. Nothing of size
 (B, D, L, N) is ever stored. The backward recomputes: pass 1 re-runs the forward and writes only
-the chunk-start states (B, L / chunk, D, N); pass 2 walks the chunks in reverse, rebuilds one
-chunk's states, runs the adjoint recurrence g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards
-over it, and forms every gradient there. dB and dC need a sum over channels: in-warp sums and
+the chunk-start states (B, L / chunk, D, N); pass 2 walks the chunks in reverse (each in pieces of
+`sub_bwd` steps, if set), rebuilds one chunk's states, runs the adjoint recurrence
+g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards over it, and forms every gradient there. dB and dC need a sum over channels: in-warp sums and
 float32 atomics (or per-block partial buffers, or per-lane atomic slots: `CONFIG.bc_mode`). dA, dD
 and d(delta_bias) are per-batch partials summed afterwards. See `ScanConfig` for the tile layout.
 """
@@ -574,7 +574,8 @@ FWD_CANDIDATES = [{"DH": dh, "DL": 32 * w, "CHUNK": k, "PREFETCH": p, "num_warps
                   for dh, w, k, p in [(1, 1, 2, True), (1, 1, 4, True), (2, 1, 2, True), (1, 2, 2, True),
                                       (1, 4, 2, True), (1, 1, 2, False)]]
 # Backward: CHUNK stays chunk_bwd (the saved states' spacing and dA's order over time), DL stays
-# dl_bwd (the lanes over N); channels per thread (registers) and prefetch are tuned.
+# dl_bwd (the lanes over N); channels per thread (registers) and prefetch are tuned. sub_bwd is not
+# (it regroups dA's sum over time: not the same bits).
 # (ptxas, sm_90: DH 2 with prefetch 255 registers + 96 B spilled; DH 1 without, 211; DH 4 spills 1.2 kB.)
 BWD_CANDIDATES = [{"DH": dh, "PREFETCH": p} for dh, p in [(2, True), (1, True), (2, False), (1, False)]]
 
