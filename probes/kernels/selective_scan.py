@@ -751,6 +751,11 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
             dD.sum(0) if dD is not None else None, dz, dbias.sum(0) if dbias is not None else None)
 
 
+def backward_kernel():
+    """The Triton backward kernel itself, to compile it offline (`benchmarks/scan.py --registers`)."""
+    return _ssm_bwd_kernel
+
+
 def bwd_sub(cfg: ScanConfig) -> int:
     """Steps per backward piece: PROBES_SCAN_SUB_BWD if set, else cfg.sub_bwd (0: chunk_bwd); a divisor of chunk_bwd."""
     text = os.environ.get("PROBES_SCAN_SUB_BWD")
@@ -844,5 +849,5 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
 
 __all__ = ["BWD_CANDIDATES", "CONFIG", "FWD_CANDIDATES", "HAS_TRITON", "ScanConfig", "SelectiveScanFn",
-           "bench_ms", "bwd_sub", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
+           "backward_kernel", "bench_ms", "bwd_sub", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
            "scan_bwd", "scan_fwd", "selective_scan_fn", "selective_scan_ref", "state_buffer", "tuning_on"]

@@ -398,8 +398,7 @@ def test_forced_tuning_runs_every_candidate_and_keeps_the_results(tiny_tiles, de
 # Per-step outputs must be the same bits as with one piece per interval; the sums over time (dA,
 # dD, d(delta_bias)) are regrouped, so only close.
 
-PER_STEP = ("du", "ddelta", "dz", "out", "dB", "dC")  # dB, dC: per-step sums over channels
-OVER_TIME = ("dA", "dD", "dbias")
+PER_STEP = ("du", "ddelta", "dz", "out", "dB", "dC")  # dB, dC: per-step sums over channels; dA, dD, dbias: close
 SUB_CASES = {  # id: (batch, dim, L, N, (has_d, has_z, has_bias), softplus, saved states, vs reference)
     "L9-all-saved": (2, 6, 9, 4, (True, True, True), True, True, True),
     "L3-plain-recompute": (1, 5, 3, 3, (False, False, False), False, False, True),
@@ -503,7 +502,7 @@ def test_backward_pieces_paper_shape_cuda(device, shape, saved):
 
 
 def test_scan_benchmark_config_rows_name_real_fields():
-    """benchmarks/scan.py --compare sets these CONFIG fields on the GPU: catch a typo here."""
+    """benchmarks/scan.py --compare (on the GPU) and --registers set these CONFIG fields: catch a typo here."""
     import importlib.util
     from dataclasses import fields, replace
     from pathlib import Path
@@ -516,6 +515,6 @@ def test_scan_benchmark_config_rows_name_real_fields():
     spec.loader.exec_module(mod)
     names = {f.name for f in fields(CONFIG)}
     assert "sub2" in mod.CONFIG_ROWS
-    for row in mod.CONFIG_ROWS.values():
+    for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values()]:
         assert set(row) <= names, set(row) - names
         assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", CONFIG.chunk_bwd)
