@@ -246,7 +246,7 @@ def backward_usage(fields: dict, cap: int, write_out: bool = False) -> dict:
 
 
 def registers_markdown(write_out: bool = False) -> str:
-    """The REGISTER_ROWS x REGISTER_CAPS table of `backward_usage` (each cell a compilation, ~10 s)."""
+    """The REGISTER_ROWS x REGISTER_CAPS table of `backward_usage` (each cell a compilation, a few seconds)."""
     import triton
 
     from probes.kernels.selective_scan import backward_kernel
