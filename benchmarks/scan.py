@@ -21,8 +21,15 @@ Levers (issue 17): launch tuning of the scan and conv kernels and chunk states s
 forward (the backward then skips its recompute pass). Saved states are on by default, launch
 tuning off (CONFIG.autotune). PROBES_SCAN_LEVERS=0 switches both off, PROBES_SCAN_SAVE_MB=0 the
 saved states only; --compare times each shape with levers off ("off"), with launch tuning switched
-on and no saved states ("tuned"), and with the defaults ("on"), in one process. Writes OUT/scan.json and
-OUT/scan.md. Needs a CUDA GPU.
+on and no saved states ("tuned"), and with the defaults ("on"), in one process; then the defaults with a
+few scan CONFIG fields changed (`CONFIG_ROWS`: the backward in 2-step pieces, `sub_bwd = 2`, with and
+without prefetch, with one channel per thread, and with a register cap). Writes OUT/scan.json and OUT/scan.md.
+Needs a CUDA GPU.
+
+    python benchmarks/scan.py --registers --out bench/      # no GPU: ptxas registers of the backward's variants
+
+--registers compiles the scan backward for sm_90 here (REGISTER_ROWS x REGISTER_CAPS, with the launch's
+specialisations: unit strides constant, multiples of 16 marked) and writes OUT/scan_registers.md.
 """
 
 from __future__ import annotations
@@ -40,6 +47,16 @@ import torch
 PAPER_SHAPES = [(64, 1536, 203, 16), (64, 2048, 203, 16), (64, 4096, 203, 16)]  # mamba-130m, -370m, -1.4b
 VALUES_MOVED = 13  # x B.D.L, fwd + bwd (module docstring)
 CONV_VALUES_MOVED = 5  # x B.L.D, conv fwd + bwd
+# --compare rows after off / tuned / on: the defaults ("on") with these scan CONFIG fields changed.
+# prefetch also switches the forward's prefetch off (its fwd ms shows that part). Registers of the
+# backward from --registers (ptxas, sm_90; the defaults: 251, 8 one-warp programs per SM).
+CONFIG_ROWS = {
+    "sub2": {"sub_bwd": 2},  # backward pieces of 2 steps (ScanConfig.sub_bwd): 218 registers, 9 warps per SM
+    "sub2 nopf": {"sub_bwd": 2, "prefetch": False},  # 168 (+4 B spill): 12
+    "dh1 nopf": {"dh_bwd": 1, "prefetch": False},  # one piece, one channel per thread: 162, 12
+    "sub2 dh1 nopf": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False},  # 141: 14
+    "sub2 dh1 nopf r128": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False, "maxnreg_bwd": 128},  # 128 (+12 B): 16
+}
 # conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
 # (tiles, tiles, None: the conv before issue 17)
 CONV_COMPARE = (("tiles", "tiles", None), ("tiles", "tiles", 32), ("tiles", "stream", 64), ("tiles", "stream", 32),
@@ -91,6 +108,8 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
     saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
     autotune = CONFIG.autotune
+    config_before = dict(CONFIG.__dict__)
+    CONFIG.__dict__.update(CONFIG_ROWS.get(levers, {}))
     if levers == "tuned":  # launch tuning only (off by default, so switched on here), no saved chunk states
         os.environ["PROBES_SCAN_SAVE_MB"] = "0"
         CONFIG.autotune = True
@@ -118,6 +137,7 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
     ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
     os.environ.pop("PROBES_SCAN_SAVE_MB", None)
     CONFIG.autotune = autotune
+    CONFIG.__dict__.update(config_before)
     if saved_mb is not None:
         os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
     return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
@@ -180,6 +200,74 @@ def to_markdown(rows: list[dict], bandwidth: float, env: dict, conv_rows: list[d
     return "\n".join(lines) + "\n" + ("\n" + conv_markdown(conv_rows) if conv_rows else "")
 
 
+# --registers: backward variants (scan CONFIG fields over the defaults) and register caps compiled for sm_90
+REGISTER_ROWS = {"default": {}, "nopf": {"prefetch": False}, "sub2": {"sub_bwd": 2},
+                 "sub2 nopf": {"sub_bwd": 2, "prefetch": False}, "dh1 nopf": {"dh_bwd": 1, "prefetch": False},
+                 "sub2 dh1 nopf": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False}}
+REGISTER_CAPS = (0, 168, 144, 128)  # 0: no cap; 168, 144, 128 registers: 12, 14, 16 one-warp programs per SM
+FP32_ARGS = ("A_ptr", "D_ptr", "bias_ptr", "chk_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dB_ptr", "dC_ptr")
+UNIT_STRIDES = ("su_d", "sdt_d", "sz_d", "sdo_d", "sdu_d", "sddt_d", "sdz_d", "so_d", "sA_n", "sB_n", "sC_n")
+ODD_INTS = ("L", "NBATCH")  # L = 203: not a multiple of 16; every other int of the paper shape is
+
+
+def backward_usage(fields: dict, cap: int, write_out: bool = False) -> dict:
+    """ptxas's registers and spill-store bytes for the scan backward on sm_90 (compiled here, no GPU):
+    the defaults with `fields` changed, bf16 channel-last inputs as the mixer passes them (unit channel
+    and state strides, the launch's specialisations), all flags on."""
+    import contextlib
+    import io
+    import re
+    from dataclasses import replace
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from probes.kernels.selective_scan import CONFIG, backward_kernel, bwd_sub
+
+    kernel = backward_kernel()
+    cfg = replace(CONFIG, **fields)
+    consts = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "WRITE_OUT": write_out,
+              "BC_MODE": cfg.bc_mode, "DH": cfg.dh_bwd, "DL": cfg.dl_bwd, "BLOCK_N": 16, "CHUNK": cfg.chunk_bwd,
+              "PREFETCH": cfg.prefetch, "SUB": bwd_sub(cfg), **dict.fromkeys(UNIT_STRIDES, 1)}
+    names = kernel.arg_names
+    sig = {n: "constexpr" if n in consts else "*fp32" if n in FP32_ARGS else "*bf16" if n.endswith("_ptr") else "i32"
+           for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in consts and n not in ODD_INTS}
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
+    options = {"num_warps": cfg.warps_bwd, **({"maxnreg": cap} if cap else {})}
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    text = log.getvalue()
+    return {"registers": int(re.search(r"Used (\d+) registers", text).group(1)),
+            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", text).group(1))}
+
+
+def registers_markdown(write_out: bool = False) -> str:
+    """The REGISTER_ROWS x REGISTER_CAPS table of `backward_usage` (each cell a compilation, a few seconds)."""
+    import triton
+
+    from probes.kernels.selective_scan import backward_kernel
+
+    if type(backward_kernel()).__name__ == "InterpretedFunction":
+        raise SystemExit("error: --registers compiles the kernel for sm_90; unset TRITON_INTERPRET")
+    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v's log: what the table reads
+    triton.knobs.compilation.always_compile = True  # a cached kernel would skip ptxas
+    caps = ["no cap" if c == 0 else f"cap {c}" for c in REGISTER_CAPS]
+    lines = [(f"Scan backward, ptxas for sm_90 (triton {triton.__version__}, bf16, all flags, "
+              f"write_out={write_out}): registers per thread, + spill-store bytes."), "",
+             "| backward | " + " | ".join(caps) + " |", "|---|" + "---|" * len(caps)]
+    for name, fields in REGISTER_ROWS.items():
+        cells = []
+        for cap in REGISTER_CAPS:
+            u = backward_usage(fields, cap, write_out)
+            cells.append(f"{u['registers']}" + (f" + {u['spill_bytes']} B" if u["spill_bytes"] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -193,9 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--compare", action="store_true",
-                        help="time each shape with levers off, launch tuning only, then the defaults; "
-                             "the conv's kernels and backward row blocks (CONV_COMPARE)")
+                        help="time each shape with levers off, launch tuning only, the defaults, then the "
+                             "defaults with the CONFIG_ROWS changes (backward pieces); the conv's kernels and "
+                             "backward row blocks (CONV_COMPARE)")
+    parser.add_argument("--registers", action="store_true",
+                        help="no timing and no GPU: compile the scan backward's variants (REGISTER_ROWS) for sm_90 "
+                             "and print ptxas's registers and spills per register cap (a few minutes)")
     args = parser.parse_args(argv)
+    if args.registers:
+        md = registers_markdown() + "\n" + registers_markdown(write_out=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scan_registers.md").write_text(md)
+        print(md)
+        return 0
     if not torch.cuda.is_available():
         print("error: benchmarks/scan.py times CUDA kernels and needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -206,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    modes = ("off", "tuned", "on") if args.compare else ("on" if levers_on() else "off",)
+    modes = ("off", "tuned", "on", *CONFIG_ROWS) if args.compare else ("on" if levers_on() else "off",)
     shapes = args.shape or PAPER_SHAPES
     rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
     default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)

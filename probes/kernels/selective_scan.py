@@ -19,9 +19,9 @@ Kernel layout: one program (one warp) per (block of channels, batch). Time runs 
 few steps whose inputs are loaded as tiles; the recurrence is unrolled over the chunk in
 registers and the (channels, N) state is carried from chunk to chunk. Nothing of size
 (B, D, L, N) is ever stored. The backward recomputes: pass 1 re-runs the forward and writes only
-the chunk-start states (B, L / chunk, D, N); pass 2 walks the chunks in reverse, rebuilds one
-chunk's states, runs the adjoint recurrence g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards
-over it, and forms every gradient there. dB and dC need a sum over channels: in-warp sums and
+the chunk-start states (B, L / chunk, D, N); pass 2 walks the chunks in reverse (each in pieces of
+`sub_bwd` steps, if set), rebuilds one chunk's states, runs the adjoint recurrence
+g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} backwards over it, and forms every gradient there. dB and dC need a sum over channels: in-warp sums and
 float32 atomics (or per-block partial buffers, or per-lane atomic slots: `CONFIG.bc_mode`). dA, dD
 and d(delta_bias) are per-batch partials summed afterwards. See `ScanConfig` for the tile layout.
 """
@@ -63,6 +63,10 @@ class ScanConfig:
 
     Each program is one warp over BLOCK_D = dh * dl channels; dl lanes run over channels and
     32 // dl lanes over states. chunk_bwd also sets the spacing of the backward's saved states.
+    sub_bwd (a divisor of chunk_bwd; 0 = chunk_bwd) is the backward's piece: it walks each saved
+    interval in pieces of sub_bwd steps with tiles that many steps tall (fewer registers, some
+    recompute); du, ddelta, dz are the same bits whatever it is, dA, dD, d(delta_bias) may differ
+    in the last bits (see the kernel's note). PROBES_SCAN_SUB_BWD overrides it (`bwd_sub`).
     """
 
     chunk_fwd: int = 2
@@ -74,6 +78,8 @@ class ScanConfig:
     warps_fwd: int = 1  # with more warps, make dl_fwd = 32 * warps_fwd so that warps split channels
     warps_bwd: int = 1
     prefetch: bool = True  # load the next chunk's tiles while computing the current one
+    sub_bwd: int = 0  # backward piece length, a divisor of chunk_bwd; 0: chunk_bwd (one piece per interval)
+    maxnreg_bwd: int = 0  # CUDA: cap on the backward's registers per thread (ptxas spills past it); 0: no cap
     bc_mode: int = 0  # dB/dC over channels: 0 sum + atomics, 1 sum + partial buffers, 2 per-lane atomics
     scratch_bytes: int = 768 << 20  # cap on the backward's chunk-state buffer (batch is sliced)
     # on CUDA: time the launch candidates once per shape and keep the fastest. Off by default: on an
@@ -166,10 +172,15 @@ if HAS_TRITON:
         if LOAD_DOUT:
             dout = tl.load(_p3(dout_ptr, b, t3, d3, sdo_b, sdo_d, sdo_l), mask=m3, other=0.0)
         if LOAD_H0:
-            cv = ns * 0 + c  # the chunk index as a tensor, for the mask
-            h0 = tl.load(chk_ptr + ((b * n_chunks + c) * DIM + ds) * NS + ns, mask=mds & (cv >= 0) & (cv < n_chunks),
-                         other=0.0)
+            h0 = _h0_load(chk_ptr, b, c, n_chunks, DIM, NS, ds, ns, mds)
         return u, dt, Bt, Ct, z, dout, h0
+
+    @triton.jit
+    def _h0_load(chk_ptr, b, c, n_chunks, DIM, NS, ds, ns, mds):
+        """Saved state c (the state before step c * chunk_bwd) of a (B, n_chunks, D, N) buffer; zeros outside."""
+        cv = ns * 0 + c  # the chunk index as a tensor, for the mask
+        return tl.load(chk_ptr + ((b * n_chunks + c) * DIM + ds) * NS + ns, mask=mds & (cv >= 0) & (cv < n_chunks),
+                       other=0.0)
 
     @triton.jit
     def _index_tiles(DIM, NS, DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
@@ -275,6 +286,50 @@ if HAS_TRITON:
             tl.store(last_ptr + (b * DIM + ds) * NS + ns, tl.reshape(h, (DH, BLOCK_N, DL)), mask=mds)
 
     @triton.jit
+    def _step_factors(u, dtp, Bt, Ct, m3, A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """A piece's float32 inputs and step factors: u, dt + bias, delta (K, DH, DL) and (K, DH, 1, DL),
+        delta * u, B and C (K, 1, N, 1), a = exp(delta A) and x = delta B u (K, DH, N, DL); padded
+        steps get a = 1, x = 0."""
+        u = u.to(tl.float32)
+        dtp = dtp.to(tl.float32)
+        if HAS_BIAS:
+            dtp = dtp + bias
+        if SOFTPLUS:
+            delta = _softplus(dtp)
+        else:
+            delta = dtp
+        delta = tl.where(m3, delta, 0.0)
+        Bt = Bt.to(tl.float32)
+        Ct = Ct.to(tl.float32)
+        B4 = Bt[:, None, :, None]
+        C4 = Ct[:, None, :, None]
+        dlt_u = delta * u  # (K, DH, DL)
+        delta4 = delta[:, :, None, :]
+        a = tl.exp2(delta4 * A2)  # (K, DH, N, DL)
+        x = dlt_u[:, :, None, :] * B4
+        return u, dtp, delta, delta4, dlt_u, B4, C4, a, x
+
+    @triton.jit
+    def _run_steps(h, a, x, k4, K: tl.constexpr, KEEP: tl.constexpr):
+        """h_t = a_t h_{t-1} + x_t over K steps from h (1, DH, N, DL); returns the last h and, if KEEP,
+        every h_t as a (K, DH, N, DL) tile."""
+        hs = tl.zeros(a.shape, dtype=tl.float32)
+        for j in tl.static_range(K):  # unrolled over the piece
+            sel = k4 == j
+            h = _row(a, sel) * h + _row(x, sel)
+            if KEEP:
+                hs = tl.where(sel, h, hs)
+        return h, hs
+
+    # Backward pieces. The saved states are CHUNK steps apart; each saved interval is walked in
+    # CHUNK // SUB pieces of SUB steps (in reverse), so that the (SUB, DH, N, DL) tiles (a, x, hs,
+    # g, gh, q) take SUB / CHUNK of the registers. A piece starts from its interval's saved state
+    # advanced through the earlier pieces' steps (recomputed: the running state only, no tiles kept;
+    # the same ops as the piece body's forward, so the same bits). Every per-step output (du, ddelta,
+    # dz, out, dB, dC) is computed by the same ops in the same order whatever SUB is; only the sums
+    # over time (dA, dD, d(delta_bias)) are grouped per piece instead of per interval, which can move
+    # their last bits. SUB == CHUNK is the kernel before pieces (the same PTX).
+    @triton.jit
     def _ssm_bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, chk_ptr,
         du_ptr, ddt_ptr, dz_ptr, out_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
@@ -286,135 +341,149 @@ if HAS_TRITON:
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         WRITE_OUT: tl.constexpr, BC_MODE: tl.constexpr,
         DH: tl.constexpr, DL: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, PREFETCH: tl.constexpr,
+        SUB: tl.constexpr,
     ):
+        NP: tl.constexpr = CHUNK // SUB  # pieces per saved interval
         pid_d = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        k3, d3, md3, k2, n2, ds, ns, mds = _index_tiles(DIM, NS, DH, DL, BLOCK_N, CHUNK)
+        k3, d3, md3, k2, n2, ds, ns, mds = _index_tiles(DIM, NS, DH, DL, BLOCK_N, SUB)
         # (K, N, DL) index tiles for BC_MODE 2 (one dB/dC slot per lane)
         kq, nq, lq = k3, ns, tl.arange(0, DL)[None, None, :]
         A = tl.load(A_ptr + ds * sA_d + ns * sA_n, mask=mds, other=0.0).to(tl.float32)[None, :, :, :]
         A2 = A * 1.4426950408889634
+        Dv = 0.0
+        bias = 0.0
         if HAS_D:
             Dv = tl.load(D_ptr + d3, mask=md3, other=0.0).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d3, mask=md3, other=0.0).to(tl.float32)
-        carry = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)  # a_{t1} g_{t1}, t1 = next chunk's start
+        carry = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)  # a_{t1} g_{t1}, t1 = next piece's start
         dA_acc = tl.zeros((1, DH, BLOCK_N, DL), dtype=tl.float32)
         dD_acc = tl.zeros((1, DH, DL), dtype=tl.float32)
         dbias_acc = tl.zeros((1, DH, DL), dtype=tl.float32)
         k4 = k3[:, :, None, :]
         n_chunks = tl.cdiv(L, CHUNK)
-        if PREFETCH:  # next (earlier) chunk's tiles are loaded while this one is computed
+        if PREFETCH:  # next (earlier) piece's tiles are loaded while this one is computed
             nu, ndt, nB, nC, nz, ndo, nh = _chunk_loads(
-                u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, n_chunks - 1, n_chunks, L, DIM, NS,
+                u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, n_chunks * NP - 1, n_chunks, L, DIM, NS,
                 k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
                 sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
+                LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=NP == 1, CHUNK=SUB)
+            if NP > 1:
+                nh = _h0_load(chk_ptr, b, n_chunks - 1, n_chunks, DIM, NS, ds, ns, mds)
         for i in range(n_chunks):
             c = n_chunks - 1 - i
-            if PREFETCH:
-                u, dtp, Bt, Ct, z, dout, h = nu, ndt, nB, nC, nz, ndo, nh
-                nu, ndt, nB, nC, nz, ndo, nh = _chunk_loads(
-                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c - 1, n_chunks, L, DIM, NS,
-                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
-                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                    LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
-            else:
-                u, dtp, Bt, Ct, z, dout, h = _chunk_loads(
-                    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c, n_chunks, L, DIM, NS,
-                    k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
-                    sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                    LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=True, CHUNK=CHUNK)
-            t3 = c * CHUNK + k3
-            m3 = (t3 < L) & md3
-            t2 = c * CHUNK + k2
-            m2 = (t2 < L) & (n2 < NS)
-            u = u.to(tl.float32)
-            dtp = dtp.to(tl.float32)
-            if HAS_BIAS:
-                dtp = dtp + bias
-            if SOFTPLUS:
-                delta = _softplus(dtp)
-            else:
-                delta = dtp
-            delta = tl.where(m3, delta, 0.0)
-            Bt = Bt.to(tl.float32)
-            Ct = Ct.to(tl.float32)
-            B4 = Bt[:, None, :, None]
-            C4 = Ct[:, None, :, None]
-            dlt_u = delta * u  # (K, DH, DL)
-            delta4 = delta[:, :, None, :]
-            a = tl.exp2(delta4 * A2)  # (K, DH, N, DL)
-            x = dlt_u[:, :, None, :] * B4
-            h = h[None, :, :, :]
-            hs = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)  # h_t for the chunk's steps
-            for j in tl.static_range(CHUNK):
-                sel = k4 == j
-                h = _row(a, sel) * h + _row(x, sel)
-                hs = tl.where(sel, h, hs)
-            y = tl.sum(hs * C4, axis=2)  # (K, DH, DL)
-            if HAS_D:
-                y = y + u * Dv
-            dout = dout.to(tl.float32)
-            if HAS_Z:
-                z = z.to(tl.float32)
-                sz = tl.sigmoid(z)
-                silu = z * sz
-                if WRITE_OUT:
-                    tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), (y * silu).to(out_ptr.dtype.element_ty),
-                             mask=m3)
-                dz = dout * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store(_p3(dz_ptr, b, t3, d3, sdz_b, sdz_d, sdz_l), dz.to(dz_ptr.dtype.element_ty), mask=m3)
-                dy = dout * silu
-            else:
-                if WRITE_OUT:
-                    tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), y.to(out_ptr.dtype.element_ty), mask=m3)
-                dy = dout
-            dy = tl.where(m3, dy, 0.0)
-            dy4 = dy[:, :, None, :]
-            q = dy4 * C4
-            g = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)  # g_t = dL/dh_t
-            for jj in tl.static_range(CHUNK):  # g_t = C_t dy_t + a_{t+1} g_{t+1}, backwards
-                sel = k4 == CHUNK - 1 - jj
-                gj = _row(q, sel) + carry
-                g = tl.where(sel, gj, g)
-                carry = _row(a, sel) * gj  # becomes a_t g_t: what step t - 1 receives
-            gh = g * (hs - x)  # g_t * exp(delta_t A) * h_{t-1}
-            sgB = tl.sum(g * B4, axis=2)  # (K, DH, DL)
-            ddelta = tl.sum(gh * A, axis=2) + sgB * u
-            du = sgB * delta
-            if HAS_D:
-                du = du + dy * Dv
-                dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
-            dA_acc += tl.sum(gh * delta4, axis=0, keep_dims=True)
-            if SOFTPLUS:
-                ddelta = ddelta * tl.sigmoid(dtp)
-            ddelta = tl.where(m3, ddelta, 0.0)
-            dbias_acc += tl.sum(ddelta, axis=0, keep_dims=True)
-            tl.store(_p3(du_ptr, b, t3, d3, sdu_b, sdu_d, sdu_l), du.to(du_ptr.dtype.element_ty), mask=m3)
-            tl.store(_p3(ddt_ptr, b, t3, d3, sddt_b, sddt_d, sddt_l), ddelta.to(ddt_ptr.dtype.element_ty),
-                     mask=m3)
-            # dB, dC: (K, N) sums over this program's channels
-            dBt = tl.sum(tl.sum(g * dlt_u[:, :, None, :], axis=1), axis=2)  # in-thread DH first
-            dBl = tl.sum(g * dlt_u[:, :, None, :], axis=1)  # (K, N, DL)
-            dCl = tl.sum(hs * dy4, axis=1)
-            if BC_MODE == 2:  # float32 atomics into a (B, L, N, DL) buffer, one slot per lane
-                tq = c * CHUNK + kq
-                offq = ((b * L + tq) * NS + nq) * DL + lq
-                mq = (tq < L) & (nq < NS)
-                tl.atomic_add(dB_ptr + offq, dBl, mask=mq, sem="relaxed")
-                tl.atomic_add(dC_ptr + offq, dCl, mask=mq, sem="relaxed")
-            else:
-                dBt = tl.sum(dBl, axis=2)  # (K, N)
-                dCt = tl.sum(dCl, axis=2)
-                if BC_MODE == 0:  # float32 atomics into (B, L, N)
-                    off = (b * L + t2) * NS + n2
-                    tl.atomic_add(dB_ptr + off, dBt, mask=m2, sem="relaxed")
-                    tl.atomic_add(dC_ptr + off, dCt, mask=m2, sem="relaxed")
-                else:  # per-block partials (n_dblk, B, L, N), summed afterwards
-                    off = ((pid_d * NBATCH + b) * L + t2) * NS + n2
-                    tl.store(dB_ptr + off, dBt, mask=m2)
-                    tl.store(dC_ptr + off, dCt, mask=m2)
+            for p in tl.static_range(NP - 1, -1, -1):  # the pieces (SUB steps from c * CHUNK + p * SUB), last first
+                q = c * NP + p  # its index among all pieces
+                if PREFETCH:
+                    u, dtp, Bt, Ct, z, dout, hl = nu, ndt, nB, nC, nz, ndo, nh
+                    nu, ndt, nB, nC, nz, ndo, nh1 = _chunk_loads(
+                        u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, q - 1, n_chunks, L, DIM, NS,
+                        k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                        sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                        LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=NP == 1, CHUNK=SUB)
+                    if NP == 1:
+                        nh = nh1
+                    elif p == 0:  # the previous interval's saved state
+                        nh = _h0_load(chk_ptr, b, c - 1, n_chunks, DIM, NS, ds, ns, mds)
+                else:
+                    u, dtp, Bt, Ct, z, dout, hl = _chunk_loads(
+                        u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, q, n_chunks, L, DIM, NS,
+                        k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n, sB_l,
+                        sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                        LOAD_C=True, HAS_Z=HAS_Z, LOAD_DOUT=True, LOAD_H0=NP == 1, CHUNK=SUB)
+                    if NP > 1 and p == NP - 1:
+                        hl = _h0_load(chk_ptr, b, c, n_chunks, DIM, NS, ds, ns, mds)
+                if p == NP - 1:
+                    h0 = hl  # the interval's saved state
+                h = h0
+                for r in tl.static_range(p):  # advance through the interval's earlier pieces
+                    if PREFETCH and r == p - 1:  # the piece just prefetched
+                        ru, rdt, rB = nu, ndt, nB
+                    else:
+                        ru, rdt, rB, _c, _z, _do, _h = _chunk_loads(
+                            u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, chk_ptr, b, c * NP + r, n_chunks, L, DIM,
+                            NS, k3, d3, md3, k2, n2, ds, ns, mds, su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sB_b, sB_n,
+                            sB_l, sC_b, sC_n, sC_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
+                            LOAD_C=False, HAS_Z=False, LOAD_DOUT=False, LOAD_H0=False, CHUNK=SUB)
+                    rm3 = ((c * NP + r) * SUB + k3 < L) & md3
+                    _u, _dtp, _dl, _dl4, _dlu, _B4, _C4, ra, rx = _step_factors(ru, rdt, rB, rB, rm3, A2, bias,
+                                                                                 HAS_BIAS, SOFTPLUS)
+                    if r == 0:
+                        h = h[None, :, :, :]
+                    h, _hs = _run_steps(h, ra, rx, k4, SUB, False)
+                t3 = q * SUB + k3
+                m3 = (t3 < L) & md3
+                t2 = q * SUB + k2
+                m2 = (t2 < L) & (n2 < NS)
+                u, dtp, delta, delta4, dlt_u, B4, C4, a, x = _step_factors(u, dtp, Bt, Ct, m3, A2, bias, HAS_BIAS,
+                                                                           SOFTPLUS)
+                if p == 0:
+                    h = h[None, :, :, :]
+                h, hs = _run_steps(h, a, x, k4, SUB, True)  # h_t for the piece's steps
+                y = tl.sum(hs * C4, axis=2)  # (K, DH, DL)
+                if HAS_D:
+                    y = y + u * Dv
+                dout = dout.to(tl.float32)
+                if HAS_Z:
+                    z = z.to(tl.float32)
+                    sz = tl.sigmoid(z)
+                    silu = z * sz
+                    if WRITE_OUT:
+                        tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), (y * silu).to(out_ptr.dtype.element_ty),
+                                 mask=m3)
+                    dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+                    tl.store(_p3(dz_ptr, b, t3, d3, sdz_b, sdz_d, sdz_l), dz.to(dz_ptr.dtype.element_ty), mask=m3)
+                    dy = dout * silu
+                else:
+                    if WRITE_OUT:
+                        tl.store(_p3(out_ptr, b, t3, d3, so_b, so_d, so_l), y.to(out_ptr.dtype.element_ty),
+                                 mask=m3)
+                    dy = dout
+                dy = tl.where(m3, dy, 0.0)
+                dy4 = dy[:, :, None, :]
+                q4 = dy4 * C4
+                g = tl.zeros((SUB, DH, BLOCK_N, DL), dtype=tl.float32)  # g_t = dL/dh_t
+                for jj in tl.static_range(SUB):  # g_t = C_t dy_t + a_{t+1} g_{t+1}, backwards
+                    sel = k4 == SUB - 1 - jj
+                    gj = _row(q4, sel) + carry
+                    g = tl.where(sel, gj, g)
+                    carry = _row(a, sel) * gj  # becomes a_t g_t: what step t - 1 receives
+                gh = g * (hs - x)  # g_t * exp(delta_t A) * h_{t-1}
+                sgB = tl.sum(g * B4, axis=2)  # (K, DH, DL)
+                ddelta = tl.sum(gh * A, axis=2) + sgB * u
+                du = sgB * delta
+                if HAS_D:
+                    du = du + dy * Dv
+                    dD_acc += tl.sum(dy * u, axis=0, keep_dims=True)
+                dA_acc += tl.sum(gh * delta4, axis=0, keep_dims=True)
+                if SOFTPLUS:
+                    ddelta = ddelta * tl.sigmoid(dtp)
+                ddelta = tl.where(m3, ddelta, 0.0)
+                dbias_acc += tl.sum(ddelta, axis=0, keep_dims=True)
+                tl.store(_p3(du_ptr, b, t3, d3, sdu_b, sdu_d, sdu_l), du.to(du_ptr.dtype.element_ty), mask=m3)
+                tl.store(_p3(ddt_ptr, b, t3, d3, sddt_b, sddt_d, sddt_l), ddelta.to(ddt_ptr.dtype.element_ty),
+                         mask=m3)
+                # dB, dC: (K, N) sums over this program's channels
+                dBl = tl.sum(g * dlt_u[:, :, None, :], axis=1)  # (K, N, DL), in-thread DH first
+                dCl = tl.sum(hs * dy4, axis=1)
+                if BC_MODE == 2:  # float32 atomics into a (B, L, N, DL) buffer, one slot per lane
+                    tq = q * SUB + kq
+                    offq = ((b * L + tq) * NS + nq) * DL + lq
+                    mq = (tq < L) & (nq < NS)
+                    tl.atomic_add(dB_ptr + offq, dBl, mask=mq, sem="relaxed")
+                    tl.atomic_add(dC_ptr + offq, dCl, mask=mq, sem="relaxed")
+                else:
+                    dBt = tl.sum(dBl, axis=2)  # (K, N)
+                    dCt = tl.sum(dCl, axis=2)
+                    if BC_MODE == 0:  # float32 atomics into (B, L, N)
+                        off = (b * L + t2) * NS + n2
+                        tl.atomic_add(dB_ptr + off, dBt, mask=m2, sem="relaxed")
+                        tl.atomic_add(dC_ptr + off, dCt, mask=m2, sem="relaxed")
+                    else:  # per-block partials (n_dblk, B, L, N), summed afterwards
+                        off = ((pid_d * NBATCH + b) * L + t2) * NS + n2
+                        tl.store(dB_ptr + off, dBt, mask=m2)
+                        tl.store(dC_ptr + off, dCt, mask=m2)
         tl.store(dA_ptr + (b * DIM + ds) * NS + ns, tl.reshape(dA_acc, (DH, BLOCK_N, DL)), mask=mds)
         if HAS_D:
             tl.store(dD_ptr + b * DIM + d3, dD_acc, mask=md3)
@@ -505,7 +574,8 @@ FWD_CANDIDATES = [{"DH": dh, "DL": 32 * w, "CHUNK": k, "PREFETCH": p, "num_warps
                   for dh, w, k, p in [(1, 1, 2, True), (1, 1, 4, True), (2, 1, 2, True), (1, 2, 2, True),
                                       (1, 4, 2, True), (1, 1, 2, False)]]
 # Backward: CHUNK stays chunk_bwd (the saved states' spacing and dA's order over time), DL stays
-# dl_bwd (the lanes over N); channels per thread (registers) and prefetch are tuned.
+# dl_bwd (the lanes over N); channels per thread (registers) and prefetch are tuned. sub_bwd is not
+# (it regroups dA's sum over time: not the same bits).
 # (ptxas, sm_90: DH 2 with prefetch 255 registers + 96 B spilled; DH 1 without, 211; DH 4 spills 1.2 kB.)
 BWD_CANDIDATES = [{"DH": dh, "PREFETCH": p} for dh, p in [(2, True), (1, True), (2, False), (1, False)]]
 
@@ -681,6 +751,25 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
             dD.sum(0) if dD is not None else None, dz, dbias.sum(0) if dbias is not None else None)
 
 
+def backward_kernel():
+    """The Triton backward kernel itself, to compile it offline (`benchmarks/scan.py --registers`)."""
+    return _ssm_bwd_kernel
+
+
+def bwd_sub(cfg: ScanConfig) -> int:
+    """Steps per backward piece: PROBES_SCAN_SUB_BWD if set, else cfg.sub_bwd (0: chunk_bwd); a divisor of chunk_bwd."""
+    text = os.environ.get("PROBES_SCAN_SUB_BWD")
+    value = text if text is not None else str(cfg.sub_bwd)
+    name = "PROBES_SCAN_SUB_BWD" if text is not None else "ScanConfig.sub_bwd"
+    sub = int(value) if value.strip().isdigit() else -1
+    sub = cfg.chunk_bwd if sub == 0 else sub
+    if sub < 1 or cfg.chunk_bwd % sub:
+        divisors = [k for k in range(1, cfg.chunk_bwd + 1) if cfg.chunk_bwd % k == 0]
+        raise UserError(f"{name}={value!r} is not allowed (0 or a divisor of chunk_bwd {cfg.chunk_bwd}: "
+                        f"{', '.join(map(str, divisors))})")
+    return sub
+
+
 def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
     """One backward launch over a batch slice; tuned (bc_mode 0 only: the buffers fix DH * DL otherwise)."""
     u, delta, A, B, C, D, z, delta_bias, dout, chk = ins
@@ -689,6 +778,8 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
     flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
                  "SOFTPLUS": bool(delta_softplus), "WRITE_OUT": out is not None, "BC_MODE": cfg.bc_mode}
     atomics = [dB, dC] if cfg.bc_mode != 1 else []
+    sub = bwd_sub(cfg)  # not tuned: it can move dA's last bits
+    cap = {"maxnreg": cfg.maxnreg_bwd} if cfg.maxnreg_bwd else {}  # register allocation only: the same bits
 
     def run(p):
         for t in atomics:
@@ -701,13 +792,13 @@ def _bwd_launch(cfg: ScanConfig, ins, grads, delta_softplus, nbatch) -> None:
             u.shape[2], u.shape[1], A.shape[1], nbatch,
             *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z),
             *_s3(dout), *_s3(du), *_s3(ddelta), *_s3(dz), *_s3(out),
-            **flags, DL=cfg.dl_bwd, BLOCK_N=_np2(A.shape[1]), CHUNK=cfg.chunk_bwd,
-            num_warps=cfg.warps_bwd, **p)
+            **flags, DL=cfg.dl_bwd, BLOCK_N=_np2(A.shape[1]), CHUNK=cfg.chunk_bwd, SUB=sub,
+            num_warps=cfg.warps_bwd, **cap, **p)
         return [t for t in (du, ddelta, dz, out, dA, dD, dbias) if t is not None]
 
     params = {"DH": cfg.dh_bwd, "PREFETCH": cfg.prefetch}
     if cfg.bc_mode == 0 and tuning_on(u, cfg):
-        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
+        key = ("bwd", *u.shape, A.shape[1], cfg.chunk_bwd, sub, cfg.maxnreg_bwd, cfg.dl_bwd, cfg.warps_bwd, tuple(flags.items()),
                *map(_meta, (u, delta, B, C, z, dout, du)))
         params = pick_launch(key, params, BWD_CANDIDATES, run)
     run(params)
@@ -758,5 +849,5 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
 
 __all__ = ["BWD_CANDIDATES", "CONFIG", "FWD_CANDIDATES", "HAS_TRITON", "ScanConfig", "SelectiveScanFn",
-           "bench_ms", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
+           "backward_kernel", "bench_ms", "bwd_sub", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
            "scan_bwd", "scan_fwd", "selective_scan_fn", "selective_scan_ref", "state_buffer", "tuning_on"]
