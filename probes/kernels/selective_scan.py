@@ -260,6 +260,8 @@ if HAS_TRITON:
                     LOAD_C=WRITE_OUT, HAS_Z=HAS_Z and WRITE_OUT, LOAD_DOUT=False, LOAD_H0=False, CHUNK=CHUNK)
             t3 = c * CHUNK + k3
             m3 = (t3 < L) & md3  # (K, DH, DL)
+            # the backward's _step_factors / _run_steps compute the same, but called here they move
+            # C's conversion ahead of the loop and add a shared-memory layout change (sm_90 PTX)
             u = u.to(tl.float32)
             dt = dt.to(tl.float32)
             if HAS_BIAS:
