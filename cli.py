@@ -339,7 +339,8 @@ def runs(
     table = runs_overview(select_runs(load_runs(*dirs), _only_pairs(only) if only else None))
     out_console.print(_runs_view(table))
     if csv is not None:
-        table.to_csv(csv, index=False)
+        with open(csv, "w", newline="") as f:  # open's OSError names the file for user_errors (pandas' does not)
+            table.to_csv(f, index=False)
         console.print(f"wrote {csv} ({len(table)} runs)", markup=False)
 
 

@@ -58,3 +58,11 @@ def test_a_selection_that_matches_nothing_is_one_line_and_exit_2(tmp_path, cli_r
     assert res.output.strip() == "error: no run matches n=99"
     res = cli_runner.invoke(app, ["runs", str(tmp_path), "--only", "n"])
     assert res.exit_code == 2 and "--only takes KEY=VALUE" in res.output
+
+
+def test_a_csv_in_a_missing_directory_is_one_line_and_exit_2(tmp_path, cli_runner):
+    write_run(tmp_path / "runs")
+    res = cli_runner.invoke(app, ["runs", str(tmp_path / "runs"), "--csv", str(tmp_path / "no" / "such" / "r.csv")])
+    assert res.exit_code == 2
+    assert res.output.strip().endswith("r.csv: No such file or directory; check the path")
+    assert "Traceback" not in res.output
