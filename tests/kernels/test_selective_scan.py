@@ -426,10 +426,13 @@ def bwd_outputs(ins, softplus, sub, saved, config):
     return {k: v for k, v in named.items() if v is not None}
 
 
-def assert_pieces_agree(one, two, exact_atomics):
+def assert_pieces_agree(one, two, bitwise):
+    """Per-step outputs equal bit for bit where `bitwise` (the interpreter); everything else within 1e-5.
+    On CUDA ptxas compiles the two piece sizes to different instruction orders (fused multiply-adds), so
+    there ddelta differs in the last bits (rel. 4e-6 to 8e-6 at the paper shapes, H200)."""
     assert one.keys() == two.keys()
     for k in one:
-        if k in PER_STEP and (exact_atomics or k not in ("dB", "dC")):
+        if k in PER_STEP and bitwise:
             assert torch.equal(one[k], two[k]), (k, rel(two[k], one[k]))
         else:
             assert rel(two[k], one[k]) < 1e-5, (k, rel(two[k], one[k]))
@@ -444,7 +447,7 @@ def test_backward_pieces_match_reference_and_one_piece(tiny_tiles, device, monke
     ins = make_inputs(batch, dim, L, N, torch.float32, device, *opts)
     one = bwd_outputs(ins, softplus, 4, saved, tiny_tiles)
     two = bwd_outputs(ins, softplus, 2, saved, tiny_tiles)
-    assert_pieces_agree(one, two, exact_atomics=not CUDA)
+    assert_pieces_agree(one, two, bitwise=not CUDA)
     if not vs_ref:  # CI time: these flags' one-piece gradients are checked against the reference above
         return
     tiny_tiles.sub_bwd = 2
@@ -459,7 +462,7 @@ def test_backward_pieces_bc_mode_and_no_prefetch(tiny_tiles, device):
     ins = make_inputs(2, 7, 11, 4, torch.float32, device)
     cfg = replace(tiny_tiles, bc_mode=2, prefetch=False, maxnreg_bwd=128)  # the cap: CUDA only, same bits
     assert_pieces_agree(bwd_outputs(ins, True, 4, True, cfg), bwd_outputs(ins, True, 2, True, cfg),
-                        exact_atomics=not CUDA)
+                        bitwise=not CUDA)
 
 
 def test_bwd_sub_values(monkeypatch):
@@ -484,15 +487,15 @@ def test_bwd_sub_values(monkeypatch):
 @pytest.mark.parametrize("shape", [(64, 1536, 203, 16), (16, 4096, 203, 16)], ids=["130m", "1.4b-b16"])
 @pytest.mark.parametrize("saved", [True, False], ids=["saved", "recompute"])
 def test_backward_pieces_paper_shape_cuda(device, shape, saved):
-    """Paper shape, bf16: sub_bwd = 2 against 4 (du, ddelta, dz, out bitwise; dB/dC are float
-    atomics and dA, dD, d(delta_bias) regrouped sums: close) and against the reference."""
+    """Paper shape, bf16: sub_bwd = 2 against 4, every output within 1e-5 (compiled, the two piece sizes
+    round differently in the last bits), and against the reference."""
     from dataclasses import replace
 
     from probes.kernels import selective_scan as ss
 
     ins = make_inputs(*shape, torch.bfloat16, "cuda", channel_last=True)
     assert_pieces_agree(bwd_outputs(ins, True, 4, saved, ss.CONFIG), bwd_outputs(ins, True, 2, saved, ss.CONFIG),
-                        exact_atomics=False)
+                        bitwise=False)
     old = replace(ss.CONFIG)
     ss.CONFIG.sub_bwd = 2
     try:
