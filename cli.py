@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -48,7 +47,7 @@ def generate(
     out: Path = typer.Option(Path("data"), help="Output directory: train.npz, heldout.npz, meta.json."),
     preview: int = typer.Option(0, help="Print this many rendered training examples."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
-    from_paper: Optional[Path] = typer.Option(None, help="Convert the paper's released files (HF dataset "
+    from_paper: Path | None = typer.Option(None, help="Convert the paper's released files (HF dataset "
                                               "gpantaz/vl-mamba-synthetic: a directory or one of its "
                                               "*_synthetic_vg_seqlenN.json) instead of generating."),
     paper_heldout: str = typer.Option("validation", help="With --from-paper: the paper's split that becomes "
@@ -108,7 +107,7 @@ def _generate_from_paper(flags: Flags, source: Path, out: Path, heldout: str, ov
 
 # === train / sweep ===
 
-from probes.config import PretrainConfig, SweepConfig, TrainConfig
+from probes.config import PretrainConfig, SweepConfig, TrainConfig  # noqa: E402 - beside the commands that use it
 
 
 def _describe_summary(run: Path, s: dict) -> str:
@@ -189,7 +188,7 @@ def copytest(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:i]."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA) | bf16 | fp32."),
     scan_backend: str = typer.Option("auto", help="Mamba scan: auto | triton | mamba-ssm | torch | reference."),
-    out: Optional[Path] = typer.Option(None, help="Also write the rows to this parquet file."),
+    out: Path | None = typer.Option(None, help="Also write the rows to this parquet file."),
 ) -> None:
     """In-context copying: loss and accuracy on the first vs second copy of a repeated random sequence."""
     from probes.backbones import build_backbone, check_model_name
@@ -225,11 +224,11 @@ def copytest(
 @config_options(SweepConfig, exclude=("train",), passthrough=True)
 def sweep(
     ctx: typer.Context,
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE setting of every run (repeat), "
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE setting of every run (repeat), "
                                              "e.g. --set max_steps=2000 --set device=cuda."),
     retry_failed: bool = typer.Option(False, help="Start failed runs again instead of skipping them."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
+    threads: int | None = typer.Option(None, help="torch CPU threads per run [default: cores / jobs]."),
     dry_run: bool = typer.Option(False, help="List the runs, what would happen to each and the GPU-hours the "
                                  "runs to do are expected to take, then stop."),
     progress: bool = typer.Option(True, help="Show the sweep's progress."),
@@ -281,6 +280,7 @@ def sweep(
 
 
 ONLY_HELP = "Only runs with KEY=VALUE (repeat; e.g. --only n=10 --only layout=suffix; VALUE may be a,b)."
+PLOT_ONLY_HELP = f"Draw {ONLY_HELP[0].lower()}{ONLY_HELP[1:]}"
 
 
 @app.command()
@@ -290,9 +290,9 @@ def plot(
     flags: Flags,
     dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
                                       help="Directories holding run directories (at any depth)."),
-    formats: Optional[str] = typer.Option(None, "--format", show_default=False, metavar="FMT[,FMT]",
+    formats: str | None = typer.Option(None, "--format", show_default=False, metavar="FMT[,FMT]",
                                           help="Comma-separated file formats: png, pdf, svg [default: png,pdf]."),
-    only: list[str] = typer.Option([], metavar="KEY=VALUE", help=f"Draw {ONLY_HELP[0].lower()}{ONLY_HELP[1:]}"),
+    only: list[str] = typer.Option([], metavar="KEY=VALUE", help=PLOT_ONLY_HELP),
 ) -> None:
     """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
     from analysis.plots import plot_runs
@@ -330,7 +330,7 @@ def runs(
     dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
                                       help="Directories holding run directories (at any depth)."),
     only: list[str] = typer.Option([], metavar="KEY=VALUE", help=ONLY_HELP),
-    csv: Optional[Path] = typer.Option(None, help="Also write the table to this CSV file."),
+    csv: Path | None = typer.Option(None, help="Also write the table to this CSV file."),
 ) -> None:
     """Where the runs under DIRs stand: status, last step, best and last accuracy, examples/s."""
     from analysis.load import load_runs, select_runs
@@ -376,7 +376,7 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-from probes.demo import DemoConfig  # light (pydantic only): torch loads when a demo runs
+from probes.demo import DemoConfig  # noqa: E402 - light (pydantic only): torch loads when a demo runs
 
 
 @app.command()
@@ -404,7 +404,7 @@ def bench(
     n: int = typer.Option(200, "--n", help="N: sequence length N + 3 (the paper's 203)."),
     steps: int = typer.Option(100, help="Timed training steps per model (fewer if --max-seconds runs out)."),
     warmup: int = typer.Option(3, help="Untimed steps first (Triton compiles here)."),
-    eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch [default: 4 x batch]."),
+    eval_batch_size: int | None = typer.Option(None, help="Evaluation batch [default: 4 x batch]."),
     device: str = typer.Option("cuda", help="cuda | cpu."),
     max_seconds: float = typer.Option(60.0, help="Stop timing a model after this long."),
     out: Path = typer.Option(Path("bench"), help="Writes bench.csv, bench.md, bench.json here."),

@@ -45,7 +45,7 @@ def test_preview_prints_k_examples_in_the_spec_format(cli_runner, tmp_path, layo
 
 def test_preview_matches_the_saved_data(cli_runner, tmp_path):
     r = run(cli_runner, "generate", *SMALL, "--out", str(tmp_path / "d"), "--preview", "1")
-    first = [line for line in r.stdout.splitlines() if "=>" in line][0]
+    first = next(line for line in r.stdout.splitlines() if "=>" in line)
     with np.load(tmp_path / "d" / "train.npz") as z:
         ctx, q, p = z["context"][0], z["query"][0], z["target_position"][0]
     assert first == " ".join(f"<s_{i}>" for i in ctx) + f" <out> <s_{q}> => <a_{p}>"

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "analysis"))  # synthetic.py: hand-written run directories
 
-from synthetic import write_run
+from synthetic import write_run  # noqa: E402 - after the path it lives on
 
 HEAVY = ("torch", "transformers")
 PROBE = f"""

@@ -34,9 +34,9 @@ def test_a_second_process_is_refused_with_the_holders_host_and_pid(tmp_path):
     proc = holder_process(tmp_path / "d", "dataset")
     try:
         with pytest.raises(UserError, match=rf"in use by dataset writer PID {proc.pid} on host "
-                                            rf"{socket.gethostname()} .*wait for it to finish"):
-            with locks.hold(tmp_path / "d"):
-                pass
+                                            rf"{socket.gethostname()} .*wait for it to finish"), \
+                locks.hold(tmp_path / "d"):
+            pass
     finally:
         proc.kill()
         proc.wait()
@@ -67,14 +67,12 @@ def test_without_os_locks_the_recorded_holder_decides(tmp_path, monkeypatch):
     d.mkdir()
     live = {"host": socket.gethostname(), "pid": os.getppid(), "started": 0, "what": "run"}
     (d / locks.LOCK_FILE).write_text(json.dumps(live))
-    with pytest.raises(UserError, match=f"PID {os.getppid()}"):
-        with locks.hold(d):
-            pass
+    with pytest.raises(UserError, match=f"PID {os.getppid()}"), locks.hold(d):
+        pass
     remote = {**live, "host": "elsewhere-" + socket.gethostname()}  # cannot be checked: kept
     (d / locks.LOCK_FILE).write_text(json.dumps(remote))
-    with pytest.raises(UserError, match="on host elsewhere-"):
-        with locks.hold(d):
-            pass
+    with pytest.raises(UserError, match="on host elsewhere-"), locks.hold(d):
+        pass
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (d / locks.LOCK_FILE).write_text(json.dumps({**live, "pid": int(dead.stdout)}))
     with locks.hold(d) as stale:  # a dead PID on this host: stale, taken over
@@ -83,9 +81,8 @@ def test_without_os_locks_the_recorded_holder_decides(tmp_path, monkeypatch):
 
 def test_a_file_in_place_of_the_directory_is_a_user_error(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(UserError, match="is a file, not a directory"):
-        with locks.hold(tmp_path / "f"):
-            pass
+    with pytest.raises(UserError, match="is a file, not a directory"), locks.hold(tmp_path / "f"):
+        pass
 
 
 def test_two_probes_train_on_one_out_the_second_is_refused(tmp_path):

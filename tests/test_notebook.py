@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "analysis"))
 
-from realruns import make_fixture_runs
+from realruns import make_fixture_runs  # noqa: E402 - after the path it lives on
 
 NOTEBOOK = ROOT / "notebooks" / "analysis.ipynb"
 

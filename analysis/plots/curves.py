@@ -63,7 +63,7 @@ def plot_curves(
             for j, cv in enumerate(cols):
                 ax = axes[i, j]
                 sub = select(metrics, **{k: v for k, v in ((row, rv), (col, cv)) if k})
-                for run, g in sub.sort_values(x).groupby("run", sort=False):
+                for _run, g in sub.sort_values(x).groupby("run", sort=False):
                     first = g.iloc[0]
                     ax.plot(
                         g[x],

@@ -84,7 +84,7 @@ def render_scene(seed: int, index: int, image_size: int, max_objects: int) -> Ex
     drawn = []
     for k, (size, colour, shape) in enumerate(objects):
         lo, hi = SIZES[size]
-        side = max(3, int(round(rng.uniform(lo, hi) * image_size)))
+        side = max(3, round(rng.uniform(lo, hi) * image_size))
         for _ in range(_PLACEMENT_TRIES):
             x, y = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
             # one pixel of gap between objects, so every box is exactly its own object's pixels

@@ -51,7 +51,7 @@ def write_run(
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     if isinstance(learn_at, int):
-        learn_at = {p: learn_at for p in range(n)}
+        learn_at = dict.fromkeys(range(n), learn_at)
     learn_at = learn_at or {}
     pos_rows, met_rows, step_reached = [], [], None
     for step in range(0, max_steps + 1, eval_every):

@@ -161,7 +161,7 @@ def test_vlm_learning_order_is_the_image_grid_with_its_rows_named_in_order(vlm_g
 
 
 def test_vlm_learning_order_writes_never_where_half_the_runs_never_learned_a_cell(tmp_path):
-    write_vlm_run(tmp_path, learn_at={p: 30 for p in range(6)}, max_steps=60, empty_cells=(8,), name="r")
+    write_vlm_run(tmp_path, learn_at=dict.fromkeys(range(6), 30), max_steps=60, empty_cells=(8,), name="r")
     ax = panels(plot_learning_order(load(tmp_path).positions))[0]
     texts = [t.get_text() for t in ax.texts]
     assert texts[:6] == ["50%"] * 6 and texts[6:] == ["never", "never", "–"]  # 8: no examples
