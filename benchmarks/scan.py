@@ -30,6 +30,13 @@ Needs a CUDA GPU.
 
 --registers compiles the scan backward for sm_90 here (REGISTER_ROWS x REGISTER_CAPS, with the launch's
 specialisations: unit strides constant, multiples of 16 marked) and writes OUT/scan_registers.md.
+
+    python benchmarks/scan.py --sass --out bench/           # no GPU: what one loop iteration issues
+
+--sass compiles the training forward and the backward the same way, disassembles them (nvdisasm, shipped
+with triton), counts the instructions of each kernel's main loop by kind (fp32, shuffles, MUFU, barriers,
+shared and global memory) and prints the ms each kernel would take at each shape if its busiest unit never
+waited (sm_90 per-SM rates; --sms, --ghz), to set beside the measured ms. Writes OUT/scan_sass.md.
 """
 
 from __future__ import annotations
@@ -208,39 +215,61 @@ REGISTER_CAPS = (0, 168, 144, 128)  # 0: no cap; 168, 144, 128 registers: 12, 14
 FP32_ARGS = ("A_ptr", "D_ptr", "bias_ptr", "chk_ptr", "dA_ptr", "dD_ptr", "dbias_ptr", "dB_ptr", "dC_ptr")
 UNIT_STRIDES = ("su_d", "sdt_d", "sz_d", "sdo_d", "sdu_d", "sddt_d", "sdz_d", "so_d", "sA_n", "sB_n", "sC_n")
 ODD_INTS = ("L", "NBATCH")  # L = 203: not a multiple of 16; every other int of the paper shape is
+FWD_FP32_ARGS = ("A_ptr", "D_ptr", "bias_ptr", "chk_ptr", "last_ptr")
+FWD_UNIT_STRIDES = ("su_d", "sdt_d", "sz_d", "so_d", "sA_n", "sB_n", "sC_n")
+
+
+def compile_sm90(kernel, consts: dict, fp32_args: tuple, odd_ints: tuple, num_warps: int, cap: int = 0):
+    """(the kernel compiled for sm_90 here, no GPU; ptxas's log): `consts` as constexprs, pointers bf16 but
+    `fp32_args`, ints 32-bit and marked multiples of 16 but `odd_ints`, as the launch specialises them."""
+    import contextlib
+    import io
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    sig = {n: "constexpr" if n in consts else "*fp32" if n in fp32_args else "*bf16" if n.endswith("_ptr") else "i32"
+           for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in consts and n not in odd_ints}
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
+    options = {"num_warps": num_warps, **({"maxnreg": cap} if cap else {})}
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    return compiled, log.getvalue()
+
+
+def backward_consts(cfg, write_out: bool = False) -> dict:
+    """The backward's constexprs at the paper shape (N = 16), all flags on, channel-last bf16 inputs."""
+    from probes.kernels.selective_scan import bwd_sub
+
+    return {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "WRITE_OUT": write_out,
+            "BC_MODE": cfg.bc_mode, "DH": cfg.dh_bwd, "DL": cfg.dl_bwd, "BLOCK_N": 16, "CHUNK": cfg.chunk_bwd,
+            "PREFETCH": cfg.prefetch, "SUB": bwd_sub(cfg), **dict.fromkeys(UNIT_STRIDES, 1)}
+
+
+def forward_consts(cfg) -> dict:
+    """The training forward's constexprs (writes out and saves the chunk states), as `backward_consts`."""
+    return {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "WRITE_OUT": True,
+            "WRITE_LAST": False, "WRITE_CHUNKS": True, "DH": cfg.dh_fwd, "DL": cfg.dl_fwd, "BLOCK_N": 16,
+            "CHUNK": cfg.chunk_fwd, "PREFETCH": cfg.prefetch, "SAVE_EVERY": cfg.chunk_bwd,
+            **dict.fromkeys(FWD_UNIT_STRIDES, 1)}
 
 
 def backward_usage(fields: dict, cap: int, write_out: bool = False) -> dict:
     """ptxas's registers and spill-store bytes for the scan backward on sm_90 (compiled here, no GPU):
     the defaults with `fields` changed, bf16 channel-last inputs as the mixer passes them (unit channel
     and state strides, the launch's specialisations), all flags on."""
-    import contextlib
-    import io
     import re
     from dataclasses import replace
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from probes.kernels.selective_scan import CONFIG, backward_kernel
 
-    from probes.kernels.selective_scan import CONFIG, backward_kernel, bwd_sub
-
-    kernel = backward_kernel()
     cfg = replace(CONFIG, **fields)
-    consts = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "WRITE_OUT": write_out,
-              "BC_MODE": cfg.bc_mode, "DH": cfg.dh_bwd, "DL": cfg.dl_bwd, "BLOCK_N": 16, "CHUNK": cfg.chunk_bwd,
-              "PREFETCH": cfg.prefetch, "SUB": bwd_sub(cfg), **dict.fromkeys(UNIT_STRIDES, 1)}
-    names = kernel.arg_names
-    sig = {n: "constexpr" if n in consts else "*fp32" if n in FP32_ARGS else "*bf16" if n.endswith("_ptr") else "i32"
-           for n in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in consts and n not in ODD_INTS}
-    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
-                    attrs=attrs)
-    options = {"num_warps": cfg.warps_bwd, **({"maxnreg": cap} if cap else {})}
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    text = log.getvalue()
+    _, text = compile_sm90(backward_kernel(), backward_consts(cfg, write_out), FP32_ARGS, ODD_INTS, cfg.warps_bwd, cap)
     return {"registers": int(re.search(r"Used (\d+) registers", text).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", text).group(1))}
 
@@ -268,6 +297,103 @@ def registers_markdown(write_out: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --sass: the instruction mix of each kernel's main loop (one iteration: CHUNK steps of one program)
+SASS_GROUPS = {"fp32": ("FFMA", "FADD", "FMUL", "FMNMX", "FSETP", "FSEL"), "shfl": ("SHFL",), "mufu": ("MUFU",),
+               "bar": ("BAR",), "shared": ("LDS", "STS", "LDSM", "STSM"), "global": ("LDG", "STG", "RED", "ATOM", "ATOMG")}
+# sm_90 per SM and clock, in warp instructions: issue (4 schedulers), fp32 (128 lanes), shuffles (32 lanes),
+# MUFU (exp2 etc., 16 lanes) (CUDA C++ Programming Guide, arithmetic instruction throughput, cc 9.0)
+PER_CLOCK = {"issue": 4.0, "fp32": 4.0, "shfl": 1.0, "mufu": 0.5}
+
+
+def main_loop(sass: str) -> dict[str, int]:
+    """Opcode counts of the longest loop in nvdisasm output: the instructions from a label up to a branch
+    back to it (the kernel's runtime loop over chunks; everything inside it is unrolled)."""
+    import re
+    from collections import Counter
+
+    ins, at, label = [], {}, None
+    for line in sass.splitlines():
+        m = re.match(r"\s*(\.L_x_\d+):", line)
+        if m:
+            label = m.group(1)
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?)\s*;", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2)))
+            if label:
+                at[label], label = ins[-1][0], None
+    loops = []
+    for addr, text in ins:
+        target = re.search(r"BRA\S*\s+.*?(\.L_x_\d+)", text)
+        if target and at.get(target.group(1), addr + 1) <= addr:
+            loops.append([t for a, t in ins if at[target.group(1)] <= a <= addr])
+    if not loops:
+        raise ValueError("no loop in this SASS")
+    body = max(loops, key=len)
+    return dict(Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0] for t in body))
+
+
+def loop_costs(ops: dict[str, int]) -> dict[str, float]:
+    """Instructions per group and the SM clocks one iteration of one warp needs from each limited unit."""
+    groups = {g: sum(ops.get(o, 0) for o in names) for g, names in SASS_GROUPS.items()}
+    total = sum(ops.values())
+    clocks = {"issue": total / PER_CLOCK["issue"], **{u: groups[u] / PER_CLOCK[u] for u in ("fp32", "shfl", "mufu")}}
+    return {"instructions": total, **groups, **{f"clk_{u}": c for u, c in clocks.items()}}
+
+
+def issue_bound_ms(clocks_per_iteration: float, programs: int, iterations: int, sms: int, ghz: float) -> float:
+    """The kernel's time if its busiest unit never waited: every program's loop iterations spread over the SMs."""
+    return clocks_per_iteration * programs * iterations / sms / (ghz * 1e9) * 1e3
+
+
+def sass_rows(shapes, sms: int, ghz: float) -> list[dict]:
+    """One row per kernel (training forward, backward) and shape: main-loop mix and its issue-bound ms."""
+    import math
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+
+    from probes.kernels.selective_scan import CONFIG, backward_kernel, forward_kernel
+
+    cfg, rows = CONFIG, []
+    kernels = {"forward": (forward_kernel(), forward_consts(cfg), FWD_FP32_ARGS, ("L",), cfg.warps_fwd),
+               "backward": (backward_kernel(), backward_consts(cfg), FP32_ARGS, ODD_INTS, cfg.warps_bwd)}
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    for name, (kernel, consts, fp32_args, odd, warps) in kernels.items():
+        compiled, _ = compile_sm90(kernel, consts, fp32_args, odd, warps)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+        costs = loop_costs(main_loop(sass))
+        bound = max(("issue", "fp32", "shfl", "mufu"), key=lambda u: costs[f"clk_{u}"])
+        channels = consts["DH"] * consts["DL"]
+        for batch, dim, length, n in shapes:
+            programs, iterations = math.ceil(dim / channels) * batch, math.ceil(length / consts["CHUNK"])
+            rows.append({"kernel": name, "B": batch, "D": dim, "L": length, "N": n, "steps": consts["CHUNK"],
+                         "channels": channels, **costs, "bound": bound,
+                         "per_element": costs["instructions"] / (consts["CHUNK"] * channels * consts["BLOCK_N"]),
+                         "bound_ms": issue_bound_ms(costs[f"clk_{bound}"], programs, iterations, sms, ghz)})
+    return rows
+
+
+def sass_markdown(rows: list[dict], sms: int, ghz: float) -> str:
+    import triton
+
+    head = (f"Scan kernels' main loop, SASS for sm_90 (triton {triton.__version__}, bf16, all flags; one iteration = "
+            f"one warp's `steps` x `channels` x N = 16 states). bound ms: every loop iteration of every program at "
+            f"the busiest unit's rate, {sms} SMs at {ghz} GHz, no waiting.")
+    lines = [head, "", "| kernel | B | D | L | steps x channels | instructions (per element) | fp32 | shfl | mufu | "
+             "bar | shared | global | busiest unit | bound ms |", "|" + "---|" * 14]
+    for r in rows:
+        lines.append(f"| {r['kernel']} | {r['B']} | {r['D']} | {r['L']} | {r['steps']} x {r['channels']} | "
+                     f"{r['instructions']} ({r['per_element']:.2f}) | {r['fp32']} | {r['shfl']} | {r['mufu']} | "
+                     f"{r['bar']} | {r['shared']} | {r['global']} | {r['bound']} | {r['bound_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -287,7 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registers", action="store_true",
                         help="no timing and no GPU: compile the scan backward's variants (REGISTER_ROWS) for sm_90 "
                              "and print ptxas's registers and spills per register cap (a few minutes)")
+    parser.add_argument("--sass", action="store_true",
+                        help="no timing and no GPU: compile the forward and backward for sm_90, count their main "
+                             "loop's instructions by kind and print the ms they would take if never waiting")
+    parser.add_argument("--sms", type=int, default=132, help="--sass: SMs of the GPU (H100/H200 SXM: 132)")
+    parser.add_argument("--ghz", type=float, default=1.98, help="--sass: SM clock (H100/H200 SXM boost: 1.98)")
     args = parser.parse_args(argv)
+    if args.sass:
+        md = sass_markdown(sass_rows(args.shape or PAPER_SHAPES[::2], args.sms, args.ghz), args.sms, args.ghz)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scan_sass.md").write_text(md)
+        print(md)
+        return 0
     if args.registers:
         md = registers_markdown() + "\n" + registers_markdown(write_out=True)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def test_bench_times_probes_train_step_and_evaluation(monkeypatch, tmp_path):
     assert df["eval_examples_per_s"].iloc[0] > 0 and df["precision"].iloc[0] == "fp32"
 
 
-def test_scan_benchmark_floor_and_arguments(capsys):
+def load_scan_benchmark():
     import importlib.util
     from pathlib import Path
 
@@ -103,6 +103,11 @@ def test_scan_benchmark_floor_and_arguments(capsys):
     spec = importlib.util.spec_from_file_location("scan_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scan_benchmark_floor_and_arguments(capsys):
+    mod = load_scan_benchmark()
     assert mod.parse_shape("64,1536,203,16") == (64, 1536, 203, 16)
     with pytest.raises(Exception, match="bad shape '64,0,203'"):
         mod.parse_shape("64,0,203")
@@ -113,6 +118,35 @@ def test_scan_benchmark_floor_and_arguments(capsys):
     if not torch.cuda.is_available():
         assert mod.main(["--out", "unused"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   FFMA R2, R3, R4, R2 ;
+        /*0020*/                   SHFL.BFLY PT, R5, R2, 0x1, 0x1f ;
+        /*0030*/                   MUFU.EX2 R6, R5 ;
+        /*0040*/              @!P0 BRA `(.L_x_1) ;
+        /*0050*/                   FADD R2, R2, R6 ;
+.L_x_1:
+        /*0060*/                   ISETP.GE.AND P1, PT, R7, 0x10, PT ;
+        /*0070*/              @!P1 BRA `(.L_x_0) ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_scan_benchmark_counts_the_main_loops_instructions():
+    """--sass (no GPU): the loop is the code from a label up to a branch back to it; forward branches don't count."""
+    mod = load_scan_benchmark()
+    ops = mod.main_loop(SASS)
+    assert ops == {"FFMA": 1, "SHFL": 1, "MUFU": 1, "BRA": 2, "FADD": 1, "ISETP": 1}
+    costs = mod.loop_costs(ops)
+    assert (costs["instructions"], costs["fp32"], costs["shfl"], costs["mufu"]) == (7, 2, 1, 1)
+    assert costs["clk_issue"] == 7 / 4 and costs["clk_shfl"] == 1.0 and costs["clk_mufu"] == 2.0
+    # 1,000 clocks per iteration x 132 programs x 10 iterations on 132 SMs at 1 GHz: 10 us
+    assert mod.issue_bound_ms(1000, 132, 10, 132, 1.0) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="no loop"):
+        mod.main_loop("        /*0000*/                   EXIT ;")
 
 
 def test_parse_spec_options():

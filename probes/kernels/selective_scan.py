@@ -754,8 +754,13 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, *, du=No
 
 
 def backward_kernel():
-    """The Triton backward kernel itself, to compile it offline (`benchmarks/scan.py --registers`)."""
+    """The Triton backward kernel itself, to compile it offline (`benchmarks/scan.py --registers`, `--sass`)."""
     return _ssm_bwd_kernel
+
+
+def forward_kernel():
+    """The Triton forward kernel itself, to compile it offline (`benchmarks/scan.py --sass`)."""
+    return _ssm_fwd_kernel
 
 
 def bwd_sub(cfg: ScanConfig) -> int:
@@ -851,5 +856,5 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
 
 __all__ = ["BWD_CANDIDATES", "CONFIG", "FWD_CANDIDATES", "HAS_TRITON", "ScanConfig", "SelectiveScanFn",
-           "backward_kernel", "bench_ms", "bwd_sub", "chunk_state_shape", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
+           "backward_kernel", "bench_ms", "bwd_sub", "chunk_state_shape", "forward_kernel", "interpret_mode", "levers_on", "pick_launch", "save_budget", "saved_state_bytes",
            "scan_bwd", "scan_fwd", "selective_scan_fn", "selective_scan_ref", "state_buffer", "tuning_on"]
