@@ -23,7 +23,8 @@ tuning off (CONFIG.autotune). PROBES_SCAN_LEVERS=0 switches both off, PROBES_SCA
 saved states only; --compare times each shape with levers off ("off"), with launch tuning switched
 on and no saved states ("tuned"), and with the defaults ("on"), in one process; then the defaults with a
 few scan CONFIG fields changed (`CONFIG_ROWS`: the backward in 2-step pieces, `sub_bwd = 2`, with and
-without prefetch, with one channel per thread, and with a register cap). Writes OUT/scan.json and OUT/scan.md.
+without prefetch, with one channel per thread, with a register cap; dB/dC in per-lane atomic slots,
+`bc_mode = 2`). Writes OUT/scan.json and OUT/scan.md.
 Needs a CUDA GPU.
 
     python benchmarks/scan.py --registers --out bench/      # no GPU: ptxas registers of the backward's variants
@@ -63,6 +64,8 @@ CONFIG_ROWS = {
     "dh1 nopf": {"dh_bwd": 1, "prefetch": False},  # one piece, one channel per thread: 162, 12
     "sub2 dh1 nopf": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False},  # 141: 14
     "sub2 dh1 nopf r128": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False, "maxnreg_bwd": 128},  # 128 (+12 B): 16
+    "bc2": {"bc_mode": 2},  # dB/dC per-lane atomic slots: 8% fewer loop instructions, 56 shuffles not 152 (--sass)
+    "dh1 bc2": {"dh_bwd": 1, "bc_mode": 2},  # 168 registers (12 warps per SM) and 28 shuffles
 }
 # conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
 # (tiles, tiles, None: the conv before issue 17)
@@ -346,51 +349,80 @@ def issue_bound_ms(clocks_per_iteration: float, programs: int, iterations: int, 
     return clocks_per_iteration * programs * iterations / sms / (ghz * 1e9) * 1e3
 
 
-def sass_rows(shapes, sms: int, ghz: float) -> list[dict]:
-    """One row per kernel (training forward, backward) and shape: main-loop mix and its issue-bound ms."""
-    import math
+# --sass: backward variants (scan CONFIG fields over the defaults) whose main loop is counted too
+SASS_ROWS = {"default": {}, "bc2": {"bc_mode": 2}, "sub2": {"sub_bwd": 2}, "dh1 nopf": {"dh_bwd": 1, "prefetch": False},
+             "dh1 bc2": {"dh_bwd": 1, "bc_mode": 2}, "dl16 dh1 bc2": {"dl_bwd": 16, "dh_bwd": 1, "bc_mode": 2}}
+
+
+def kernel_loop(name: str, fields: dict | None = None) -> dict:
+    """The `name` kernel ("forward" or "backward") compiled for sm_90 with CONFIG's `fields` changed: its
+    main loop's `loop_costs`, ptxas's registers and spill stores, and the launch constants."""
     import os
+    import re
     import subprocess
     import tempfile
+    from dataclasses import replace
 
     import triton
 
     from probes.kernels.selective_scan import CONFIG, backward_kernel, forward_kernel
 
-    cfg, rows = CONFIG, []
-    kernels = {"forward": (forward_kernel(), forward_consts(cfg), FWD_FP32_ARGS, ("L",), cfg.warps_fwd),
-               "backward": (backward_kernel(), backward_consts(cfg), FP32_ARGS, ODD_INTS, cfg.warps_bwd)}
+    cfg = replace(CONFIG, **(fields or {}))
+    kernel, consts, fp32_args, odd, warps = (
+        (forward_kernel(), forward_consts(cfg), FWD_FP32_ARGS, ("L",), cfg.warps_fwd) if name == "forward" else
+        (backward_kernel(), backward_consts(cfg), FP32_ARGS, ODD_INTS, cfg.warps_bwd))
+    compiled, log = compile_sm90(kernel, consts, fp32_args, odd, warps)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
-    for name, (kernel, consts, fp32_args, odd, warps) in kernels.items():
-        compiled, _ = compile_sm90(kernel, consts, fp32_args, odd, warps)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(compiled.asm["cubin"])
-            f.flush()
-            sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
-        costs = loop_costs(main_loop(sass))
-        bound = max(("issue", "fp32", "shfl", "mufu"), key=lambda u: costs[f"clk_{u}"])
-        channels = consts["DH"] * consts["DL"]
-        for batch, dim, length, n in shapes:
-            programs, iterations = math.ceil(dim / channels) * batch, math.ceil(length / consts["CHUNK"])
-            rows.append({"kernel": name, "B": batch, "D": dim, "L": length, "N": n, "steps": consts["CHUNK"],
-                         "channels": channels, **costs, "bound": bound,
-                         "per_element": costs["instructions"] / (consts["CHUNK"] * channels * consts["BLOCK_N"]),
-                         "bound_ms": issue_bound_ms(costs[f"clk_{bound}"], programs, iterations, sms, ghz)})
-    return rows
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    usage = {k: int(m.group(1)) if (m := re.search(pattern, log)) else None
+             for k, pattern in (("registers", r"Used (\d+) registers"), ("spill_bytes", r"(\d+) bytes spill stores"))}
+    return {**loop_costs(main_loop(sass)), **usage, "consts": consts}
 
 
-def sass_markdown(rows: list[dict], sms: int, ghz: float) -> str:
+def loop_row(name: str, loop: dict, shape, sms: int, ghz: float) -> dict:
+    """`loop` at one (B, D, L, N): per-element instructions, the busiest unit and the kernel's unwaited ms."""
+    import math
+
+    batch, dim, length, n = shape
+    c = loop["consts"]
+    channels = c["DH"] * c["DL"]
+    bound = max(("issue", "fp32", "shfl", "mufu"), key=lambda u: loop[f"clk_{u}"])
+    programs, iterations = math.ceil(dim / channels) * batch, math.ceil(length / c["CHUNK"])
+    return {"kernel": name, "B": batch, "D": dim, "L": length, "N": n, "steps": c["CHUNK"], "channels": channels,
+            **{k: v for k, v in loop.items() if k != "consts"}, "bound": bound,
+            "per_element": loop["instructions"] / (c["CHUNK"] * channels * c["BLOCK_N"]),
+            "bound_ms": issue_bound_ms(loop[f"clk_{bound}"], programs, iterations, sms, ghz)}
+
+
+def sass_markdown(shapes, sms: int, ghz: float) -> str:
+    """The defaults' forward and backward at each shape, then the backward variants (SASS_ROWS) at the first."""
     import triton
 
+    triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills, as --registers
+    triton.knobs.compilation.always_compile = True
+    loops = {"forward": kernel_loop("forward"), "backward": kernel_loop("backward")}
     head = (f"Scan kernels' main loop, SASS for sm_90 (triton {triton.__version__}, bf16, all flags; one iteration = "
             f"one warp's `steps` x `channels` x N = 16 states). bound ms: every loop iteration of every program at "
             f"the busiest unit's rate, {sms} SMs at {ghz} GHz, no waiting.")
-    lines = [head, "", "| kernel | B | D | L | steps x channels | instructions (per element) | fp32 | shfl | mufu | "
-             "bar | shared | global | busiest unit | bound ms |", "|" + "---|" * 14]
-    for r in rows:
-        lines.append(f"| {r['kernel']} | {r['B']} | {r['D']} | {r['L']} | {r['steps']} x {r['channels']} | "
-                     f"{r['instructions']} ({r['per_element']:.2f}) | {r['fp32']} | {r['shfl']} | {r['mufu']} | "
-                     f"{r['bar']} | {r['shared']} | {r['global']} | {r['bound']} | {r['bound_ms']:.3f} |")
+    cols = "instructions (per element) | fp32 | shfl | mufu | bar | shared | global | busiest unit | bound ms |"
+    lines = [head, "", "| kernel | B | D | L | steps x channels | " + cols, "|" + "---|" * 14]
+    cells = ("{instructions} ({per_element:.2f}) | {fp32} | {shfl} | {mufu} | {bar} | {shared} | {global} | "
+             "{bound} | {bound_ms:.3f} |")
+    for name, loop in loops.items():
+        for shape in shapes:
+            r = loop_row(name, loop, shape, sms, ghz)
+            lines.append("| {kernel} | {B} | {D} | {L} | {steps} x {channels} | ".format(**r) + cells.format(**r))
+    b, d, length, n = shapes[0]
+    lines += ["", f"Backward variants (CONFIG changes), B = {b}, D = {d}, L = {length}, N = {n}:", "",
+              "| backward | registers (+ spill) | steps x channels | " + cols, "|" + "---|" * 12]
+    for label, fields in SASS_ROWS.items():
+        loop = kernel_loop("backward", fields)
+        r = loop_row("backward", loop, shapes[0], sms, ghz)
+        regs = f"{r['registers']}" + (f" + {r['spill_bytes']} B" if r["spill_bytes"] else "")
+        lines.append(f"| {label} | {regs} | {r['steps']} x {r['channels']} | " + cells.format(**r))
     return "\n".join(lines) + "\n"
 
 
@@ -414,13 +446,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="no timing and no GPU: compile the scan backward's variants (REGISTER_ROWS) for sm_90 "
                              "and print ptxas's registers and spills per register cap (a few minutes)")
     parser.add_argument("--sass", action="store_true",
-                        help="no timing and no GPU: compile the forward and backward for sm_90, count their main "
-                             "loop's instructions by kind and print the ms they would take if never waiting")
+                        help="no timing and no GPU: compile the forward and backward (and the backward's SASS_ROWS "
+                             "variants) for sm_90, count their main loop's instructions by kind and print the ms "
+                             "they would take if never waiting (about a minute)")
     parser.add_argument("--sms", type=int, default=132, help="--sass: SMs of the GPU (H100/H200 SXM: 132)")
     parser.add_argument("--ghz", type=float, default=1.98, help="--sass: SM clock (H100/H200 SXM boost: 1.98)")
     args = parser.parse_args(argv)
     if args.sass:
-        md = sass_markdown(sass_rows(args.shape or PAPER_SHAPES[::2], args.sms, args.ghz), args.sms, args.ghz)
+        md = sass_markdown(args.shape or PAPER_SHAPES[::2], args.sms, args.ghz)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scan_sass.md").write_text(md)
         print(md)

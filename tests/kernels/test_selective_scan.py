@@ -505,7 +505,7 @@ def test_backward_pieces_paper_shape_cuda(device, shape, saved):
 
 
 def test_scan_benchmark_config_rows_name_real_fields():
-    """benchmarks/scan.py --compare (on the GPU) and --registers set these CONFIG fields: catch a typo here."""
+    """benchmarks/scan.py --compare (on the GPU), --registers and --sass set these CONFIG fields: catch a typo here."""
     import importlib.util
     from dataclasses import fields, replace
     from pathlib import Path
@@ -518,6 +518,6 @@ def test_scan_benchmark_config_rows_name_real_fields():
     spec.loader.exec_module(mod)
     names = {f.name for f in fields(CONFIG)}
     assert "sub2" in mod.CONFIG_ROWS
-    for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values()]:
+    for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values(), *mod.SASS_ROWS.values()]:
         assert set(row) <= names, set(row) - names
         assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", CONFIG.chunk_bwd)
