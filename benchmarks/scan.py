@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sass", action="store_true",
                         help="no timing and no GPU: compile the forward and backward (and the backward's SASS_ROWS "
                              "variants) for sm_90, count their main loop's instructions by kind and print the ms "
-                             "they would take if never waiting (about a minute)")
+                             "they would take if never waiting (under a minute)")
     parser.add_argument("--sms", type=int, default=132, help="--sass: SMs of the GPU (H100/H200 SXM: 132)")
     parser.add_argument("--ghz", type=float, default=1.98, help="--sass: SM clock (H100/H200 SXM boost: 1.98)")
     args = parser.parse_args(argv)
