@@ -266,27 +266,41 @@ def backward_usage(fields: dict, cap: int, write_out: bool = False) -> dict:
     """ptxas's registers and spill-store bytes for the scan backward on sm_90 (compiled here, no GPU):
     the defaults with `fields` changed, bf16 channel-last inputs as the mixer passes them (unit channel
     and state strides, the launch's specialisations), all flags on."""
-    import re
     from dataclasses import replace
 
     from probes.kernels.selective_scan import CONFIG, backward_kernel
 
     cfg = replace(CONFIG, **fields)
     _, text = compile_sm90(backward_kernel(), backward_consts(cfg, write_out), FP32_ARGS, ODD_INTS, cfg.warps_bwd, cap)
-    return {"registers": int(re.search(r"Used (\d+) registers", text).group(1)),
-            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", text).group(1))}
+    return ptxas_usage(text)
+
+
+def ptxas_usage(log: str) -> dict:
+    """Registers per thread and spill-store bytes from ptxas's log (`offline_compilation` switches it on)."""
+    import re
+
+    return {"registers": int(re.search(r"Used (\d+) registers", log).group(1)),
+            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", log).group(1))}
+
+
+def offline_compilation(option: str) -> None:
+    """Set triton up to compile for sm_90 here and log ptxas's usage; one line and exit 2 in the interpreter."""
+    import triton
+
+    from probes.kernels.selective_scan import backward_kernel
+
+    if type(backward_kernel()).__name__ == "InterpretedFunction":
+        print(f"error: {option} compiles the kernels for sm_90; unset TRITON_INTERPRET", file=sys.stderr)
+        raise SystemExit(2)
+    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v's log: registers and spills
+    triton.knobs.compilation.always_compile = True  # a cached kernel would skip ptxas
 
 
 def registers_markdown(write_out: bool = False) -> str:
     """The REGISTER_ROWS x REGISTER_CAPS table of `backward_usage` (each cell a compilation, a few seconds)."""
     import triton
 
-    from probes.kernels.selective_scan import backward_kernel
-
-    if type(backward_kernel()).__name__ == "InterpretedFunction":
-        raise SystemExit("error: --registers compiles the kernel for sm_90; unset TRITON_INTERPRET")
-    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas -v's log: what the table reads
-    triton.knobs.compilation.always_compile = True  # a cached kernel would skip ptxas
+    offline_compilation("--registers")
     caps = ["no cap" if c == 0 else f"cap {c}" for c in REGISTER_CAPS]
     lines = [(f"Scan backward, ptxas for sm_90 (triton {triton.__version__}, bf16, all flags, "
               f"write_out={write_out}): registers per thread, + spill-store bytes."), "",
@@ -358,7 +372,6 @@ def kernel_loop(name: str, fields: dict | None = None) -> dict:
     """The `name` kernel ("forward" or "backward") compiled for sm_90 with CONFIG's `fields` changed: its
     main loop's `loop_costs`, ptxas's registers and spill stores, and the launch constants."""
     import os
-    import re
     import subprocess
     import tempfile
     from dataclasses import replace
@@ -377,9 +390,7 @@ def kernel_loop(name: str, fields: dict | None = None) -> dict:
         f.write(compiled.asm["cubin"])
         f.flush()
         sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
-    usage = {k: int(m.group(1)) if (m := re.search(pattern, log)) else None
-             for k, pattern in (("registers", r"Used (\d+) registers"), ("spill_bytes", r"(\d+) bytes spill stores"))}
-    return {**loop_costs(main_loop(sass)), **usage, "consts": consts}
+    return {**loop_costs(main_loop(sass)), **ptxas_usage(log), "consts": consts}
 
 
 def loop_row(name: str, loop: dict, shape, sms: int, ghz: float) -> dict:
@@ -401,8 +412,7 @@ def sass_markdown(shapes, sms: int, ghz: float) -> str:
     """The defaults' forward and backward at each shape, then the backward variants (SASS_ROWS) at the first."""
     import triton
 
-    triton.knobs.nvidia.dump_ptxas_log = True  # registers and spills, as --registers
-    triton.knobs.compilation.always_compile = True
+    offline_compilation("--sass")
     loops = {"forward": kernel_loop("forward"), "backward": kernel_loop("backward")}
     head = (f"Scan kernels' main loop, SASS for sm_90 (triton {triton.__version__}, bf16, all flags; one iteration = "
             f"one warp's `steps` x `channels` x N = 16 states). bound ms: every loop iteration of every program at "
@@ -424,6 +434,19 @@ def sass_markdown(shapes, sms: int, ghz: float) -> str:
         regs = f"{r['registers']}" + (f" + {r['spill_bytes']} B" if r["spill_bytes"] else "")
         lines.append(f"| {label} | {regs} | {r['steps']} x {r['channels']} | " + cells.format(**r))
     return "\n".join(lines) + "\n"
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above 0, else one line naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"bad value {text!r} (allowed: a number above 0)")
+        return value
+    return parse
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -449,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="no timing and no GPU: compile the forward and backward (and the backward's SASS_ROWS "
                              "variants) for sm_90, count their main loop's instructions by kind and print the ms "
                              "they would take if never waiting (under a minute)")
-    parser.add_argument("--sms", type=int, default=132, help="--sass: SMs of the GPU (H100/H200 SXM: 132)")
-    parser.add_argument("--ghz", type=float, default=1.98, help="--sass: SM clock (H100/H200 SXM boost: 1.98)")
+    parser.add_argument("--sms", type=positive(int), default=132, help="--sass: SMs of the GPU (H100/H200 SXM: 132)")
+    parser.add_argument("--ghz", type=positive(float), default=1.98, help="--sass: SM clock (H100/H200 SXM boost: 1.98)")
     args = parser.parse_args(argv)
     if args.sass:
         md = sass_markdown(args.shape or PAPER_SHAPES[::2], args.sms, args.ghz)

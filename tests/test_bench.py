@@ -147,6 +147,10 @@ def test_scan_benchmark_counts_the_main_loops_instructions():
     assert mod.issue_bound_ms(1000, 132, 10, 132, 1.0) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="no loop"):
         mod.main_loop("        /*0000*/                   EXIT ;")
+    for bad in ("--sms=0", "--ghz=abc"):  # one argparse line, exit 2
+        with pytest.raises(SystemExit) as exit_:
+            mod.main(["--sass", bad])
+        assert exit_.value.code == 2
 
 
 def test_parse_spec_options():
