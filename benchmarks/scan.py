@@ -456,6 +456,19 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return tuple(int(p) for p in parts)
 
 
+ALL_MODES = ("off", "tuned", "on", *CONFIG_ROWS)
+
+
+def scan_rows(text: str) -> tuple[str, ...]:
+    """--rows: comma-separated scan modes, each one of ALL_MODES."""
+    modes = tuple(m.strip() for m in text.split(","))
+    bad = [m for m in modes if m not in ALL_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown scan mode {bad[0] if bad else text!r} "
+                                         f"(allowed: {', '.join(ALL_MODES)})")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", type=parse_shape, action="append", help="B,D,L,N (repeat; default: paper)")
@@ -465,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time each shape with levers off, launch tuning only, the defaults, then the "
                              "defaults with the CONFIG_ROWS changes (backward pieces); the conv's kernels and "
                              "backward row blocks (CONV_COMPARE)")
+    parser.add_argument("--rows", type=scan_rows, metavar="MODE[,MODE]",
+                        help="time only these scan modes (of off, tuned, on and the CONFIG_ROWS names, e.g. "
+                             "'on,bc2,dh1 bc2'); the conv table: --compare's rows with --compare, else the default")
     parser.add_argument("--registers", action="store_true",
                         help="no timing and no GPU: compile the scan backward's variants (REGISTER_ROWS) for sm_90 "
                              "and print ptxas's registers and spills per register cap (a few minutes)")
@@ -497,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    modes = ("off", "tuned", "on", *CONFIG_ROWS) if args.compare else ("on" if levers_on() else "off",)
+    modes = ALL_MODES if args.compare else ("on" if levers_on() else "off",)
+    modes = args.rows or modes
     shapes = args.shape or PAPER_SHAPES
     rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
     default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)

@@ -115,6 +115,9 @@ def test_scan_benchmark_floor_and_arguments(capsys):
                            "floor_ms": 0.1, "x_floor": 13.9, "pct_of_floor": 7.2, "conv_fwd_bwd_ms": 0.6}], 4.3e12,
                          {"gpu": "H200", "torch": "2", "triton": "3"})
     assert "| on | 64 | 1536 | 203 | 16 | 0.500 | 1.390 | 0.100 | 13.9 | 7% | 0.600 |" in md
+    assert mod.scan_rows("on, bc2,dh1 bc2") == ("on", "bc2", "dh1 bc2")
+    with pytest.raises(Exception, match="unknown scan mode 'bc3'"):
+        mod.scan_rows("on,bc3")
     if not torch.cuda.is_available():
         assert mod.main(["--out", "unused"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
