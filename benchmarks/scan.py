@@ -27,6 +27,11 @@ without prefetch, with one channel per thread, with a register cap; dB/dC in per
 `bc_mode = 2`). Writes OUT/scan.json and OUT/scan.md.
 Needs a CUDA GPU.
 
+    ncu --kernel-name regex:_ssm_ --launch-count 2 python benchmarks/scan.py --once --shape 64,1536,203,16
+
+--once runs each mode's (--rows) training forward and backward once per shape, untimed: what a profiler
+such as Nsight Compute (ncu) should see.
+
     python benchmarks/scan.py --registers --out bench/      # no GPU: ptxas registers of the backward's variants
 
 --registers compiles the scan backward for sm_90 here (REGISTER_ROWS x REGISTER_CAPS, with the launch's
@@ -43,6 +48,7 @@ waited (sm_90 per-SM rates; --sms, --ghz), to set beside the measured ms. Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -111,26 +117,37 @@ def copy_bandwidth(gib: float = 2.0, reps: int = 10) -> float:
     return 2 * x.numel() * x.element_size() / (ms / 1e3)
 
 
-def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
-    from probes.kernels.causal_conv import causal_conv1d_fn
-    from probes.kernels.selective_scan import CONFIG, selective_scan_fn
+@contextlib.contextmanager
+def scan_mode(levers: str):
+    """The scan as `levers` names it (off, tuned, on or a CONFIG_ROWS name) inside the block; restored after."""
+    from probes.kernels.selective_scan import CONFIG
 
+    env_before = {k: os.environ.get(k) for k in ("PROBES_SCAN_LEVERS", "PROBES_SCAN_SAVE_MB")}
     os.environ["PROBES_SCAN_LEVERS"] = "0" if levers == "off" else "1"
-    saved_mb = os.environ.pop("PROBES_SCAN_SAVE_MB", None)
-    autotune = CONFIG.autotune
+    os.environ.pop("PROBES_SCAN_SAVE_MB", None)
     config_before = dict(CONFIG.__dict__)
     CONFIG.__dict__.update(CONFIG_ROWS.get(levers, {}))
     if levers == "tuned":  # launch tuning only (off by default, so switched on here), no saved chunk states
         os.environ["PROBES_SCAN_SAVE_MB"] = "0"
         CONFIG.autotune = True
-    batch, dim, L, N = shape
-    ins = inputs(batch, dim, L, N)
+    try:
+        yield
+    finally:
+        CONFIG.__dict__.update(config_before)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def scan_fwd_bwd(shape):
+    """fwd() and fwd_bwd() of the scan on inputs of `shape`, as the fused mixer passes them."""
+    from probes.kernels.selective_scan import selective_scan_fn
+
+    ins = inputs(*shape)
     args = [ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     dout = torch.randn_like(ins["u"])
-    x = ins["u"].detach().transpose(1, 2).requires_grad_()  # (B, L, D), unit channel stride
-    w = torch.randn(dim, 4, device="cuda", requires_grad=True)
-    cb = torch.randn(dim, device="cuda", requires_grad=True)
-    gx = torch.randn_like(x)
 
     def fwd():
         with torch.no_grad():
@@ -140,19 +157,38 @@ def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
         out = selective_scan_fn(*args, delta_softplus=True)
         torch.autograd.grad(out, [ins["u"], ins["delta"], ins["B"], ins["C"], ins["z"]], dout)
 
+    return fwd, fwd_bwd
+
+
+def time_shape(shape, reps: int, bandwidth: float, levers: str = "on") -> dict:
+    from probes.kernels.causal_conv import causal_conv1d_fn
+
+    batch, dim, L, N = shape
+    x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).requires_grad_()  # unit channel stride
+    w = torch.randn(dim, 4, device="cuda", requires_grad=True)
+    cb = torch.randn(dim, device="cuda", requires_grad=True)
+    gx = torch.randn_like(x)
+
     def conv_fwd_bwd():
         torch.autograd.grad(causal_conv1d_fn(x, w, cb, "silu"), [x, w, cb], gx)
 
     floor_ms = VALUES_MOVED * batch * dim * L * 2 / bandwidth * 1e3
-    ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
-    os.environ.pop("PROBES_SCAN_SAVE_MB", None)
-    CONFIG.autotune = autotune
-    CONFIG.__dict__.update(config_before)
-    if saved_mb is not None:
-        os.environ["PROBES_SCAN_SAVE_MB"] = saved_mb
+    with scan_mode(levers):
+        fwd, fwd_bwd = scan_fwd_bwd(shape)
+        ms_f, ms_fb, ms_conv = cuda_ms(fwd, reps), cuda_ms(fwd_bwd, reps), cuda_ms(conv_fwd_bwd, reps)
     return {"levers": levers, "B": batch, "D": dim, "L": L, "N": N, "fwd_ms": ms_f, "fwd_bwd_ms": ms_fb,
             "floor_ms": floor_ms, "x_floor": ms_fb / floor_ms, "pct_of_floor": 100 * floor_ms / ms_fb,
             "conv_fwd_bwd_ms": ms_conv}
+
+
+def run_once(shapes, modes) -> None:
+    """--once: each mode's training forward and backward once per shape, untimed, for a profiler."""
+    for shape in shapes:
+        for mode in modes:
+            with scan_mode(mode):
+                scan_fwd_bwd(shape)[1]()
+            torch.cuda.synchronize()
+            print(f"ran {mode} at B,D,L,N = {','.join(map(str, shape))}")
 
 
 def time_conv(shape, reps: int, bandwidth: float, fwd: str, bwd: str, rows: int | None) -> dict:
@@ -481,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=scan_rows, metavar="MODE[,MODE]",
                         help="time only these scan modes (of off, tuned, on and the CONFIG_ROWS names, e.g. "
                              "'on,bc2,dh1 bc2'); the conv table: --compare's rows with --compare, else the default")
+    parser.add_argument("--once", action="store_true",
+                        help="no timing: run each mode's (--rows) training forward and backward once per shape, "
+                             "for a profiler, e.g. ncu --kernel-name regex:_ssm_ --launch-count 2 python "
+                             "benchmarks/scan.py --once --shape 64,1536,203,16")
     parser.add_argument("--registers", action="store_true",
                         help="no timing and no GPU: compile the scan backward's variants (REGISTER_ROWS) for sm_90 "
                              "and print ptxas's registers and spills per register cap (a few minutes)")
@@ -511,11 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     from probes.kernels.causal_conv import BWD_KERNEL, BWD_ROWS, FWD_KERNEL
     from probes.kernels.selective_scan import levers_on
 
+    modes = args.rows or (ALL_MODES if args.compare else ("on" if levers_on() else "off",))
+    shapes = args.shape or PAPER_SHAPES
+    if args.once:
+        run_once(shapes, modes)
+        return 0
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     bandwidth = copy_bandwidth()
-    modes = ALL_MODES if args.compare else ("on" if levers_on() else "off",)
-    modes = args.rows or modes
-    shapes = args.shape or PAPER_SHAPES
     rows = [time_shape(s, args.reps, bandwidth, m) for s in shapes for m in modes]
     default = (FWD_KERNEL, BWD_KERNEL, BWD_ROWS)
     conv_runs = tuple(dict.fromkeys((*CONV_COMPARE, default))) if args.compare else (default,)

@@ -1,6 +1,7 @@
 """`probes bench`: one table with Pythia and Mamba side by side, and one-line errors."""
 
 import contextlib
+import os
 
 import pandas as pd
 import pytest
@@ -122,6 +123,23 @@ def test_scan_benchmark_floor_and_arguments(capsys):
         assert mod.main(["--out", "unused"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
 
+
+
+def test_scan_modes_apply_inside_the_block_and_leave_nothing_behind(monkeypatch):
+    from probes.kernels.selective_scan import CONFIG
+
+    mod = load_scan_benchmark()
+    monkeypatch.setenv("PROBES_SCAN_SAVE_MB", "64")
+    monkeypatch.delenv("PROBES_SCAN_LEVERS", raising=False)
+    before = dict(CONFIG.__dict__)
+    with mod.scan_mode("dh1 bc2"):
+        assert (CONFIG.bc_mode, CONFIG.dh_bwd) == (2, 1)
+    with mod.scan_mode("tuned"):
+        assert CONFIG.autotune and os.environ["PROBES_SCAN_SAVE_MB"] == "0"
+    with mod.scan_mode("off"):
+        assert os.environ["PROBES_SCAN_LEVERS"] == "0"
+    assert dict(CONFIG.__dict__) == before and os.environ["PROBES_SCAN_SAVE_MB"] == "64"
+    assert "PROBES_SCAN_LEVERS" not in os.environ
 
 SASS = """
         /*0000*/                   LDC R1, c[0x0][0x28] ;
