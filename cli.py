@@ -19,7 +19,7 @@ import typer
 from analysis.plot_config import PlotConfig
 from probes.cliopts import Flags, config_options, option_keys
 from probes.config import DataConfig
-from probes.console import console, flags_given, out_console, user_errors
+from probes.console import console, exit_for_status, flags_given, out_console, user_errors
 from probes.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -116,6 +116,8 @@ def _describe_summary(run: Path, s: dict) -> str:
         head = f"reached {s['threshold']} at step {s['step_reached']:,} ({s['examples_to_threshold']:,} examples)"
     elif status == "not_reached":
         head = f"did not reach {s['threshold']} in {s['max_steps']:,} steps (final accuracy {s['final_accuracy']:.3f})"
+    elif status == "running":
+        head = s["message"]
     else:
         head = f"failed: {s['message']}"
     rates = ", ".join(f"{label} {s[key]:,.0f} ex/s" for label, key in
@@ -137,8 +139,7 @@ def train(
     cfg = flags.load()
     summary = train_run(cfg, overwrite=overwrite, progress=progress)
     out_console.print(_describe_summary(run_dir(cfg), summary), highlight=False, markup=False, soft_wrap=True)
-    if summary["status"] == "failed":
-        raise typer.Exit(1)
+    exit_for_status(summary["status"])
 
 
 # === pretrain / copytest ===
@@ -173,9 +174,10 @@ def pretrain(
             f"({summary['tokens_seen']:,} tokens); held-out loss {summary['final_heldout_loss']:.3f}")
     if summary["status"] == "failed":
         head = f"{run_dir(cfg)}: failed: {summary['message']}"
+    elif summary["status"] == "running":
+        head = f"{run_dir(cfg)}: {summary['message']}"
     out_console.print(head, highlight=False, markup=False, soft_wrap=True)
-    if summary["status"] == "failed":
-        raise typer.Exit(1)
+    exit_for_status(summary["status"])
 
 
 @app.command()

@@ -106,3 +106,15 @@ def flags_given(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
         if source is not None and source.name == "COMMANDLINE":  # typer may vendor its own click
             given[key] = ctx.params[param]
     return given
+
+
+STOPPED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+def exit_for_status(status: str) -> None:
+    """A run command's exit: 1 for a failed run, 143 for one stopped by SIGTERM (still `running`,
+    resumable with the same command), else 0."""
+    if status == "failed":
+        raise typer.Exit(1)
+    if status == "running":
+        raise typer.Exit(STOPPED_EXIT)

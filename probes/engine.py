@@ -16,6 +16,10 @@ The engine owns what every run does the same way:
                   passed since the last one, and at the end; the state holds the record, the kind's
                   optimizer / scheduler / extras and every RNG (probes.runtime.rng_state + BatchOrder)
     summary.json  `kind`, status and outcome (kind.summary), rewritten after each evaluation
+    SIGTERM       (a scheduler's notice, `kill`, a stopped sweep) ends the run after the step in
+                  flight: a checkpoint there, holding the open interval's loss sum, steps and
+                  seconds, so the resumed run's metrics are those of an uninterrupted one; the
+                  run stays `running` and the same command resumes it
     progress      a rich bar (or, without it, one line per evaluation to `log`)
     trackers      cfg.log_to (probes.trackers): each metrics row mirrored to TensorBoard / W&B
 
@@ -27,6 +31,8 @@ groups, the rows it records and its summary.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +208,25 @@ class Progress:
             self.bar.stop()
 
 
+class StopRequest:
+    """While open in the main thread, SIGTERM sets `requested` instead of ending the process."""
+
+    def __init__(self):
+        self.requested, self.installed, self.previous = False, False, None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous, self.installed = signal.signal(signal.SIGTERM, self._request), True
+        return self
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+
 # === The run ===
 
 
@@ -268,6 +293,10 @@ class Engine:
         return rec
 
     def _loop(self) -> dict:
+        with StopRequest() as stop:
+            return self._steps(stop)
+
+    def _steps(self, stop: StopRequest) -> dict:
         kind, rec = self.kind, self.rec
         if not rec["metrics"]:
             self.evaluate(0, None, Interval(0, 0, 0.0))
@@ -280,7 +309,13 @@ class Engine:
         step, since = rec["step"], 0
         loss_sum = torch.zeros((), device=kind.device)
         t_train = time.monotonic()
+        if rec["open_interval"]:  # stopped by SIGTERM between evaluations: that interval goes on
+            since, t_train = rec["open_interval"]["steps"], t_train - rec["open_interval"]["seconds"]
+            loss_sum.fill_(rec["open_interval"]["loss_sum"])
+            rec["open_interval"] = None
         while step < kind.cfg.max_steps:
+            if stop.requested:
+                return self.stop(step, loss_sum, since, t_train)
             loss_sum += self.step_fn(step)
             step, since = step + 1, since + 1
             is_eval = self.is_eval_step(step)
@@ -340,6 +375,17 @@ class Engine:
         save_checkpoint(self.run_path, self.kind.backbone,
                         {**rec, **self.kind.state_dict(), "rng": rng, "batch_order": order})
         self.last_ckpt = step
+
+    def stop(self, step: int, loss_sum: torch.Tensor, since: int, t_train: float) -> dict:
+        """SIGTERM: a checkpoint at `step` carrying the open interval (unless one is there already);
+        the run stays `running`."""
+        if step > self.last_ckpt:
+            total = loss_sum.item()  # waits for the GPU's queued steps, so the seconds below are whole
+            self.rec["open_interval"] = {"loss_sum": total, "steps": since, "seconds": time.monotonic() - t_train}
+            self.checkpoint(step)
+            self.rec["open_interval"] = None
+        self.bar.stop()
+        return self.write_summary("running", f"stopped by SIGTERM at step {step}; the same command resumes it")
 
     def nan_message(self, total: float, first: int, last: int) -> str:
         lr, decay = self.kind.hyper(last - 1)

@@ -274,7 +274,7 @@ def new_record() -> dict[str, Any]:
     """What a run accumulates and its checkpoint carries: step, timings, metrics and positions rows."""
     return {"step": 0, "wall_seconds": 0.0, "metrics": [], "positions": [], "resumed_at": [],
             "train_seconds": 0.0, "train_steps": 0, "train_examples": 0, "eval_seconds": 0.0,
-            "eval_examples": 0, "threads_used": []}
+            "eval_examples": 0, "threads_used": [], "open_interval": None}
 
 
 def note_threads(rec: dict[str, Any], count: int) -> None:

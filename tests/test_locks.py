@@ -130,3 +130,35 @@ def test_sweep_workers_die_with_a_sweep_killed_by_sigkill(tmp_path):
         pytest.fail("the worker outlived its sweep")
     with locks.hold(run):  # a rerun takes the run over
         pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sweep_stopped_by_sigterm_has_its_workers_checkpoint_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", "from cli import app; app()", "sweep", "--out", str(tmp_path / "s"), "--model",
+         "pythia-tiny", "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=1000000",
+         "--set", "train_size=40", "--set", "eval_size=8", "--set", "batch_size=4", "--set", "device=cpu",
+         "--set", "eval_every=1000", "--set", "checkpoint_every=1000000", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "s" / "pythia-tiny+suffix+n4+lr1e-3+default+s0"
+    worker = None
+    for _ in range(1200):  # until the worker has evaluated step 0 (its SIGTERM handler is then in place)
+        worker = locks.read_holder(run)
+        if worker is not None and worker.pid != sweep.pid and (run / "metrics.parquet").exists():
+            break
+        time.sleep(0.25)
+    assert worker is not None, "the worker never started"
+    time.sleep(1.0)  # a few training steps
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=120) == 143
+    assert not locks.pid_alive(worker.pid)  # the sweep waited for it
+    summary = json.loads((run / "summary.json").read_text())
+    step = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["step"]
+    assert summary["status"] == "running" and f"stopped by SIGTERM at step {step}" in summary["message"]
+    assert step > 0  # the steps since step 0 were kept, though no checkpoint was due before step 1,000,000
+    assert locks.read_holder(run) is None  # released, not left to be taken over

@@ -271,10 +271,23 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
             "--eval-size", "60", "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out), *extra]
 
 
-def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
-    whole = subprocess.run(_train_cmd(tmp_path / "whole"), check=False, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run of _train_cmd from start to end in one process, to compare interrupted ones with."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "whole"
+    whole = subprocess.run(_train_cmd(run), check=False, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
+    return run
 
+
+def assert_same_run(run: Path, whole: Path) -> None:
+    pd.testing.assert_frame_equal(without_timing(metrics(whole)), without_timing(metrics(run)))
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / "positions.parquet"), pd.read_parquet(run / "positions.parquet"))
+    final = json.loads((run / "summary.json").read_text())["final_accuracy"]
+    assert json.loads((whole / "summary.json").read_text())["final_accuracy"] == final
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tmp_path, uninterrupted):
     run = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
@@ -295,10 +308,36 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tm
     assert again.returncode == 0, again.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_at"] and summary["resumed_at"][0] >= 30
-    pd.testing.assert_frame_equal(without_timing(metrics(tmp_path / "whole")), without_timing(metrics(run)))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "positions.parquet"),
-                                  pd.read_parquet(run / "positions.parquet"))
-    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
+    assert_same_run(run, uninterrupted)
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_the_resumed_run_ends_like_an_uninterrupted_one(
+        tmp_path, uninterrupted):
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(_train_cmd(run, "--checkpoint-every", "1000"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(Exception):  # not written yet, or being replaced: look again
+            if pd.read_parquet(run / "metrics.parquet").step.max() >= 30:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    state = torch.load(run / "checkpoint" / "state.pt", weights_only=True)
+    stopped_at = state["step"]  # no regular checkpoint before step 1000: this one is SIGTERM's
+    assert 30 <= stopped_at < 150 and f"stopped by SIGTERM at step {stopped_at}" in out
+    assert state["open_interval"]["steps"] == stopped_at % 10  # steps since the last evaluation
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "running" and "the same command resumes it" in summary["message"]
+
+    again = subprocess.run(_train_cmd(run, "--checkpoint-every", "1000"), check=False, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "summary.json").read_text())["resumed_at"] == [stopped_at]
+    assert_same_run(run, uninterrupted)  # train_loss too: the open interval went on where it stopped
 
 
 # === CPU threads ===

@@ -2,7 +2,8 @@
 
 Several small runs can share one GPU this way. Each worker runs in its own process group, logs to
 RUN/train.log and dies with the sweep process (probes.locks.die_with_parent: PR_SET_PDEATHSIG on
-Linux); progress comes from each run's summary.json.
+Linux); progress comes from each run's summary.json. SIGTERM to the sweep passes on to its workers,
+which checkpoint where they are (probes.engine) before the sweep exits with code 143.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import probes
+from probes.console import STOPPED_EXIT
 from probes.errors import UserError
 from probes.locks import PARENT_ENV
 from probes.rundir import LOG_FILE, read_summary
@@ -35,6 +38,10 @@ def stop_worker(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
+
+
+def _terminate(signum, frame):
+    raise SystemExit(STOPPED_EXIT)  # unwinds LocalBackend.run, which stops its workers on the way out
 
 
 def worker_command(job: Job, threads: int) -> list[str]:
@@ -92,6 +99,8 @@ class LocalBackend:
 
     def run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None = None) -> list[Result]:
         pending, active, results = list(jobs), {}, []
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             while pending or active:
                 while pending and len(active) < self.jobs:
@@ -118,4 +127,7 @@ class LocalBackend:
                 proc.wait()
                 log.close()
             raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return results

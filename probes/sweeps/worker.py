@@ -2,7 +2,7 @@
 
 The local backend starts one such process per run; the Ray backend calls `run_job` in its task.
 Prints the run's summary as JSON; a user error (a busy or damaged run) is one `error: ...` line
-and exit code 2; a failed run exits 1.
+and exit code 2; a failed run exits 1, one stopped by SIGTERM 143 (resumable).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 
 from probes.config import validate
+from probes.console import STOPPED_EXIT
 from probes.errors import UserError
 from probes.sweeps.kinds import KINDS, get_kind
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", flush=True)
         return 2
     print(json.dumps(summary), flush=True)
-    return 1 if summary["status"] == "failed" else 0
+    return {"failed": 1, "running": STOPPED_EXIT}.get(summary["status"], 0)  # running: stopped by SIGTERM
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from probes.cliopts import Flags, config_options
-from probes.console import console, out_console, user_errors
+from probes.console import console, exit_for_status, out_console, user_errors
 from probes.errors import UserError
 from probes.vlm.config import VLMEvalConfig, VLMTrainConfig
 
@@ -44,8 +44,7 @@ def train(
               f"final Acc@0.5 {summary['final_accuracy']:.3f} after {summary['final_step']} steps"
               if status == "not_reached" else summary.get("message", ""))
     console.print(f"{cfg.out or summary['run']}: {status} ({detail})", highlight=False, markup=False)
-    if status == "failed":
-        raise typer.Exit(1)
+    exit_for_status(status)
 
 
 # === preview ===
