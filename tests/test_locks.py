@@ -101,17 +101,22 @@ def test_two_probes_train_on_one_out_the_second_is_refused(tmp_path):
     assert f"in use by run writer PID {proc.pid}" in r.stderr and "Traceback" not in r.stderr
 
 
+def _endless_sweep(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """A `probes sweep` of one tiny CPU run that would go on for a million steps, and that run's directory."""
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", "from cli import app; app()", "sweep", "--out", str(tmp_path / "s"), "--model",
+         "pythia-tiny", "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=1000000",
+         "--set", "train_size=40", "--set", "eval_size=8", "--set", "batch_size=4", "--set", "device=cpu",
+         *extra, "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return sweep, tmp_path / "s" / "pythia-tiny+suffix+n4+lr1e-3+default+s0"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_sweep_workers_die_with_a_sweep_killed_by_sigkill(tmp_path):
     import signal
     import time
 
-    sweep = subprocess.Popen(
-        [sys.executable, "-c", "from cli import app; app()", "sweep", "--out", str(tmp_path / "s"), "--model",
-         "pythia-tiny", "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=1000000",
-         "--set", "train_size=40", "--set", "eval_size=8", "--set", "batch_size=4", "--set", "device=cpu",
-         "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = tmp_path / "s" / "pythia-tiny+suffix+n4+lr1e-3+default+s0"
+    sweep, run = _endless_sweep(tmp_path)
     worker = None
     for _ in range(1200):  # until the worker holds its run's lock (it names itself there)
         worker = locks.read_holder(run)
@@ -139,13 +144,7 @@ def test_a_sweep_stopped_by_sigterm_has_its_workers_checkpoint_and_exits_143(tmp
 
     import torch
 
-    sweep = subprocess.Popen(
-        [sys.executable, "-c", "from cli import app; app()", "sweep", "--out", str(tmp_path / "s"), "--model",
-         "pythia-tiny", "--n", "4", "--lr", "1e-3", "--init", "default", "--set", "max_steps=1000000",
-         "--set", "train_size=40", "--set", "eval_size=8", "--set", "batch_size=4", "--set", "device=cpu",
-         "--set", "eval_every=1000", "--set", "checkpoint_every=1000000", "--no-progress"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = tmp_path / "s" / "pythia-tiny+suffix+n4+lr1e-3+default+s0"
+    sweep, run = _endless_sweep(tmp_path, "--set", "eval_every=1000", "--set", "checkpoint_every=1000000")
     worker = None
     for _ in range(1200):  # until the worker has evaluated step 0 (its SIGTERM handler is then in place)
         worker = locks.read_holder(run)
