@@ -18,7 +18,8 @@ scan = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(scan)
 
 if not torch.cuda.is_available():
-    sys.exit("error: benchmarks/scan_profile.py profiles CUDA kernels and needs a CUDA GPU")
+    print("error: benchmarks/scan_profile.py profiles CUDA kernels and needs a CUDA GPU", file=sys.stderr)
+    raise SystemExit(2)
 for D in (1536, 4096):
     with scan.scan_mode("on"):
         fwd, fwd_bwd = scan.scan_fwd_bwd((64, D, 203, 16))
