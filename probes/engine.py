@@ -31,8 +31,6 @@ groups, the rows it records and its summary.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 
 from probes import rundir
+from probes.locks import on_sigterm
 from probes.rundir import (
     POSITION_COLUMNS,
     latest_checkpoint,
@@ -209,22 +208,12 @@ class Progress:
 
 
 class StopRequest:
-    """While open in the main thread, SIGTERM sets `requested` instead of ending the process."""
+    """Set by SIGTERM while the run's loop is open (locks.on_sigterm), instead of ending the process."""
 
-    def __init__(self):
-        self.requested, self.installed, self.previous = False, False, None
+    requested = False
 
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self.previous, self.installed = signal.signal(signal.SIGTERM, self._request), True
-        return self
-
-    def _request(self, signum, frame) -> None:
+    def __call__(self, signum, frame) -> None:
         self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
 
 
 # === The run ===
@@ -293,7 +282,8 @@ class Engine:
         return rec
 
     def _loop(self) -> dict:
-        with StopRequest() as stop:
+        stop = StopRequest()
+        with on_sigterm(stop):
             return self._steps(stop)
 
     def _steps(self, stop: StopRequest) -> dict:

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,6 +178,20 @@ def die_with_parent(environ=os.environ) -> bool:
     if os.getppid() != int(parent):  # the parent died before prctl took effect
         os._exit(1)
     return True
+
+
+@contextlib.contextmanager
+def on_sigterm(handler) -> Iterator[None]:
+    """`handler(signum, frame)` receives SIGTERM inside the block (in the main thread, where signals
+    arrive; elsewhere nothing changes); the previous disposition is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def is_held(directory: str | Path) -> bool:

@@ -124,7 +124,6 @@ def test_scan_benchmark_floor_and_arguments(capsys):
         assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
-
 def test_scan_modes_apply_inside_the_block_and_leave_nothing_behind(monkeypatch):
     from probes.kernels.selective_scan import CONFIG
 
@@ -140,6 +139,7 @@ def test_scan_modes_apply_inside_the_block_and_leave_nothing_behind(monkeypatch)
         assert os.environ["PROBES_SCAN_LEVERS"] == "0"
     assert dict(CONFIG.__dict__) == before and os.environ["PROBES_SCAN_SAVE_MB"] == "64"
     assert "PROBES_SCAN_LEVERS" not in os.environ
+
 
 SASS = """
         /*0000*/                   LDC R1, c[0x0][0x28] ;

@@ -161,3 +161,12 @@ def test_a_sweep_stopped_by_sigterm_has_its_workers_checkpoint_and_exits_143(tmp
     assert summary["status"] == "running" and f"stopped by SIGTERM at step {step}" in summary["message"]
     assert step > 0  # the steps since step 0 were kept, though no checkpoint was due before step 1,000,000
     assert locks.read_holder(run) is None  # released, not left to be taken over
+
+
+def test_on_sigterm_hands_sigterm_to_the_handler_inside_the_block_and_restores_the_previous_one():
+    import signal
+
+    got, before = [], signal.getsignal(signal.SIGTERM)
+    with locks.on_sigterm(lambda signum, frame: got.append(signum)):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert got == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) == before

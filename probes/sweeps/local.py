@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import probes
 from probes.console import STOPPED_EXIT
 from probes.errors import UserError
-from probes.locks import PARENT_ENV
+from probes.locks import PARENT_ENV, on_sigterm
 from probes.rundir import LOG_FILE, read_summary
 from probes.sweeps.jobs import BackendOptions, Display, Job, Result, job_result
 
@@ -98,9 +97,11 @@ class LocalBackend:
         return cls(options.jobs, options.threads)
 
     def run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None = None) -> list[Result]:
+        with on_sigterm(_terminate):  # SIGTERM unwinds _run through its except, which stops the workers
+            return self._run(jobs, display, on_done)
+
+    def _run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None) -> list[Result]:
         pending, active, results = list(jobs), {}, []
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             while pending or active:
                 while pending and len(active) < self.jobs:
@@ -127,7 +128,4 @@ class LocalBackend:
                 proc.wait()
                 log.close()
             raise
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return results
