@@ -9,8 +9,9 @@
 # Every step resumes: run the same command again after a kill (a finished pretraining or copy test is
 # kept, not redone). Past DEADLINE_SECONDS (default: none)
 # the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
-# Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); JOBS runs at once per
-# sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only
+# Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); CELLS="16:suffix 32:prefix"
+# runs only those (N, layout) cells instead, one sweep each (WORKDIR/probe/WEIGHTS-MODEL-nN-LAYOUT);
+# SEEDS="0,1" replaces the config's seeds; JOBS runs at once per sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only
 # the pretrained models, WEIGHTS="config" only their random twins (default: both); MODELS="mamba-20m" keeps
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
@@ -24,6 +25,12 @@ T0=$(date +%s)
 JOBS=${JOBS:-6}
 N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
 SET_ARGS=(); for kv in ${SET:-}; do SET_ARGS+=(--set "$kv"); done
+[ -n "${SEEDS:-}" ] && SET_ARGS+=(--seed "$SEEDS")
+for c in ${CELLS:-}; do
+  if ! [[ $c =~ ^[0-9]+:(suffix|prefix)$ ]]; then
+    echo "error: CELLS: '$c' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, prefix)" >&2; exit 2
+  fi
+done
 # the best lr of a search: the fewest steps to 95% among runs that reached it, else the best accuracy
 best_lr() {
   python3 - "$1" <<'PY'
@@ -87,9 +94,13 @@ pids=()
 for m in "${MODELS[@]}"; do
   for w in ${WEIGHTS:-hf config}; do
     lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
-    probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$w-$m" \
-      "${N_ARGS[@]}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$w-$m.log" 2>&1 &
-    pids+=($!)
+    probe() {  # probe NAME [GRID OPTIONS]: one sweep into WORKDIR/probe/NAME
+      probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$1" \
+        "${@:2}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$1.log" 2>&1 &
+      pids+=($!)
+    }
+    if [ -z "${CELLS:-}" ]; then probe "$w-$m" "${N_ARGS[@]}"; fi
+    for c in ${CELLS:-}; do probe "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
   done
 done
 if [ "$DEADLINE" -gt 0 ]; then
