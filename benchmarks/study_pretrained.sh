@@ -20,7 +20,9 @@ set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
 DEADLINE=${2:-0}
 cd "$(dirname "$0")/.."
-probes() { python3 -c "from cli import app; app()" "$@"; }
+# an array, not a shell function: a background "${PROBES[@]}" ... & is the python process itself ($!), so the
+# deadline's SIGTERM reaches the sweep (which checkpoints its runs) instead of a subshell that would orphan it
+PROBES=(python3 -c "from cli import app; app()")
 T0=$(date +%s)
 JOBS=${JOBS:-6}
 N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
@@ -60,7 +62,7 @@ PT=$W/pretrain
 stamp "1. pretraining ${MODELS[*]}"
 for m in "${MODELS[@]}"; do
   [ -f "$PT/$m/model/config.json" ] && continue  # finished earlier
-  probes pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
+  "${PROBES[@]}" pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
 done
 wait
 for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
@@ -69,7 +71,7 @@ stamp "2. copy test"
 for m in "${MODELS[@]}"; do
   for w in hf:pretrained config:random; do
     out="$W/copy/$m-${w#*:}.parquet"
-    [ -f "$out" ] || probes copytest --model "${w%%:*}:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$out"
+    [ -f "$out" ] || "${PROBES[@]}" copytest --model "${w%%:*}:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$out"
   done
 done
 
@@ -79,7 +81,7 @@ if [ -s "$LRS" ]; then echo "using $LRS"; else
 pids=()
 for m in "${MODELS[@]}"; do
   for w in hf config; do
-    probes sweep --config configs/study-lr.yaml --model "$w:$PT/$m/model" --out "$W/lr/$w-$m" --jobs 3 \
+    "${PROBES[@]}" sweep --config configs/study-lr.yaml --model "$w:$PT/$m/model" --out "$W/lr/$w-$m" --jobs 3 \
       --no-progress > "$W/lr-$w-$m.log" 2>&1 &
     pids+=($!)
   done
@@ -95,7 +97,7 @@ for m in "${MODELS[@]}"; do
   for w in ${WEIGHTS:-hf config}; do
     lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
     probe() {  # probe NAME [GRID OPTIONS]: one sweep into WORKDIR/probe/NAME
-      probes sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$1" \
+      "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$1" \
         "${@:2}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$1.log" 2>&1 &
       pids+=($!)
     }
