@@ -32,3 +32,12 @@ def test_mps_without_its_control_program_is_refused(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "error: MPS=1 but nvidia-cuda-mps-control is not installed"
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("cells", ["16:sufix", "16", "n16:suffix", "16:suffix:prefix"])
+def test_a_cell_that_is_not_n_colon_layout_is_refused(tmp_path, cells):
+    out = _study(tmp_path, MODELS="mamba-20m", CELLS=f"32:prefix {cells}")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: CELLS: '{cells}' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, "
+                                  "prefix)")
+    assert not (tmp_path / "study").exists()
