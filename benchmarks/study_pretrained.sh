@@ -11,8 +11,8 @@
 # the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); CELLS="16:suffix 32:prefix"
 # runs only those (N, layout) cells instead, one sweep each (WORKDIR/probe/WEIGHTS-MODEL-nN-LAYOUT);
-# SEEDS="0,1" replaces the config's seeds; JOBS runs at once per sweep (default 6); SET="cuda_graphs=true" adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only
-# the pretrained models, WEIGHTS="config" only their random twins (default: both); MODELS="mamba-20m" keeps
+# SEEDS="0,1" replaces the config's seeds; JOBS runs at once per sweep (default 6); SET="cuda_graphs=true"
+# adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only the pretrained models, WEIGHTS="config" only their random twins (default: both); MODELS="mamba-20m" keeps
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
@@ -26,8 +26,8 @@ PROBES=(python3 -c "from cli import app; app()")
 T0=$(date +%s)
 JOBS=${JOBS:-6}
 N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
-SET_ARGS=(); for kv in ${SET:-}; do SET_ARGS+=(--set "$kv"); done
-[ -n "${SEEDS:-}" ] && SET_ARGS+=(--seed "$SEEDS")
+SWEEP_ARGS=(); for kv in ${SET:-}; do SWEEP_ARGS+=(--set "$kv"); done  # options of every probe sweep
+if [ -n "${SEEDS:-}" ]; then SWEEP_ARGS+=(--seed "$SEEDS"); fi
 for c in ${CELLS:-}; do
   if ! [[ $c =~ ^[0-9]+:(suffix|prefix)$ ]]; then
     echo "error: CELLS: '$c' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, prefix)" >&2; exit 2
@@ -93,16 +93,16 @@ cat "$LRS"
 
 stamp "4. the probe"
 pids=()
+probe() {  # probe WEIGHTS:MODEL LR NAME [GRID OPTIONS]: one sweep in the background into WORKDIR/probe/NAME
+  "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "${1%%:*}:$PT/${1#*:}/model" --lr "$2" \
+    --out "$W/probe/$3" "${@:4}" "${SWEEP_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$3.log" 2>&1 &
+  pids+=($!)
+}
 for m in "${MODELS[@]}"; do
   for w in ${WEIGHTS:-hf config}; do
     lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
-    probe() {  # probe NAME [GRID OPTIONS]: one sweep into WORKDIR/probe/NAME
-      "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "$w:$PT/$m/model" --lr "$lr" --out "$W/probe/$1" \
-        "${@:2}" "${SET_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$1.log" 2>&1 &
-      pids+=($!)
-    }
-    if [ -z "${CELLS:-}" ]; then probe "$w-$m" "${N_ARGS[@]}"; fi
-    for c in ${CELLS:-}; do probe "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
+    if [ -z "${CELLS:-}" ]; then probe "$w:$m" "$lr" "$w-$m" "${N_ARGS[@]}"; fi
+    for c in ${CELLS:-}; do probe "$w:$m" "$lr" "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
   done
 done
 if [ "$DEADLINE" -gt 0 ]; then
