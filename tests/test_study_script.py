@@ -1,12 +1,18 @@
 """benchmarks/study_pretrained.sh (README Findings b): its environment settings are checked before
-anything is written or started."""
+anything is written or started, and its deadline stops the probe sweeps it started."""
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from probes.config import PretrainConfig, validate
+from probes.pretrain import pretrain_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "study_pretrained.sh"
 PATH = "/usr/local/bin:/usr/bin:/bin"  # python3 and bash, not a GPU driver's own directories
@@ -41,3 +47,51 @@ def test_a_cell_that_is_not_n_colon_layout_is_refused(tmp_path, cells):
     assert out.stderr.strip() == (f"error: CELLS: '{cells}' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, "
                                   "prefix)")
     assert not (tmp_path / "study").exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_path):
+    """Past DEADLINE_SECONDS the sweeps get SIGTERM: the script returns only after they have gone (no
+    sweep left running behind it) and a run that had started keeps a checkpoint and status running."""
+    study = tmp_path / "study"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 40)
+    pretrain_run(validate(PretrainConfig, {  # what step 1 would make: a finished pretraining of the pair's name
+        "arch": {"family": "pythia", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4},
+        "corpus": [str(corpus)], "heldout_fraction": 0.3, "tokens": 4 * 16 * 2, "batch_size": 4, "seq_len": 16,
+        "warmup": 0, "eval_windows": 2, "copy_lengths": [4], "copy_batch": 2, "device": "cpu", "threads": 1,
+        "out": str(study / "pretrain" / "pythia-20m")}), progress=False)
+    (study / "copy").mkdir()
+    for name in ("pythia-20m-pretrained", "pythia-20m-random"):  # steps 2 and 3 are done too
+        (study / "copy" / f"{name}.parquet").touch()
+    (study / "best_lr.txt").write_text("hf:pythia-20m 0.001\n")
+    sweeps = str(study / "probe")
+    try:
+        start = time.monotonic()
+        out = subprocess.run(["bash", str(SCRIPT), str(study), "8"], capture_output=True, text=True, check=False,
+                             timeout=120, env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "hf",
+                                               "CELLS": "8:suffix", "SEEDS": "0", "JOBS": "1",
+                                               "SET": "max_steps=1000000 eval_every=20 eval_size=64 "
+                                                      "eval_batch_size=64 train_size=2000 device=cpu threads=1"})
+        assert out.returncode == 0, out.stderr
+        assert time.monotonic() - start < 100  # stopped at the deadline, not at the end of its budget
+        assert _processes_mentioning(sweeps) == []  # the sweep went with the script, not orphaned
+        for summary in (study / "probe").glob("*/*/summary.json"):
+            run = json.loads(summary.read_text())
+            assert run["status"] == "running" and run["message"].startswith("stopped by SIGTERM"), run
+    finally:
+        for pid in _processes_mentioning(sweeps):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
