@@ -1,11 +1,13 @@
 """Sample efficiency and learning order, as tidy tables (the figures draw these).
 
-* `efficiency(runs)`: steps and examples to the threshold, one row per finished run; a run that
-  never reached it is *censored* at its budget (`max_steps`, `max_steps × batch_size`).
+* `efficiency(runs)`: steps and examples to the threshold, one row per run that has been evaluated
+  and did not fail; a run that never reached it is *censored* at its budget (`max_steps`,
+  `max_steps × batch_size`), and a run still going below it at its last evaluation (a lower bound
+  too: leaving it out would keep only the fast runs of a study stopped early).
   `efficiency(runs, metrics, threshold=0.5)` measures them at another threshold, from the metrics.
 * `efficiency_summary(eff)`: per model × N × layout: runs, how many censored, median / min / max.
   The median is the lower median (the step by which half of the runs had got there), censored runs
-  counted at their budget; `median_censored` says when it is a censored run (then it is a lower bound).
+  counted where they are censored; `median_censored` says when it is a censored run (a lower bound).
 * `first_reach(positions)`: per run × target position, the first evaluation step at which that
   position's held-out accuracy is ≥ the threshold (NaN if never): by default the first from which it
   STAYS there (`rule="stays"`), since an early model that gives one answer to every query passes
@@ -78,33 +80,43 @@ def _threshold(df: pd.DataFrame, threshold: float | None) -> pd.Series:
 # === Steps / examples to threshold ===
 
 
+MEASURED = ("reached", "not_reached", "running")  # statuses `efficiency` measures (not failed)
+
+
 def efficiency(
     runs: pd.DataFrame, metrics: pd.DataFrame | None = None, threshold: float | None = None
 ) -> pd.DataFrame:
-    """One row per finished run (status reached / not_reached; running and failed runs are left
-    out): `steps`, `examples`, `pct` (of the run's budget), `censored` (never reached: the values
-    are the budget), `budget_steps`, `budget_examples`, `threshold`, plus the run's grid columns.
+    """One row per measured run (status reached, not_reached, or running with an evaluation; failed
+    runs are left out): `steps`, `examples`, `pct` (of the run's budget), `censored` (not reached:
+    the values are a lower bound, the budget of a run that ended, the last evaluation of a run still
+    running), `status`, `budget_steps`, `budget_examples`, `threshold`, plus the run's grid columns.
 
     By default "reached" is the run's own verdict at its own threshold. With `threshold` (and the
     `metrics` table) it is the first evaluation whose held-out accuracy is ≥ `threshold`; a run
     that never got there is censored at its last evaluation (its budget, unless it stopped early
-    at its own, lower threshold)."""
-    done = runs[runs["status"].isin(["reached", "not_reached"])].copy()
+    at its own, lower threshold, or is still running)."""
+    done = runs[runs["status"].isin(MEASURED)].copy()
     budget = pd.to_numeric(done.get("max_steps"), errors="coerce")
     batch = pd.to_numeric(done["batch_size"], errors="coerce") if "batch_size" in done else np.nan
+    running = done["status"].eq("running")
     if threshold is None:
-        censored = done["status"].eq("not_reached")
+        censored = done["status"].ne("reached")
         step_reached = pd.to_numeric(done["step_reached"], errors="coerce")
         examples = pd.to_numeric(done["examples_to_threshold"], errors="coerce")
-        end = budget
+        last = pd.to_numeric(done["final_step"], errors="coerce") if "final_step" in done else np.nan
+        end = budget.where(~running, last)
         thr = _threshold(done, None)
     else:
         if metrics is None:
             raise ValueError("efficiency(threshold=...) reads the accuracies from the metrics table: pass metrics")
         step_reached, examples, last = _first_at_or_above(metrics, done["run"], float(threshold))
         censored = step_reached.isna()
-        end = last.fillna(budget)
+        end = last.fillna(budget).where(~running, last)
         thr = pd.Series(float(threshold), index=done.index)
+    measured = ~(censored & end.isna())  # a run still running with no evaluation has nothing to show
+    done, censored, step_reached, examples, end, thr, budget = (
+        x[measured] for x in (done, censored, step_reached, examples, end, thr, budget))
+    batch = batch[measured] if isinstance(batch, pd.Series) else batch
     examples = examples.fillna(step_reached * batch)
     out = done[_present(done, _RUN_COLS)].copy()
     out["status"] = done["status"]
@@ -130,13 +142,13 @@ def _first_at_or_above(metrics: pd.DataFrame, runs: pd.Series, threshold: float)
 
 def efficiency_summary(eff: pd.DataFrame, by=GROUP) -> pd.DataFrame:
     """Per group: `runs`, `censored`, `steps_median` / `_min` / `_max` (and the same for
-    `examples`), `median_censored` (the lower median is a censored run: most never got there)."""
+    `examples`), `median_censored` (the lower median is a censored run: most had not got there)."""
     by = _present(eff, by)
 
     def one(g: pd.DataFrame) -> pd.Series:
         row = {"runs": len(g), "censored": int(g["censored"].sum())}
         for col in ("steps", "examples"):
-            # lower median; censored runs sit at their budget (after a reached run of equal value)
+            # lower median; censored runs sit where they were censored (after a reached run of equal value)
             order = np.lexsort((g["censored"].to_numpy(), g[col].to_numpy(float)))
             mid = order[(len(g) - 1) // 2]
             row[f"{col}_median"] = float(g[col].iloc[mid])

@@ -1,5 +1,6 @@
 """Sample efficiency: steps / examples to reach the threshold (`analysis.efficiency`), one dot per
-run, the per-model median as a diamond, a run that never got there an open triangle at its budget.
+run, the per-model median as a diamond, a run that never got there an open triangle at its budget,
+a run still going (below the threshold) an open circle at its last evaluation.
 Probe runs: x = N (log2), one panel per layout; VLM runs, which have no N: x = prompt layout
 (`plot_vlm_efficiency`). `plot_efficiency` picks the variant from EFFICIENCY."""
 
@@ -31,6 +32,10 @@ from analysis.plots.style import (
     variant,
 )
 
+RUNNING_MARKER = {"marker": "o", "markerfacecolor": "none", "markersize": 6, "markeredgewidth": 1.3,
+                  "linestyle": "none"}
+RUNNING_LABEL = "still running (drawn at its last evaluation)"
+
 
 def _log2_offsets(models: list[str], width: float) -> dict[str, float]:
     """Side-by-side positions (in log2 units) of each model's points around an N."""
@@ -48,18 +53,19 @@ def plot_efficiency(
 ) -> Figure:
     """Steps (top) and examples (bottom) to reach the threshold vs N, one panel per layout, log
     scales. Each run is a small dot (spread over seeds, learning rates, inits), the line joins the
-    per-model medians; a run that never reached the threshold is an open triangle at its budget.
-    VLM runs have no N: their figure is `plot_vlm_efficiency` (x = prompt layout); EFFICIENCY picks
+    per-model medians; a run that never reached the threshold is an open triangle at its budget, one
+    still running below it an open circle at its last evaluation (both lower bounds). VLM runs have no N: their figure is `plot_vlm_efficiency` (x = prompt layout); EFFICIENCY picks
     the variant for the kind of run. With `threshold` (and `metrics`), "reached" is the first
     evaluation at or above it (`efficiency`)."""
-    eff = _finished(runs, metrics, threshold)
+    eff = _measured(runs, metrics, threshold)
     return variant(EFFICIENCY, eff, "sample-efficiency figure")(eff, runs, measures)
 
 
-def _finished(runs: pd.DataFrame, metrics: pd.DataFrame | None, threshold: float | None) -> pd.DataFrame:
+def _measured(runs: pd.DataFrame, metrics: pd.DataFrame | None, threshold: float | None) -> pd.DataFrame:
     eff = efficiency(runs, metrics, threshold)
     if not len(eff):
-        raise NoRunsError("no finished runs (status reached / not_reached) to measure efficiency on")
+        raise NoRunsError("no evaluated runs to measure efficiency on (status reached / not_reached, "
+                          "or running with an evaluation)")
     return eff
 
 
@@ -106,7 +112,7 @@ def _draw_by_n(eff: pd.DataFrame, runs: pd.DataFrame, measures: Sequence[str]) -
                 ax.set_title(panel_title(layout) if i == 0 else "")
                 ax.set_xlabel("context length N" if i == len(measures) - 1 else "")
                 ax.set_ylabel(f"{measure} to threshold" if j == 0 else "")
-        figure_legend(fig, _efficiency_handles(palette, line=True))
+        figure_legend(fig, _efficiency_handles(palette, line=True, running=_any_running(eff)))
         fig.suptitle(f"Sample efficiency: training needed to reach {_threshold_text(eff)}")
     return fig
 
@@ -123,7 +129,7 @@ def plot_vlm_efficiency(
     median a diamond (open when most of its runs never got there), a run that never reached the
     threshold an open triangle at its budget; steps count both stages, and a dash-dotted line marks
     the end of stage 1 (connector only)."""
-    return _draw_by_layout(_finished(runs, metrics, threshold), runs, measures)
+    return _draw_by_layout(_measured(runs, metrics, threshold), runs, measures)
 
 
 def _draw_by_layout(eff: pd.DataFrame, runs: pd.DataFrame, measures: Sequence[str]) -> Figure:
@@ -173,7 +179,7 @@ def _draw_by_layout(eff: pd.DataFrame, runs: pd.DataFrame, measures: Sequence[st
             ax.grid(axis="x", visible=False)
             ax.set_xlabel("prompt layout" if i == len(measures) - 1 else "")
             ax.set_ylabel(f"{measure} to threshold")
-        handles = _efficiency_handles(palette, line=False)
+        handles = _efficiency_handles(palette, line=False, running=_any_running(eff))
         if stage1:
             handles.append(Line2D([], [], label="end of stage 1 (connector only)", **STAGE1_STYLE))
         figure_legend(fig, handles)
@@ -188,8 +194,10 @@ def _threshold_text(eff: pd.DataFrame) -> str:
 
 
 def _efficiency_runs(ax, xs: np.ndarray, g: pd.DataFrame, measure: str, colour: str) -> None:
-    """One dot per run that reached the threshold, an open triangle at its budget per one that did not."""
+    """One dot per run that reached the threshold, an open triangle at its budget per one that did not,
+    an open circle at its last evaluation per one still running."""
     done = ~g["censored"].to_numpy()
+    running = ~done & g["status"].eq("running").to_numpy()
     ax.plot(
         xs[done],
         g[measure].to_numpy(float)[done],
@@ -199,16 +207,19 @@ def _efficiency_runs(ax, xs: np.ndarray, g: pd.DataFrame, measure: str, colour: 
         markersize=4.5,
         markeredgewidth=0,
     )
-    ax.plot(xs[~done], g[measure].to_numpy(float)[~done], color=colour, **CENSORED_MARKER)
+    never = ~done & ~running
+    ax.plot(xs[never], g[measure].to_numpy(float)[never], color=colour, **CENSORED_MARKER)
+    ax.plot(xs[running], g[measure].to_numpy(float)[running], color=colour, **RUNNING_MARKER)
 
 
 def _efficiency_medians(ax, sx: np.ndarray, s: pd.DataFrame, measure: str, colour: str, line: bool) -> None:
-    """The group medians of `efficiency_summary` as diamonds (joined by a line if `line`); open
-    where most of the group's runs were censored."""
-    if line:
-        ax.plot(sx, s[f"{measure}_median"], "-", color=colour, linewidth=2)
+    """The group medians of `efficiency_summary` as diamonds (joined by a line if `line`: dashed into
+    and out of a censored median, which is only a lower bound); open where the median is censored."""
     open_ = s["median_censored"].to_numpy(bool)
     med = s[f"{measure}_median"].to_numpy(float)
+    for k in range(len(med) - 1 if line else 0):
+        ax.plot(sx[k:k + 2], med[k:k + 2], color=colour, linewidth=2,
+                linestyle="--" if open_[k] or open_[k + 1] else "-")
     ax.plot(sx[~open_], med[~open_], "D", color=colour, markersize=6, markeredgecolor="white")
     ax.plot(
         sx[open_],
@@ -226,7 +237,11 @@ def _efficiency_budgets(ax, eff: pd.DataFrame, measure: str) -> None:
         ax.axhline(budget, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
 
 
-def _efficiency_handles(palette: dict[str, str], line: bool) -> list:
+def _any_running(eff: pd.DataFrame) -> bool:
+    return bool((eff["censored"] & eff["status"].eq("running")).any())
+
+
+def _efficiency_handles(palette: dict[str, str], line: bool, running: bool = False) -> list:
     handles = [
         Line2D([], [], color=c, marker="D", linewidth=2 if line else 0, label=f"{m} (median)")
         for m, c in palette.items()
@@ -234,6 +249,7 @@ def _efficiency_handles(palette: dict[str, str], line: bool) -> list:
     handles += [
         Line2D([], [], color="0.4", marker="o", linestyle="none", alpha=0.6, label="one run"),
         Line2D([], [], color="0.3", label=CENSORED_LABEL, **CENSORED_MARKER),
+        *([Line2D([], [], color="0.3", label=RUNNING_LABEL, **RUNNING_MARKER)] if running else []),
         Line2D(
             [],
             [],

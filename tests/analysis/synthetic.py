@@ -29,9 +29,11 @@ def write_run(
     learn_at: dict[int, int] | int | None = 40,
     name: str | None = None,
     status: str | None = None,
+    last_step: int | None = None,
 ) -> Path:
     """A finished run. `learn_at` = the step at which each position (dict) or all positions (int)
-    jump to accuracy 1.0 (from 1/n); None = never learned (a not_reached run at max_steps)."""
+    jump to accuracy 1.0 (from 1/n); None = never learned (a not_reached run at max_steps).
+    `last_step`: evaluations stop there (a run still going, with `status="running"`)."""
     name = name or f"{model}+{layout}+n{n}+lr{lr:g}+default+s{seed}"
     run = Path(root) / name
     (run / "checkpoint").mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def write_run(
         learn_at = dict.fromkeys(range(n), learn_at)
     learn_at = learn_at or {}
     pos_rows, met_rows, step_reached = [], [], None
-    for step in range(0, max_steps + 1, eval_every):
+    for step in range(0, (max_steps if last_step is None else last_step) + 1, eval_every):
         accs = [1.0 if p in learn_at and step >= learn_at[p] else 1.0 / n for p in range(n)]
         pos_rows += [{"step": step, "position": p, "accuracy": a, "count": 10} for p, a in enumerate(accs)]
         acc = float(np.mean(accs))
@@ -78,6 +80,7 @@ def write_run(
         "step_reached": step_reached,
         "examples_to_threshold": None if step_reached is None else step_reached * batch_size,
         "final_accuracy": met_rows[-1]["accuracy"],
+        "final_step": met_rows[-1]["step"],
         "wall_seconds": 1.0,
         "max_steps": max_steps,
     }

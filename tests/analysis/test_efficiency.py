@@ -1,5 +1,7 @@
 """analysis.efficiency: steps / examples to threshold with censoring, and the per-position learning order."""
 
+import json
+
 import numpy as np
 from synthetic import write_run, write_vlm_run
 
@@ -46,11 +48,37 @@ def test_a_run_stopped_early_at_its_own_lower_threshold_is_censored_where_it_sto
     assert eff["censored"] and eff["steps"] == 20 and eff["budget_steps"] == 100
 
 
-def test_efficiency_leaves_out_running_and_failed_runs(tmp_path):
+def test_a_running_run_is_censored_at_its_last_evaluation_and_a_failed_run_is_left_out(tmp_path):
+    """A study stopped early keeps its slow runs as lower bounds instead of dropping them, which would
+    leave only its fast runs in the medians."""
     write_run(tmp_path, name="ok", learn_at=30)
     write_run(tmp_path, name="crashed", learn_at=30, status="failed")
-    write_run(tmp_path, name="live", learn_at=30, status="running")
+    write_run(tmp_path, name="live", learn_at=None, status="running", last_step=40)
+    eff = efficiency(load_runs(tmp_path)).set_index("run")
+    assert sorted(eff.index) == ["live", "ok"]
+    live = eff.loc["live"]
+    assert live["censored"] and live["status"] == "running"
+    assert (live["steps"], live["examples"], live["pct"], live["budget_steps"]) == (40, 40 * 8, 40.0, 100)
+    assert not eff.loc["ok", "censored"] and eff.loc["ok", "steps"] == 30
+    at = efficiency(load_runs(tmp_path), load_metrics(tmp_path), threshold=0.5).set_index("run")
+    assert at.loc["live", "censored"] and at.loc["live", "steps"] == 40  # its last evaluation, not the budget
+
+
+def test_a_running_run_with_no_evaluation_yet_is_left_out(tmp_path):
+    write_run(tmp_path, name="ok", learn_at=30)
+    run = write_run(tmp_path, name="new", learn_at=None, status="running", last_step=0)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "final_step": None}))
     assert list(efficiency(load_runs(tmp_path))["run"]) == ["ok"]
+
+
+def test_the_median_of_a_study_stopped_early_counts_its_unfinished_runs(tmp_path):
+    write_run(tmp_path, seed=0, learn_at=30)
+    write_run(tmp_path, seed=1, learn_at=50)
+    write_run(tmp_path, seed=2, learn_at=None, status="running", last_step=80)
+    row = efficiency_summary(efficiency(load_runs(tmp_path))).iloc[0]
+    assert (row["runs"], row["censored"], row["steps_median"]) == (3, 1, 50)  # 30, 50, ≥ 80
+    assert not row["median_censored"]
 
 
 def test_summary_median_counts_censored_runs_at_the_budget_and_flags_a_censored_median(tmp_path):

@@ -1,5 +1,7 @@
 """analysis.plots and `probes plot`: one Figure per kind, PNG + PDF, clear errors."""
 
+import json
+
 import pytest
 from matplotlib.figure import Figure
 from synthetic import write_run, write_vlm_run
@@ -15,6 +17,7 @@ from analysis.plots import (
     plot_runs,
     save_figure,
 )
+from analysis.plots.efficiency import RUNNING_LABEL
 from cli import app
 from probes.errors import UserError
 
@@ -189,7 +192,6 @@ def test_learning_rates_are_labelled_as_the_run_names_write_them(tmp_path):
 
 def test_figures_pick_their_variant_by_the_kind_in_the_summary(tmp_path):
     """A run whose summary says `kind: pretrain` has no grounding figures: one clear error."""
-    import json
 
     run = write_run(tmp_path, name="p")
     summary = json.loads((run / "summary.json").read_text())
@@ -211,15 +213,29 @@ def test_long_model_paths_wrap_after_a_slash_in_panel_titles():
     assert wrap_label("hf:state-spaces/mamba-1.4b-hf") == "hf:state-spaces/mamba-1.4b-hf"
 
 
-def test_all_figures_of_runs_still_running_skip_efficiency_and_say_why(tmp_path):
-    """A study window that ends before any run finishes still gets its curves, heatmap and learning
-    order; efficiency (steps to threshold of finished runs) is skipped with a reason, and asking for
-    it by name is an error."""
+def test_runs_still_running_get_every_figure_with_their_efficiency_as_lower_bounds(tmp_path):
+    """A study window that ends before its runs finish still gets every figure; in the efficiency
+    figure its unfinished runs are open circles at their last evaluation, in the legend too."""
     for seed in (0, 1):
-        write_run(tmp_path, seed=seed, status="running", learn_at=None)
+        write_run(tmp_path, seed=seed, status="running", learn_at=None, last_step=40 + 20 * seed)
     skipped = []
     written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"], on_skip=skipped.append)
-    assert sorted(p.stem for p in written) == ["curves", "heatmap", "learning_order"]
-    assert len(skipped) == 1 and skipped[0].startswith("efficiency: skipped, no finished runs")
-    with pytest.raises(UserError, match="no finished runs"):
+    assert sorted(p.stem for p in written) == ["curves", "efficiency", "heatmap", "learning_order"]
+    assert skipped == []
+    fig = plot_efficiency(load(tmp_path).runs)
+    assert RUNNING_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+    drawn = sorted(float(y) for ax in fig.axes[:1] for line in ax.lines
+                   if line.get_marker() == "o" and line.get_markerfacecolor() == "none" for y in line.get_ydata())
+    assert drawn == [40.0, 60.0]  # steps panel: each run at its last evaluation, not at the budget (100)
+
+
+def test_efficiency_of_runs_with_no_evaluation_yet_is_skipped_and_says_why(tmp_path):
+    for seed in (0, 1):
+        run = write_run(tmp_path, seed=seed, status="running", learn_at=None, last_step=0)
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "final_step": None}))
+    skipped = []
+    plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"], on_skip=skipped.append)
+    assert len(skipped) == 1 and skipped[0].startswith("efficiency: skipped, no evaluated runs")
+    with pytest.raises(UserError, match="no evaluated runs"):
         plot_runs(tmp_path, kind="efficiency", out=tmp_path / "figs", formats=["png"])
