@@ -113,7 +113,7 @@ def efficiency(
         censored = step_reached.isna()
         end = last.fillna(budget).where(~running, last)
         thr = pd.Series(float(threshold), index=done.index)
-    measured = ~(censored & end.isna())  # a run still running with no evaluation has nothing to show
+    measured = ~(running & censored & end.isna())  # a run still running with no evaluation has nothing to show
     done, censored, step_reached, examples, end, thr, budget = (
         x[measured] for x in (done, censored, step_reached, examples, end, thr, budget))
     batch = batch[measured] if isinstance(batch, pd.Series) else batch
