@@ -16,6 +16,7 @@
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
+# A bad setting (of these, or a second argument that is not seconds) is one line and exit 2, before anything starts.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
 DEADLINE=${2:-0}
@@ -28,11 +29,15 @@ JOBS=${JOBS:-6}
 N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
 SWEEP_ARGS=(); for kv in ${SET:-}; do SWEEP_ARGS+=(--set "$kv"); done  # options of every probe sweep
 if [ -n "${SEEDS:-}" ]; then SWEEP_ARGS+=(--seed "$SEEDS"); fi
+refuse() { echo "error: $*" >&2; exit 2; }  # a bad setting: one line, exit 2, before anything starts
 for c in ${CELLS:-}; do
-  if ! [[ $c =~ ^[0-9]+:(suffix|prefix)$ ]]; then
-    echo "error: CELLS: '$c' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, prefix)" >&2; exit 2
-  fi
+  [[ $c =~ ^[0-9]+:(suffix|prefix)$ ]] || refuse "CELLS: '$c' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, prefix)"
 done
+for n in ${NS:-}; do [[ $n =~ ^[0-9]+$ ]] || refuse "NS: '$n' is not a whole number (e.g. NS=\"16 32\")"; done
+[[ -z ${SEEDS:-} || $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || refuse "SEEDS: '$SEEDS' is not seeds separated by commas (e.g. 0,1,2)"
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || refuse "JOBS: '$JOBS' is not a number of runs above 0"
+[[ $DEADLINE =~ ^[0-9]+$ ]] || refuse "DEADLINE_SECONDS: '$DEADLINE' is not a whole number of seconds"
+for w in ${WEIGHTS:-}; do [[ $w =~ ^(hf|config)$ ]] || refuse "WEIGHTS: '$w' is not hf or config"; done
 # the best lr of a search: the fewest steps to 95% among runs that reached it, else the best accuracy
 best_lr() {
   python3 - "$1" <<'PY'
@@ -48,11 +53,11 @@ read -r -a MODELS <<< "${MODELS:-pythia-20m mamba-20m}"
 for m in "${MODELS[@]}"; do
   if [ ! -f "configs/pretrain-$m.yaml" ]; then
     known=$(cd configs && ls pretrain-*.yaml | sed 's/^pretrain-//; s/[.]yaml$//' | paste -sd, -)
-    echo "error: MODELS: no configs/pretrain-$m.yaml for '$m' (allowed: ${known//,/, })" >&2; exit 2
+    refuse "MODELS: no configs/pretrain-$m.yaml for '$m' (allowed: ${known//,/, })"
   fi
 done
 if [ "${MPS:-0}" = 1 ]; then
-  if ! command -v nvidia-cuda-mps-control > /dev/null; then echo "error: MPS=1 but nvidia-cuda-mps-control is not installed" >&2; exit 2; fi
+  command -v nvidia-cuda-mps-control > /dev/null || refuse "MPS=1 but nvidia-cuda-mps-control is not installed"
   nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
 fi
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }

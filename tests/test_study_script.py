@@ -49,6 +49,28 @@ def test_a_cell_that_is_not_n_colon_layout_is_refused(tmp_path, cells):
     assert not (tmp_path / "study").exists()
 
 
+@pytest.mark.parametrize(("env", "line"), [
+    ({"SEEDS": "0,x"}, "SEEDS: '0,x' is not seeds separated by commas (e.g. 0,1,2)"),
+    ({"SEEDS": "0 1"}, "SEEDS: '0 1' is not seeds separated by commas (e.g. 0,1,2)"),
+    ({"NS": "16 n32"}, "NS: 'n32' is not a whole number (e.g. NS=\"16 32\")"),
+    ({"JOBS": "0"}, "JOBS: '0' is not a number of runs above 0"),
+    ({"WEIGHTS": "hf random"}, "WEIGHTS: 'random' is not hf or config"),
+])
+def test_a_bad_setting_is_refused_before_anything_starts(tmp_path, env, line):
+    out = _study(tmp_path, MODELS="mamba-20m", **env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {line}"
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_deadline_that_is_not_seconds_is_refused(tmp_path):
+    out = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "study"), "10m"], capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: DEADLINE_SECONDS: '10m' is not a whole number of seconds"
+    assert not (tmp_path / "study").exists()
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """PIDs whose command line contains `text` (Linux /proc)."""
     pids = []
