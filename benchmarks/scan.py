@@ -24,7 +24,7 @@ saved states only; --compare times each shape with levers off ("off"), with laun
 on and no saved states ("tuned"), and with the defaults ("on"), in one process; then the defaults with a
 few scan CONFIG fields changed (`CONFIG_ROWS`: the backward in 2-step pieces, `sub_bwd = 2`, with and
 without prefetch, with one channel per thread, with a register cap; dB/dC in per-lane atomic slots,
-`bc_mode = 2`). Writes OUT/scan.json and OUT/scan.md.
+`bc_mode = 2`; 2-step chunks of 4 channels per thread). Writes OUT/scan.json and OUT/scan.md.
 Needs a CUDA GPU.
 
     ncu --kernel-name regex:_ssm_ --launch-count 2 python benchmarks/scan.py --once --shape 64,1536,203,16
@@ -72,6 +72,9 @@ CONFIG_ROWS = {
     "sub2 dh1 nopf r128": {"sub_bwd": 2, "dh_bwd": 1, "prefetch": False, "maxnreg_bwd": 128},  # 128 (+12 B): 16
     "bc2": {"bc_mode": 2},  # dB/dC per-lane atomic slots: 8% fewer loop instructions, 56 shuffles not 152 (--sass)
     "dh1 bc2": {"dh_bwd": 1, "bc_mode": 2},  # 168 registers (12 warps per SM) and 28 shuffles
+    # 2-step chunks of 4 channels per thread: 5% fewer loop instructions, 100 shuffles (--sass), 8 B spilled;
+    # the saved states are 2 steps apart, so the forward writes twice the state bytes
+    "c2 dh4": {"chunk_bwd": 2, "dh_bwd": 4},
 }
 # conv (forward kernel, backward kernel, backward steps per program) timed with --compare; None: all of L
 # (tiles, tiles, None: the conv before issue 17)
@@ -401,7 +404,8 @@ def issue_bound_ms(clocks_per_iteration: float, programs: int, iterations: int, 
 
 # --sass: backward variants (scan CONFIG fields over the defaults) whose main loop is counted too
 SASS_ROWS = {"default": {}, "bc2": {"bc_mode": 2}, "sub2": {"sub_bwd": 2}, "dh1 nopf": {"dh_bwd": 1, "prefetch": False},
-             "dh1 bc2": {"dh_bwd": 1, "bc_mode": 2}, "dl16 dh1 bc2": {"dl_bwd": 16, "dh_bwd": 1, "bc_mode": 2}}
+             "dh1 bc2": {"dh_bwd": 1, "bc_mode": 2}, "dl16 dh1 bc2": {"dl_bwd": 16, "dh_bwd": 1, "bc_mode": 2},
+             "c2 dh4": {"chunk_bwd": 2, "dh_bwd": 4}}
 
 
 def kernel_loop(name: str, fields: dict | None = None) -> dict:

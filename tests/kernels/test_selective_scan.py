@@ -78,6 +78,14 @@ def test_dB_dC_reduction_modes(tiny_tiles, device, bc_mode):
     check(make_inputs(2, 7, 11, 4, torch.float32, device), TOL[torch.float32])
 
 
+def test_two_step_chunks_of_four_channels_per_thread(tiny_tiles, device):
+    """The `c2 dh4` tiles of benchmarks/scan.py (saved states 2 steps apart, 4 channels per thread, part of
+    the last block masked): the reference's values and gradients."""
+    for k, v in {"chunk_fwd": 2, "chunk_bwd": 2, "dh_bwd": 4}.items():
+        setattr(tiny_tiles, k, v)
+    check(make_inputs(2, 9, 11, 4, torch.float32, device), TOL[torch.float32])
+
+
 def test_channel_last_views_and_batch_slices(tiny_tiles, device):
     tiny_tiles.scratch_bytes = 1  # one batch element per backward launch
     tiny_tiles.save_states_bytes = 0  # no saved states: the backward's pass 1 recomputes them
@@ -520,4 +528,4 @@ def test_scan_benchmark_config_rows_name_real_fields():
     assert "sub2" in mod.CONFIG_ROWS
     for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values(), *mod.SASS_ROWS.values()]:
         assert set(row) <= names, set(row) - names
-        assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", CONFIG.chunk_bwd)
+        assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", row.get("chunk_bwd", CONFIG.chunk_bwd))
