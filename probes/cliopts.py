@@ -251,11 +251,18 @@ def _pop_yaml_options(data: dict[str, Any], names: Iterable[str], path: Path) ->
 
 # === the decorator ===
 
-CONFIG_HELP = "YAML config file (any config key, and the command's --overwrite / --progress); flags win over it."
+CONFIG_HELP = "YAML config file (any config key{own}); flags win over it."
+
+
+def config_help(own: Iterable[str]) -> str:
+    """--config's help: the command's own options a config file may also set (e.g. `overwrite: true`)."""
+    names = " / ".join(f"--{name}" for name in own)
+    return CONFIG_HELP.format(own=f", and the command's {names}" if names else "")
 SET_HELP = "KEY=VALUE of any config key, dotted for sections (repeat), e.g. --set max_steps=2000."
 
 
-def _signature(fn: Callable, cls: type[BaseModel], options: list[FieldOption], passthrough: bool) -> inspect.Signature:
+def _signature(fn: Callable, cls: type[BaseModel], options: list[FieldOption], passthrough: bool,
+               yaml_options: tuple[str, ...]) -> inspect.Signature:
     """The command's signature as typer reads it: ctx, the field options, fn's own options, --config, --set."""
     own = inspect.signature(fn, eval_str=True)
     hints = typing.get_type_hints(fn)
@@ -266,7 +273,8 @@ def _signature(fn: Callable, cls: type[BaseModel], options: list[FieldOption], p
         raise TypeError(f"{fn.__name__}: parameter(s) {sorted(clash)} are also fields of {cls.__name__}")
     tail = [] if passthrough else [
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                          default=typer.Option(None, "--config", help=CONFIG_HELP)),
+                          default=typer.Option(None, "--config", help=config_help(
+                              n for n in yaml_options if n in own.parameters))),
         inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
                           default=typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP))]
     ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -297,7 +305,7 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     yaml_options = tuple(yaml_options)
 
     def decorate(fn: Callable) -> Callable:
-        signature = _signature(fn, cls, options, passthrough)
+        signature = _signature(fn, cls, options, passthrough, yaml_options)
         wants_ctx = "ctx" in inspect.signature(fn).parameters
 
         @functools.wraps(fn)
@@ -316,4 +324,4 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     return decorate
 
 
-__all__ = ["CONFIG_HELP", "FieldOption", "Flags", "config_options", "field_options", "option_keys", "parse_sets"]
+__all__ = ["CONFIG_HELP", "config_help", "FieldOption", "Flags", "config_options", "field_options", "option_keys", "parse_sets"]

@@ -133,6 +133,23 @@ def test_overwrite_and_progress_are_config_file_keys_and_flags_win(cli_runner, t
     assert (seen["overwrite"], seen["progress"]) == (False, True)
 
 
+@pytest.mark.parametrize("path, own", [
+    (("train",), "--overwrite / --progress"), (("pretrain",), "--overwrite / --progress"),
+    (("generate",), "--overwrite"), (("demo",), "--overwrite"), (("vlm", "train"), "--overwrite"),
+    (("plot",), None), (("vlm", "eval"), None),
+])
+def test_config_help_names_only_the_options_a_file_of_that_command_may_set(path, own):
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    (config,) = [p for p in command.params if "--config" in p.opts]
+    assert ("command's" in config.help) == (own is not None)
+    if own is not None:
+        assert f"the command's {own});" in config.help
+    assert {"--overwrite", "--progress"} & command_options(*path) == {
+        o for o in ("--overwrite", "--progress") if own and o in own}
+
+
 @pytest.mark.parametrize("args, yaml_text, message", [
     (["--size", "abc"], None, "size: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
     (["--size", "0"], None, "size: Input should be greater than 0 (got 0)"),

@@ -86,6 +86,18 @@ def test_a_half_written_table_is_skipped_with_a_warning(tmp_path):
         assert set(load_metrics(tmp_path)["run"]) == {"good"}
 
 
+def test_a_damaged_config_skips_the_run_and_a_damaged_summary_keeps_it_as_running(tmp_path):
+    write_run(tmp_path, name="good")
+    (write_run(tmp_path, name="no_config") / "config.yaml").write_text("model: [unclosed\n")
+    (write_run(tmp_path, name="no_summary") / SUMMARY_FILE).write_text("{truncated")
+    with pytest.warns(UserWarning) as seen:
+        runs = load_runs(tmp_path).set_index("run")
+    assert set(runs.index) == {"good", "no_summary"}
+    assert runs.loc["no_summary", "status"] == "running" and runs.loc["good", "status"] != "running"
+    messages = " ".join(str(w.message) for w in seen)
+    assert "no_config" in messages and "no_summary" in messages and "treating the run as running" in messages
+
+
 def test_directories_without_runs_are_one_clear_error(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "config.yaml").write_text("model: x\n")
