@@ -324,4 +324,5 @@ def config_options(cls: type[BaseModel], *, names: dict[str, str] | None = None,
     return decorate
 
 
-__all__ = ["CONFIG_HELP", "config_help", "FieldOption", "Flags", "config_options", "field_options", "option_keys", "parse_sets"]
+__all__ = ["CONFIG_HELP", "FieldOption", "Flags", "config_help", "config_options", "field_options", "option_keys",
+           "parse_sets"]
