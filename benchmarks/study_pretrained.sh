@@ -16,6 +16,9 @@
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
+# SNAPSHOT=FILE.tgz packs WORKDIR's small files (logs, copy tests, run directories without checkpoints or
+# models) into FILE after each step and every SNAPSHOT_EVERY seconds (default 60) while the probe runs,
+# replacing it atomically: on a machine that may vanish, copy FILE off now and then and lose at most that.
 # A bad setting (of these, or a second argument that is not seconds) is one line and exit 2, before anything starts.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
@@ -37,6 +40,9 @@ for n in ${NS:-}; do [[ $n =~ ^[0-9]+$ ]] || refuse "NS: '$n' is not a whole num
 [[ -z ${SEEDS:-} || $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || refuse "SEEDS: '$SEEDS' is not seeds separated by commas (e.g. 0,1,2)"
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || refuse "JOBS: '$JOBS' is not a number of runs above 0"
 [[ $DEADLINE =~ ^[0-9]+$ ]] || refuse "DEADLINE_SECONDS: '$DEADLINE' is not a whole number of seconds"
+SNAPSHOT=${SNAPSHOT:-}; SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-60}
+[[ $SNAPSHOT_EVERY =~ ^[1-9][0-9]*$ ]] || refuse "SNAPSHOT_EVERY: '$SNAPSHOT_EVERY' is not a number of seconds above 0"
+[[ -z $SNAPSHOT || -d $(dirname "$SNAPSHOT") ]] || refuse "SNAPSHOT: '$SNAPSHOT' is not in an existing directory"
 for w in ${WEIGHTS:-}; do [[ $w =~ ^(hf|config)$ ]] || refuse "WEIGHTS: '$w' is not hf or config"; done
 # the best lr of a search: the fewest steps to 95% among runs that reached it, else the best accuracy
 best_lr() {
@@ -61,6 +67,12 @@ if [ "${MPS:-0}" = 1 ]; then
   nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
 fi
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+snapshot() {  # WORKDIR without models and checkpoints into $SNAPSHOT (tar exit 1: a file changed while read)
+  [ -n "$SNAPSHOT" ] || return 0
+  tar czf "$SNAPSHOT.tmp" -C "$(dirname "$W")" --exclude='checkpoint*' --exclude=model --exclude='.*.tmp' \
+    --exclude="$(basename "$SNAPSHOT")*" "$(basename "$W")" 2> /dev/null
+  if [ $? -le 1 ]; then mv -f "$SNAPSHOT.tmp" "$SNAPSHOT"; else rm -f "$SNAPSHOT.tmp"; fi
+}
 mkdir -p "$W/copy" "$W/lr" "$W/probe"
 PT=$W/pretrain
 
@@ -71,6 +83,7 @@ for m in "${MODELS[@]}"; do
 done
 wait
 for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
+snapshot
 
 stamp "2. copy test"
 for m in "${MODELS[@]}"; do
@@ -95,6 +108,7 @@ wait "${pids[@]}"
 for m in "${MODELS[@]}"; do for w in hf config; do echo "$w:$m $(best_lr "$W/lr/$w-$m")"; done; done > "$LRS"
 fi
 cat "$LRS"
+snapshot
 
 stamp "4. the probe"
 pids=()
@@ -110,10 +124,13 @@ for m in "${MODELS[@]}"; do
     for c in ${CELLS:-}; do probe "$w:$m" "$lr" "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
   done
 done
-if [ "$DEADLINE" -gt 0 ]; then
-  alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
-  while alive && [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; do sleep 5; done
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-fi
+alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+packed=$(date +%s)
+while alive && { [ "$DEADLINE" -eq 0 ] || [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; }; do
+  sleep 1
+  if [ $(( $(date +%s) - packed )) -ge "$SNAPSHOT_EVERY" ]; then snapshot; packed=$(date +%s); fi
+done
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done  # past the deadline (else they have all ended)
 wait
+snapshot
 stamp "done"

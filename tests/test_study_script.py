@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def test_a_cell_that_is_not_n_colon_layout_is_refused(tmp_path, cells):
     ({"NS": "16 n32"}, "NS: 'n32' is not a whole number (e.g. NS=\"16 32\")"),
     ({"JOBS": "0"}, "JOBS: '0' is not a number of runs above 0"),
     ({"WEIGHTS": "hf random"}, "WEIGHTS: 'random' is not hf or config"),
+    ({"SNAPSHOT_EVERY": "1m"}, "SNAPSHOT_EVERY: '1m' is not a number of seconds above 0"),
+    ({"SNAPSHOT": "/no/such/dir/s.tgz"}, "SNAPSHOT: '/no/such/dir/s.tgz' is not in an existing directory"),
 ])
 def test_a_bad_setting_is_refused_before_anything_starts(tmp_path, env, line):
     out = _study(tmp_path, MODELS="mamba-20m", **env)
@@ -84,7 +87,8 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_path):
     """Past DEADLINE_SECONDS the sweeps get SIGTERM: the script returns only after they have gone (no
-    sweep left running behind it) and a run that had started keeps a checkpoint and status running."""
+    sweep left running behind it) and a run that had started keeps a checkpoint and status running.
+    SNAPSHOT holds the final state of every small file, without models or checkpoints."""
     study = tmp_path / "study"
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -104,6 +108,7 @@ def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_p
         start = time.monotonic()
         out = subprocess.run(["bash", str(SCRIPT), str(study), "8"], capture_output=True, text=True, check=False,
                              timeout=120, env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "hf",
+                                               "SNAPSHOT": str(tmp_path / "snap.tgz"), "SNAPSHOT_EVERY": "2",
                                                "CELLS": "8:suffix", "SEEDS": "0", "JOBS": "1",
                                                "SET": "max_steps=1000000 eval_every=20 eval_size=64 "
                                                       "eval_batch_size=64 train_size=2000 device=cpu threads=1"})
@@ -113,6 +118,14 @@ def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_p
         for summary in (study / "probe").glob("*/*/summary.json"):
             run = json.loads(summary.read_text())
             assert run["status"] == "running" and run["message"].startswith("stopped by SIGTERM"), run
+        on_disk = {str(f.relative_to(tmp_path)): f.read_bytes() for f in study.rglob("*") if f.is_file()
+                   and not any(part == "model" or part.startswith("checkpoint") for part in f.relative_to(study).parts)}
+        with tarfile.open(tmp_path / "snap.tgz") as snap:
+            packed = {m.name: snap.extractfile(m).read() for m in snap.getmembers() if m.isfile()}
+        assert packed == on_disk  # the last snapshot came after the sweeps ended
+        assert "study/best_lr.txt" in packed and "study/pretrain/pythia-20m/metrics.parquet" in packed
+        assert any(f.name == "model" for f in (study / "pretrain").rglob("*"))  # there, and left out
+        assert not (tmp_path / "snap.tgz.tmp").exists()
     finally:
         for pid in _processes_mentioning(sweeps):
             with contextlib.suppress(ProcessLookupError):
