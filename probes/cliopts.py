@@ -252,13 +252,13 @@ def _pop_yaml_options(data: dict[str, Any], names: Iterable[str], path: Path) ->
 # === the decorator ===
 
 CONFIG_HELP = "YAML config file (any config key{own}); flags win over it."
+SET_HELP = "KEY=VALUE of any config key, dotted for sections (repeat), e.g. --set max_steps=2000."
 
 
 def config_help(own: Iterable[str]) -> str:
     """--config's help: the command's own options a config file may also set (e.g. `overwrite: true`)."""
     names = " / ".join(f"--{name}" for name in own)
     return CONFIG_HELP.format(own=f", and the command's {names}" if names else "")
-SET_HELP = "KEY=VALUE of any config key, dotted for sections (repeat), e.g. --set max_steps=2000."
 
 
 def _signature(fn: Callable, cls: type[BaseModel], options: list[FieldOption], passthrough: bool,

@@ -402,7 +402,6 @@ def test_threads_may_change_when_a_run_resumes(tmp_path):
     assert train_mod.inspect_run(cfg.model_copy(update={"threads": 2}))[0] == "resume"
 
 
-
 def test_the_readme_names_every_setting_that_may_change_on_resume():
     resume = (Path(__file__).parents[1] / "README.md").read_text().split("**Resume.**")[1].split("\n\n")[0]
     listed = resume.split("Where and how a run executes (")[1].split(")")[0]
