@@ -157,7 +157,12 @@ def _int_list(text: str, flag: str) -> list[int]:
 def pretrain(
     flags: Flags,
     describe: bool = typer.Option(False, help="Print the model's size and parameter count, then stop."),
-    overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced)."),
+    save_config: Path | None = typer.Option(
+        None, "--save-config", metavar="DIR",
+        help="Save the model's config.json and byte tokenizer to DIR (no weights, no corpus), then stop: "
+             "--model config:DIR is its random twin without pretraining."),
+    overwrite: bool = typer.Option(False, help="Start a finished run again (its files are replaced; with "
+                                               "--save-config: replace DIR)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Pretrain a backbone as a causal LM on a local corpus; writes RUN/model for `--model hf:RUN/model`.
@@ -165,9 +170,15 @@ def pretrain(
     A sized custom backbone instead of --model: --set arch.family=pythia --set arch.hidden_size=512 ..."""
     cfg = flags.load()
     from probes.pretrain import describe_model, pretrain_run, run_dir
+    from probes.pretrain import save_config as save_model_config
 
     if describe:
         out_console.print(describe_model(cfg), highlight=False, markup=False)
+        return
+    if save_config is not None:
+        save_model_config(cfg, save_config, overwrite=overwrite)
+        out_console.print(f"{save_config}: config of {describe_model(cfg)}; its random twin: --model "
+                          f"config:{save_config}", highlight=False, markup=False, soft_wrap=True)
         return
     summary = pretrain_run(cfg, overwrite=overwrite, progress=progress)
     head = (f"{run_dir(cfg)}: {summary['status']} at step {summary['final_step']:,} "

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Issue 15's study on one GPU (README "Findings", part b): pretrained vs random-init twins on the probe.
 #   bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]
-# 1. pretrain the ~20M GPT-NeoX / Mamba pair on the same tokens (configs/pretrain-{pythia,mamba}-20m.yaml)
-# 2. copy test of each pretrained model and of its random twin (config:DIR, same architecture, seed 0)
+# 1. pretrain the ~20M GPT-NeoX / Mamba pair on the same tokens (configs/pretrain-{pythia,mamba}-20m.yaml); first
+#    each model's config.json and byte tokenizer alone go to WORKDIR/init/MODEL (probes pretrain --save-config):
+#    the random twins are config:WORKDIR/init/MODEL (same architecture and tokenizer, seeded fresh weights; the
+#    same twins as config:PRETRAIN/model), so with WEIGHTS=config nothing is pretrained
+# 2. copy test of each pretrained model and of its random twin
 # 3. learning-rate search: N=32 suffix, 3,000 steps, lr 1e-4 / 3e-4 / 1e-3, per model (configs/study-lr.yaml)
 # 4. the probe with each model's best lr: N = 16, 32, 64, both layouts, seeds 0-2, 20,000 steps or 95%,
 #    evaluation every 1% on the whole held-out set (configs/study-probe.yaml)
 # Every step resumes: run the same command again after a kill (a finished pretraining or copy test is
-# kept, not redone). Past DEADLINE_SECONDS (default: none)
-# the sweeps still running are stopped (their runs stay resumable and are reported as unfinished).
+# kept, not redone). Past DEADLINE_SECONDS (default: none) the sweeps still running are stopped (their runs
+# stay resumable and are reported as unfinished).
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); CELLS="16:suffix 32:prefix"
 # runs only those (N, layout) cells instead, one sweep each (WORKDIR/probe/WEIGHTS-MODEL-nN-LAYOUT);
 # SEEDS="0,1" replaces the config's seeds; JOBS runs at once per sweep (default 6); SET="cuda_graphs=true"
-# adds --set KEY=VALUE to every probe run; WEIGHTS="hf" probes only the pretrained models, WEIGHTS="config" only their random twins (default: both); MODELS="mamba-20m" keeps
+# adds --set KEY=VALUE to every probe run; WEIGHTS="hf" runs steps 2-4 on the pretrained models only,
+# WEIGHTS="config" on their random twins only, without pretraining (default: both); MODELS="mamba-20m" keeps
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
 # in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
-# SNAPSHOT=FILE.tgz packs WORKDIR's small files (logs, copy tests, run directories without checkpoints or
-# models) into FILE after each step and every SNAPSHOT_EVERY seconds (default 60) while the probe runs,
-# replacing it atomically: on a machine that may vanish, copy FILE off now and then and lose at most that.
+# SNAPSHOT=FILE.tgz packs WORKDIR's small files (logs, copy tests, run directories without checkpoints, models
+# or a pretraining's tokenised corpus/) into FILE after each step and every SNAPSHOT_EVERY seconds (default
+# 60) while the probe runs, replacing it atomically: on a machine that may vanish, copy FILE off now and then
+# and lose at most that.
 # A bad setting (of these, or a second argument that is not seconds) is one line and exit 2, before anything starts.
 set -u
 W=${1:?usage: bash benchmarks/study_pretrained.sh WORKDIR [DEADLINE_SECONDS]}
@@ -67,29 +72,41 @@ if [ "${MPS:-0}" = 1 ]; then
   nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
 fi
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-snapshot() {  # WORKDIR without models and checkpoints into $SNAPSHOT (tar exit 1: a file changed while read)
-  [ -n "$SNAPSHOT" ] || return 0
-  tar czf "$SNAPSHOT.tmp" -C "$(dirname "$W")" --exclude='checkpoint*' --exclude=model --exclude='.*.tmp' \
+snapshot() {  # WORKDIR without models, checkpoints and tokenised corpora into $SNAPSHOT (tar exit 1: a file
+  [ -n "$SNAPSHOT" ] || return 0  # changed while read)
+  tar czf "$SNAPSHOT.tmp" -C "$(dirname "$W")" --exclude='checkpoint*' --exclude=model --exclude=corpus --exclude='.*.tmp' \
     --exclude="$(basename "$SNAPSHOT")*" "$(basename "$W")" 2> /dev/null
   if [ $? -le 1 ]; then mv -f "$SNAPSHOT.tmp" "$SNAPSHOT"; else rm -f "$SNAPSHOT.tmp"; fi
 }
-mkdir -p "$W/copy" "$W/lr" "$W/probe"
+mkdir -p "$W/copy" "$W/lr" "$W/probe" "$W/init"
 PT=$W/pretrain
+read -r -a WS <<< "${WEIGHTS:-hf config}"
+# the model a probe run starts from: the pretrained weights, or a random twin built from the pair's config alone
+# (WORKDIR/init/MODEL: config.json + byte tokenizer, the files of PT/MODEL/model), so twins need no pretraining
+model_of() { if [ "$1" = hf ]; then echo "hf:$PT/$2/model"; else echo "config:$W/init/$2"; fi; }
 
 stamp "1. pretraining ${MODELS[*]}"
 for m in "${MODELS[@]}"; do
-  [ -f "$PT/$m/model/config.json" ] && continue  # finished earlier
-  "${PROBES[@]}" pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
+  [ -f "$W/init/$m/config.json" ] || "${PROBES[@]}" pretrain --config "configs/pretrain-$m.yaml" \
+    --save-config "$W/init/$m" > "$W/init-$m.log" 2>&1 || { cat "$W/init-$m.log" >&2; exit 1; }
 done
-wait
-for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
+if [[ " ${WS[*]} " == *" hf "* ]]; then
+  for m in "${MODELS[@]}"; do
+    [ -f "$PT/$m/model/config.json" ] && continue  # finished earlier
+    "${PROBES[@]}" pretrain --config "configs/pretrain-$m.yaml" --out "$PT/$m" --no-progress > "$W/pretrain-$m.log" 2>&1 &
+  done
+  wait
+  for m in "${MODELS[@]}"; do tail -n 1 "$W/pretrain-$m.log"; done
+else
+  echo "WEIGHTS=${WS[*]}: random twins only, no pretraining"
+fi
 snapshot
 
 stamp "2. copy test"
 for m in "${MODELS[@]}"; do
-  for w in hf:pretrained config:random; do
-    out="$W/copy/$m-${w#*:}.parquet"
-    [ -f "$out" ] || "${PROBES[@]}" copytest --model "${w%%:*}:$PT/$m/model" --lengths 16,64,128 --batch 64 --out "$out"
+  for w in "${WS[@]}"; do
+    out="$W/copy/$m-$([ "$w" = hf ] && echo pretrained || echo random).parquet"
+    [ -f "$out" ] || "${PROBES[@]}" copytest --model "$(model_of "$w" "$m")" --lengths 16,64,128 --batch 64 --out "$out"
   done
 done
 
@@ -98,14 +115,14 @@ LRS=$W/best_lr.txt
 if [ -s "$LRS" ]; then echo "using $LRS"; else
 pids=()
 for m in "${MODELS[@]}"; do
-  for w in hf config; do
-    "${PROBES[@]}" sweep --config configs/study-lr.yaml --model "$w:$PT/$m/model" --out "$W/lr/$w-$m" --jobs 3 \
-      --no-progress > "$W/lr-$w-$m.log" 2>&1 &
+  for w in "${WS[@]}"; do
+    "${PROBES[@]}" sweep --config configs/study-lr.yaml --model "$(model_of "$w" "$m")" --out "$W/lr/$w-$m" \
+      --jobs 3 --no-progress > "$W/lr-$w-$m.log" 2>&1 &
     pids+=($!)
   done
 done
 wait "${pids[@]}"
-for m in "${MODELS[@]}"; do for w in hf config; do echo "$w:$m $(best_lr "$W/lr/$w-$m")"; done; done > "$LRS"
+for m in "${MODELS[@]}"; do for w in "${WS[@]}"; do echo "$w:$m $(best_lr "$W/lr/$w-$m")"; done; done > "$LRS"
 fi
 cat "$LRS"
 snapshot
@@ -113,12 +130,12 @@ snapshot
 stamp "4. the probe"
 pids=()
 probe() {  # probe WEIGHTS:MODEL LR NAME [GRID OPTIONS]: one sweep in the background into WORKDIR/probe/NAME
-  "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "${1%%:*}:$PT/${1#*:}/model" --lr "$2" \
+  "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "$(model_of "${1%%:*}" "${1#*:}")" --lr "$2" \
     --out "$W/probe/$3" "${@:4}" "${SWEEP_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$3.log" 2>&1 &
   pids+=($!)
 }
 for m in "${MODELS[@]}"; do
-  for w in ${WEIGHTS:-hf config}; do
+  for w in "${WS[@]}"; do
     lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
     if [ -z "${CELLS:-}" ]; then probe "$w:$m" "$lr" "$w-$m" "${N_ARGS[@]}"; fi
     for c in ${CELLS:-}; do probe "$w:$m" "$lr" "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done

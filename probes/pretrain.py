@@ -49,8 +49,9 @@ from probes.backbones import (
     preset_config,
 )
 from probes.config import PretrainConfig
-from probes.corpus import EOS_ID, PAD_ID, Corpus, PackedWindows, build_corpus, heldout_windows
+from probes.corpus import EOS_ID, PAD_ID, Corpus, PackedWindows, build_corpus, byte_tokenizer, heldout_windows
 from probes.engine import Evaluation, Interval, RunKind
+from probes.errors import UserError
 from probes.naming import format_lr
 from probes.rundir import rate, write_parquet
 from probes.runtime import choose_scan_backend, precision_name
@@ -293,6 +294,33 @@ def save_model(bb: Backbone, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_config(cfg: PretrainConfig, path: Path, overwrite: bool = False) -> None:
+    """The run's model config (config.json) and byte tokenizer, saved to `path` without reading the corpus
+    or building weights: what `config:PATH` needs for a random twin.
+
+    They are the files of the finished run's RUN/model, so `config:PATH` builds the same twins as
+    `config:RUN/model` (tests/test_pretrain.py), for probe runs of the twins that need no pretraining. A
+    BPE is trained on the corpus, so only the byte tokenizer can be made here.
+    """
+    if cfg.tokenizer != "byte":
+        raise UserError(f"--save-config needs tokenizer byte, not '{cfg.tokenizer}' (a BPE is trained on the "
+                        "corpus: pretrain, then use config:RUN/model)")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it")
+    tokenizer = byte_tokenizer()
+    with torch.device("meta"):  # no weights: only the config that the model's save_pretrained would write
+        model = build_from_config(model_config(cfg, len(tokenizer)))
+    config = model.config
+    config.architectures = [type(model).__name__]
+    config.dtype = torch.float32  # the run saves its fp32 master weights
+    tmp = path.with_name(path.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
 def read_metrics(run: Path) -> tuple:
     """(metrics, copy) DataFrames of a pretraining run directory."""
     import pandas as pd
@@ -314,5 +342,6 @@ __all__ = [
     "read_metrics",
     "run_dir",
     "run_name",
+    "save_config",
     "save_model",
 ]

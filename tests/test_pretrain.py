@@ -121,6 +121,30 @@ def test_the_random_twin_is_the_pretraining_start_with_the_same_seed(finished):
     assert "/" not in probe_run_name(TrainConfig(model=f"config:{run}/model", n=8))
 
 
+def test_save_config_gives_the_twins_of_the_finished_run_without_pretraining(finished, tmp_path, cli_runner):
+    cfg, run, _ = finished
+    unread = cfg.model_copy(update={"corpus": [str(tmp_path / "no-such-corpus")]})  # the corpus is not read
+    target = tmp_path / "init"
+    result = cli_runner.invoke(app, ["pretrain", "--config", _write_yaml(unread, tmp_path / "cfg.yaml"),
+                                     "--save-config", str(target)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert json.loads((target / name).read_text()) == json.loads((run / "model" / name).read_text()), name
+    twin = build_backbone(f"config:{target}", seed=3).model.state_dict()
+    assert all(torch.equal(v, twin[k]) for k, v in build_backbone(f"config:{run}/model", seed=3).model.state_dict().items())
+
+    again = cli_runner.invoke(app, ["pretrain", "--config", str(tmp_path / "cfg.yaml"), "--save-config", str(target)])
+    assert again.exit_code == 2 and again.output.strip() == f"error: {target} already exists; pass --overwrite to replace it"
+    replaced = cli_runner.invoke(app, ["pretrain", "--config", str(tmp_path / "cfg.yaml"), "--save-config", str(target),
+                                       "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    bpe = cli_runner.invoke(app, ["pretrain", "--config", str(tmp_path / "cfg.yaml"), "--save-config",
+                                  str(tmp_path / "bpe"), "--set", "tokenizer=bpe"])
+    assert bpe.exit_code == 2 and len(bpe.output.strip().splitlines()) == 1
+    assert "--save-config needs tokenizer byte, not 'bpe'" in bpe.output and not (tmp_path / "bpe").exists()
+
+
 def test_a_finished_run_is_not_run_again_silently(finished, cli_runner):
     cfg, run, _ = finished
     with pytest.raises(UserError, match="finished run"):

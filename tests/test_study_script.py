@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from probes.config import PretrainConfig, validate
 from probes.pretrain import pretrain_run
@@ -118,8 +119,9 @@ def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_p
         for summary in (study / "probe").glob("*/*/summary.json"):
             run = json.loads(summary.read_text())
             assert run["status"] == "running" and run["message"].startswith("stopped by SIGTERM"), run
-        def left_out(f: Path) -> bool:  # models and checkpoints
-            return any(part == "model" or part.startswith("checkpoint") for part in f.relative_to(study).parts)
+        def left_out(f: Path) -> bool:  # models, checkpoints and a pretraining's tokenised corpus
+            return any(part in ("model", "corpus") or part.startswith("checkpoint")
+                       for part in f.relative_to(study).parts)
 
         on_disk = {str(f.relative_to(tmp_path)): f.read_bytes() for f in study.rglob("*")
                    if f.is_file() and not left_out(f)}
@@ -128,8 +130,31 @@ def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_p
         assert packed == on_disk  # the last snapshot came after the sweeps ended
         assert "study/best_lr.txt" in packed and "study/pretrain/pythia-20m/metrics.parquet" in packed
         assert any(f.name == "model" for f in (study / "pretrain").rglob("*"))  # there, and left out
+        assert (study / "pretrain" / "pythia-20m" / "corpus").is_dir()  # likewise (hundreds of MB on a GPU run)
+        assert not any("/corpus/" in name for name in packed)
         assert not (tmp_path / "snap.tgz.tmp").exists()
     finally:
         for pid in _processes_mentioning(sweeps):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+
+def test_random_twins_alone_need_no_pretraining(tmp_path):
+    """WEIGHTS=config: each model's config.json and tokenizer are saved to WORKDIR/init/MODEL and the twins'
+    runs start from config:WORKDIR/init/MODEL; nothing is pretrained."""
+    study = tmp_path / "study"
+    (study / "copy").mkdir(parents=True)
+    (study / "copy" / "pythia-20m-random.parquet").touch()  # step 2 done (a 19M model's copy test on CPU is slow)
+    (study / "best_lr.txt").write_text("config:pythia-20m 0.001\n")
+    out = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True, check=False, timeout=300,
+                         env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "config", "CELLS": "8:suffix",
+                              "SEEDS": "0", "JOBS": "1",
+                              "SET": "max_steps=2 eval_every=1 batch_size=4 train_size=40 eval_size=16 "
+                                     "eval_batch_size=16 device=cpu threads=1"})
+    assert out.returncode == 0, out.stderr
+    assert "random twins only, no pretraining" in out.stdout
+    assert not (study / "pretrain").exists()
+    assert (study / "init" / "pythia-20m" / "config.json").exists()
+    (summary,) = (study / "probe" / "config-pythia-20m-n8-suffix").glob("*/summary.json")
+    assert json.loads(summary.read_text())["final_step"] == 2
+    assert yaml.safe_load((summary.parent / "config.yaml").read_text())["model"] == f"config:{study}/init/pythia-20m"
