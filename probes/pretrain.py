@@ -286,10 +286,15 @@ class PretrainKind(RunKind):
 
 def save_model(bb: Backbone, path: Path) -> None:
     """model + tokenizer with save_pretrained (shards <= MAX_SHARD_SIZE), written whole then renamed."""
+    _write_whole(path, lambda tmp: (bb.model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE),
+                                    bb.tokenizer.save_pretrained(tmp)))
+
+
+def _write_whole(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` into a sibling PATH.new, then replace `path` with it: a reader never sees half a directory."""
     tmp = path.with_name(path.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
-    bb.model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)
-    bb.tokenizer.save_pretrained(tmp)
+    write(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -313,12 +318,7 @@ def save_config(cfg: PretrainConfig, path: Path, overwrite: bool = False) -> Non
     config = model.config
     config.architectures = [type(model).__name__]
     config.dtype = torch.float32  # the run saves its fp32 master weights
-    tmp = path.with_name(path.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    _write_whole(path, lambda tmp: (config.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
 
 
 def read_metrics(run: Path) -> tuple:

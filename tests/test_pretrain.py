@@ -22,7 +22,7 @@ from probes import schema
 from probes.backbones import build_backbone
 from probes.config import PretrainConfig, TrainConfig, validate
 from probes.errors import UserError
-from probes.pretrain import build_model, pretrain_run, run_name
+from probes.pretrain import build_model, pretrain_run, run_name, save_config
 from probes.train import run_name as probe_run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,9 @@ def test_mamba_pretrains_through_the_scan_backend(tmp_path):
                    eval_every=2)
     summary = pretrain_run(cfg, progress=False)
     assert summary["status"] == "reached" and summary["family"] == "mamba" and summary["scan_backend"] == "torch"
+    save_config(cfg, tmp_path / "init")  # a Mamba twin's files, as for GPT-NeoX
+    assert json.loads((tmp_path / "init" / "config.json").read_text()) == json.loads(
+        (Path(cfg.out) / "model" / "config.json").read_text())
 
 
 def test_a_bpe_run_saves_its_trained_tokenizer_with_the_model(tmp_path):
