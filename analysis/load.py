@@ -274,7 +274,8 @@ def load_runs(*paths: PathLike) -> pd.DataFrame:
             runs[col] = None
     runs["kind"] = [run_kind(row) for row in runs.to_dict("records")]
     runs["family"] = runs["model"].map(model_family) if "family" not in runs else runs["family"]
-    runs["label"] = [_label(row) for row in runs.to_dict("records")]
+    short = short_model_names(runs["model"].dropna().unique())
+    runs["label"] = [_label(row, short) for row in runs.to_dict("records")]
     for col in (
         "step_reached",
         "examples_to_threshold",
@@ -326,10 +327,48 @@ def _with_seeds(row: dict[str, Any]) -> dict[str, Any]:
     return row | {key: row["seed"] if row.get(key) is None else row[key] for key in SEED_KEYS}
 
 
-def _label(row: dict[str, Any]) -> str:
-    """What the figures colour by: the model, plus the connector (and scan) of a VLM run
-    (`mamba-tiny+vss-l2/csm`), so different architectures on one backbone stay apart."""
-    label = str(row.get("model"))
+def short_model_names(models: Iterable[str]) -> dict[str, str]:
+    """A short name for each model given by path (`hf:PATH`, `config:PATH`): its path's last two parts,
+    more where two models would share a name or the family would be lost
+    (`hf:/root/w10/pretrain/mamba-20m/model` → `hf:…/mamba-20m/model`). Figures name the model, not the
+    machine's directories; presets and short hub ids (`hf:EleutherAI/pythia-160m`) stay as they are."""
+    models = sorted({str(m) for m in models})
+    parts = {m: _path_parts(m) for m in models}
+    keep = {m: 2 for m in models}
+
+    def name(m: str) -> str:
+        prefix, path = parts[m] if parts[m] else (None, ())
+        if prefix is None or keep[m] >= len(path):
+            return m
+        return f"{prefix}:…/{'/'.join(path[-keep[m]:])}"
+
+    while True:
+        names = {m: name(m) for m in models}
+        taken: dict[str, list[str]] = {}
+        for m, n in names.items():
+            taken.setdefault(n, []).append(m)
+        longer = [m for m in models if names[m] != m and (
+            len(taken[names[m]]) > 1 or model_family(names[m]) != model_family(m))]
+        if not longer:
+            return names
+        for m in longer:
+            keep[m] += 1
+
+
+def _path_parts(model: str) -> tuple[str, tuple[str, ...]] | None:
+    """("hf", ("root", "w10", "model")) for `hf:/root/w10/model`; None for a preset name."""
+    prefix, sep, path = model.partition(":")
+    if not sep or prefix not in ("hf", "config"):
+        return None
+    return prefix, tuple(p for p in path.split("/") if p)
+
+
+def _label(row: dict[str, Any], short: dict[str, str]) -> str:
+    """What the figures colour by: the model (shortened by `short_model_names`), plus the connector
+    (and scan) of a VLM run (`mamba-tiny+vss-l2/csm`), so different architectures on one backbone
+    stay apart."""
+    model = row.get("model")
+    label = short.get(str(model), str(model))
     connector = row.get("connector")
     if isinstance(connector, str) and connector:
         label += f"+{connector}"

@@ -20,6 +20,7 @@ from analysis.load import (
     load_positions,
     load_runs,
     model_family,
+    short_model_names,
 )
 from probes.errors import UserError
 from probes.schema import SUMMARY_FILE
@@ -125,6 +126,31 @@ def test_summary_fields_win_over_config_fields_of_the_same_name(tmp_path):
 )
 def test_model_family_is_read_from_the_name(name, family):
     assert model_family(name) == family
+
+
+def test_models_given_by_path_are_labelled_by_the_last_parts_that_tell_them_apart(tmp_path):
+    models = {
+        "hf:/root/w10/pretrain/mamba-20m/model": "hf:…/mamba-20m/model",
+        "hf:/root/w10/pretrain/pythia-20m/model": "hf:…/pythia-20m/model",
+        "config:/root/w10/init/mamba-20m": "config:…/init/mamba-20m",
+        "pythia-tiny": "pythia-tiny",  # presets, short hub ids and short paths stay as they are
+        "hf:EleutherAI/pythia-160m": "hf:EleutherAI/pythia-160m",
+        "config:init/pythia-20m": "config:init/pythia-20m",
+    }
+    for i, model in enumerate(models):
+        write_run(tmp_path, model=model, name=f"r{i}")
+    runs = load_runs(tmp_path)
+    assert dict(zip(runs["model"], runs["label"])) == models
+
+
+def test_a_short_name_grows_until_it_is_unique_and_keeps_the_family():
+    assert short_model_names(["hf:/a/w9/pretrain/mamba-20m/model", "hf:/a/w10/pretrain/mamba-20m/model"]) == {
+        "hf:/a/w9/pretrain/mamba-20m/model": "hf:…/w9/pretrain/mamba-20m/model",
+        "hf:/a/w10/pretrain/mamba-20m/model": "hf:…/w10/pretrain/mamba-20m/model",
+    }
+    assert short_model_names(["hf:/data/mamba/ckpt-1/model"]) == {
+        "hf:/data/mamba/ckpt-1/model": "hf:…/mamba/ckpt-1/model"  # "…/ckpt-1/model" would lose "mamba"
+    }
 
 
 def test_probe_and_vlm_runs_are_told_apart_in_the_kind_column(tmp_path):
