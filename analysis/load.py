@@ -334,7 +334,7 @@ def short_model_names(models: Iterable[str]) -> dict[str, str]:
     machine's directories; presets and short hub ids (`hf:EleutherAI/pythia-160m`) stay as they are."""
     models = sorted({str(m) for m in models})
     parts = {m: _path_parts(m) for m in models}
-    keep = {m: 2 for m in models}
+    keep = dict.fromkeys(models, 2)
 
     def name(m: str) -> str:
         prefix, path = parts[m] if parts[m] else (None, ())
