@@ -40,6 +40,7 @@ import yaml
 from probes.errors import UserError
 from probes.schema import (  # noqa: F401 - PRETRAIN, RUN_KINDS, STATUSES: offered to analysis users
     CONFIG_FILE,
+    LOADED_PREFIXES,
     METRICS_FILE,
     POSITIONS_FILE,
     PRETRAIN,
@@ -357,10 +358,10 @@ def short_model_names(models: Iterable[str]) -> dict[str, str]:
 
 def _path_parts(model: str) -> tuple[str, tuple[str, ...]] | None:
     """("hf", ("root", "w10", "model")) for `hf:/root/w10/model`; None for a preset name."""
-    prefix, sep, path = model.partition(":")
-    if not sep or prefix not in ("hf", "config"):
+    prefix = next((p for p in LOADED_PREFIXES if model.startswith(p)), None)
+    if prefix is None:
         return None
-    return prefix, tuple(p for p in path.split("/") if p)
+    return prefix[:-1], tuple(p for p in model[len(prefix):].split("/") if p)
 
 
 def _label(row: dict[str, Any], short: dict[str, str]) -> str:

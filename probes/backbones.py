@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probes.errors import UserError
+from probes.schema import LOADED_PREFIXES
 
 Init = Literal["default", "mean", "normal"]
 INITS: tuple[str, ...] = ("default", "mean", "normal")
@@ -89,8 +90,6 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-# Model names beyond the presets: a prefix and what follows it.
-LOADED_PREFIXES = ("hf:", "config:")  # hf:ID_OR_PATH = trained weights; config:DIR = its random-init twin
 
 
 def known_models() -> str:

@@ -49,6 +49,10 @@ RUN_KINDS: tuple[str, ...] = get_args(RunKind)
 PROBE, VLM, PRETRAIN = RUN_KINDS
 VLM_GRID = 3  # a VLM run's positions are the cells of a VLM_GRID × VLM_GRID grid (probes.vlm.grounding.GRID)
 
+# === Model names (config.yaml `model`) beyond the presets: a prefix and what follows it ===
+
+LOADED_PREFIXES = ("hf:", "config:")  # hf:ID_OR_PATH = trained weights; config:DIR = its random-init twin
+
 # === Columns ===
 
 POSITION_COLUMNS = ["step", "position", "accuracy", "count"]
