@@ -294,11 +294,13 @@ def sweep(
 
 ONLY_HELP = "Only runs with KEY=VALUE (repeat; e.g. --only n=10 --only layout=suffix; VALUE may be a,b)."
 PLOT_ONLY_HELP = f"Draw {ONLY_HELP[0].lower()}{ONLY_HELP[1:]}"
+LABEL_HELP = ("Draw the runs whose model matches GLOB as one model named NAME (repeat; the first GLOB that matches "
+              "wins), e.g. --label 'hf:*/pythia-20m/model=Pythia-20M pretrained'.")
 
 
 @app.command()
 @user_errors
-@config_options(PlotConfig, exclude=("formats", "only"))
+@config_options(PlotConfig, exclude=("formats", "only", "labels"))
 def plot(
     flags: Flags,
     dirs: list[Path] = typer.Argument(..., metavar="DIR", show_default=False,
@@ -306,6 +308,7 @@ def plot(
     formats: str | None = typer.Option(None, "--format", show_default=False, metavar="FMT[,FMT]",
                                           help="Comma-separated file formats: png, pdf, svg [default: png,pdf]."),
     only: list[str] = typer.Option([], metavar="KEY=VALUE", help=PLOT_ONLY_HELP),
+    label: list[str] = typer.Option([], metavar="GLOB=NAME", help=LABEL_HELP),
 ) -> None:
     """Draw learning curves, per-position heatmaps and sample efficiency from run directories."""
     from analysis.plots import plot_runs
@@ -315,6 +318,8 @@ def plot(
         extra["formats"] = [f.strip().lstrip(".") for f in formats.split(",") if f.strip()]
     if only:
         extra["only"] = _only_pairs(only)
+    if label:
+        extra["labels"] = _label_pairs(label)
     cfg = flags.load(extra)
     if "/" in cfg.prefix or "\\" in cfg.prefix or cfg.prefix in (".", ".."):
         raise UserError(f"--prefix {cfg.prefix!r}: allowed: a file-name prefix without / (files go into --out)")
@@ -322,7 +327,7 @@ def plot(
         raise UserError(f"--out {cfg.out} is a file, not a directory; choose another --out")
     with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
         written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold, formats=cfg.formats,
-                            heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, prefix=cfg.prefix,
+                            heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, labels=cfg.labels, prefix=cfg.prefix,
                             order_rule=cfg.order_rule, on_skip=lambda why: console.print(f"[yellow]{why}"))
     console.print(f"wrote {len(written)} files to {cfg.out}: "
                   + ", ".join(sorted({p.stem for p in written})), highlight=False)
@@ -335,6 +340,16 @@ def _only_pairs(only: list[str]) -> dict[str, list[str]]:
     if bad:
         raise UserError(f"--only takes KEY=VALUE (e.g. --only n=10), got '{bad[0]}'")
     return {key: value.split(",") for key, _, value in pairs}
+
+
+def _label_pairs(labels: list[str]) -> dict[str, str]:
+    """--label GLOB=NAME items as {GLOB: NAME}, in the order given (split at the last `=`: a NAME has none)."""
+    pairs = [item.rpartition("=") for item in labels]
+    bad = [item for item, (glob, eq, name) in zip(labels, pairs) if not (glob.strip() and eq and name.strip())]
+    if bad:
+        raise UserError(f"--label takes GLOB=NAME (e.g. --label 'hf:*/pythia-20m/model=Pythia-20M pretrained'), "
+                        f"got '{bad[0]}'")
+    return {glob.strip(): name.strip() for glob, _, name in pairs}
 
 
 @app.command()

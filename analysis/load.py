@@ -25,6 +25,7 @@ Loaders read files only: this package never imports the training code or torch.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -310,6 +311,31 @@ def select_runs(runs: pd.DataFrame, only: dict[str, Any] | None) -> pd.DataFrame
             f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in only.items()
         ]
         raise NoRunsError(f"no run matches {' '.join(shown)}")
+    return runs
+
+
+def relabel_runs(runs: pd.DataFrame, labels: dict[str, str] | None) -> pd.DataFrame:
+    """The runs with every model that matches a GLOB of `labels` ({GLOB: NAME}; `fnmatch` on the
+    `model` column; the first GLOB that matches wins) renamed NAME in `model` and `label`, the model
+    as loaded kept in `source_model`. Runs of one recipe from different directories (a model
+    pretrained again in each GPU window: `hf:/root/w10/pretrain/mamba-20m/model`,
+    `hf:/root/w12/...`) are then one model in every figure and summary (`probes plot --label`).
+    A GLOB that matches no run's model is a UserError naming the models there are."""
+    if not labels:
+        return runs
+    models = runs["model"].map(str)
+    renamed = pd.Series(None, index=runs.index, dtype=object)
+    for glob, name in labels.items():
+        hit = models.map(lambda m, g=glob: fnmatch.fnmatchcase(m, g))
+        if not hit.any():
+            raise UserError(f"label '{glob}={name}': no run's model matches '{glob}' "
+                            f"(models: {', '.join(sorted(models.unique()))})")
+        renamed[hit & renamed.isna()] = name
+    runs = runs.copy()
+    hit = renamed.notna()
+    runs.insert(runs.columns.get_loc("model") + 1, "source_model", runs["model"])
+    runs.loc[hit, "model"] = renamed[hit]
+    runs.loc[hit, "label"] = [_label(row, {row["model"]: row["model"]}) for row in runs[hit].to_dict("records")]
     return runs
 
 

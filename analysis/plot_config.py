@@ -34,6 +34,11 @@ class PlotConfig(Config):
         description="draw only the runs whose columns have these values "
         "(n: 10, layout: suffix; a list matches any of its items)",
     )
+    labels: dict[str, str] = Field(
+        {},
+        description="draw the runs whose model matches GLOB as one model named NAME ({GLOB: NAME}; "
+        "the first GLOB that matches wins)",
+    )
     prefix: str = Field("", description="prefix of the file names (heatmap.png → PREFIXheatmap.png)")
     order_rule: Literal["stays", "first"] = Field(
         "stays",

@@ -18,6 +18,7 @@ from analysis.load import (
     load_metrics,
     load_positions,
     load_runs,
+    relabel_runs,
     select_runs,
 )
 from analysis.plot_config import Kind
@@ -41,12 +42,15 @@ def plot_runs(
     heatmap: str = "representative",
     dpi: int = 150,
     only: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
     prefix: str = "",
     order_rule: str = "stays",
     on_skip: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
     as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
+    `labels` ({GLOB: NAME}, `analysis.load.relabel_runs`) draws the runs of the models matching GLOB as
+    one model, NAME.
     Probe and VLM runs are drawn apart; where both are present the VLM figures are named
     `prefix` + vlm-curves.* and so on. Pretraining runs have no grounding figures.
 
@@ -56,7 +60,7 @@ def plot_runs(
     kinds = KINDS if kind == "all" else (kind,)
     if any(k not in KINDS for k in kinds):
         raise UserError(f"unknown figure kind '{kind}' (allowed: {', '.join(KINDS)}, all)")
-    runs = select_runs(load_runs(*paths), only)
+    runs = relabel_runs(select_runs(load_runs(*paths), only), labels)
     run_kinds = [k for k in NAME_PREFIX if runs["kind"].eq(k).any()]
     if not run_kinds:
         found = ", ".join(sorted(set(runs["kind"])))

@@ -20,6 +20,7 @@ from analysis.load import (
     load_positions,
     load_runs,
     model_family,
+    relabel_runs,
     short_model_names,
 )
 from probes.errors import UserError
@@ -151,6 +152,26 @@ def test_a_short_name_grows_until_it_is_unique_and_keeps_the_family():
     assert short_model_names(["hf:/data/mamba/ckpt-1/model"]) == {
         "hf:/data/mamba/ckpt-1/model": "hf:…/mamba/ckpt-1/model"  # "…/ckpt-1/model" would lose "mamba"
     }
+
+
+def test_relabelled_models_from_several_directories_are_one_model_in_every_table(tmp_path):
+    for window, learn_at in (("w1", 30), ("w2", 50)):
+        write_run(tmp_path / window, model=f"hf:/root/{window}/pretrain/pythia-20m/model", name="p", learn_at=learn_at)
+    write_run(tmp_path / "w2", model="config:/root/w2/init/pythia-20m", name="twin", learn_at=None)
+    runs = relabel_runs(load_runs(tmp_path), {"hf:*/pythia-20m/model": "Pythia-20M pretrained", "hf:*": "unused"})
+    by_run = runs.set_index("run")
+    assert set(by_run.loc[["w1/p", "w2/p"], "model"]) == {"Pythia-20M pretrained"}
+    assert set(by_run.loc[["w1/p", "w2/p"], "label"]) == {"Pythia-20M pretrained"}
+    assert by_run.loc["w1/p", "source_model"] == "hf:/root/w1/pretrain/pythia-20m/model"  # what was loaded
+    assert by_run.loc["w2/twin", "model"] == "config:/root/w2/init/pythia-20m"  # no GLOB matches: unchanged
+    assert set(load_metrics(runs)["label"]) == {"Pythia-20M pretrained", "config:…/init/pythia-20m"}
+    assert relabel_runs(runs, {}) is runs
+
+
+def test_a_label_glob_that_matches_no_model_is_refused_naming_the_models(tmp_path):
+    write_run(tmp_path, model="pythia-tiny")
+    with pytest.raises(UserError, match=r"no run's model matches 'mamba-\*' \(models: pythia-tiny\)"):
+        relabel_runs(load_runs(tmp_path), {"mamba-*": "Mamba"})
 
 
 def test_probe_and_vlm_runs_are_told_apart_in_the_kind_column(tmp_path):

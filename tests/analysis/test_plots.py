@@ -6,7 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 from synthetic import write_run, write_vlm_run
 
-from analysis.load import load
+from analysis.load import load, relabel_runs
 from analysis.plots import (
     PlotConfig,
     model_palette,
@@ -160,6 +160,22 @@ def test_probes_plot_only_draws_the_selected_runs_with_a_prefix(grid, tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["n8-curves.png"]
     res = cli_runner.invoke(app, ["plot", str(grid), "--only", "n=3", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "no run matches n=3" in res.output
+
+
+def test_probes_plot_label_draws_runs_of_several_models_as_one(tmp_path, cli_runner):
+    for window, learn_at in (("w1", 40), ("w2", 60)):
+        write_run(tmp_path / window, model=f"hf:/root/{window}/pythia-20m/model", n=4, learn_at=learn_at, name="r")
+    out = tmp_path / "fig"
+    args = ["plot", str(tmp_path / "w1"), str(tmp_path / "w2"), "--kind", "efficiency", "--format", "png"]
+    res = cli_runner.invoke(app, [*args, "--label", "hf:*/pythia-20m/model=Pythia-20M pretrained", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    legend = [t.get_text() for t in plot_efficiency(relabel_runs(load(tmp_path).runs, {"hf:*": "P"})).legends[0].texts]
+    assert "P (median)" in legend and not any("hf:" in t for t in legend)
+    assert (out / "efficiency.png").exists()
+    res = cli_runner.invoke(app, [*args, "--label", "hf:*", "--out", str(out)])
+    assert res.exit_code == 2 and "--label takes GLOB=NAME" in res.output and "got 'hf:*'" in res.output
+    res = cli_runner.invoke(app, [*args, "--label", "mamba*=M", "--out", str(out)])
+    assert res.exit_code == 2 and "no run's model matches 'mamba*'" in res.output
 
 
 def test_vlm_runs_without_n_are_drawn_apart_per_connector(tmp_path):
