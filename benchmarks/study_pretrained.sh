@@ -19,7 +19,9 @@
 # WEIGHTS="config" on their random twins only, without pretraining (default: both); MODELS="mamba-20m" keeps
 # one of the pair (default: pythia-20m mamba-20m); MPS=1 runs the GPU under CUDA MPS (nvidia-cuda-mps-control,
 # started here and stopped at the end) so that the packed runs' kernels can share it. The best lrs are kept
-# in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped.
+# in WORKDIR/best_lr.txt ("hf:pythia-20m 0.0001" per line); when that file exists step 3 is skipped. A line may
+# list several lrs ("hf:mamba-20m 0.0001,0.0003"): every probe cell of that model then runs each of them (an lr
+# search at the cell's own N).
 # SNAPSHOT=FILE.tgz packs WORKDIR's small files (logs, copy tests, run directories without checkpoints, models
 # or a pretraining's tokenised corpus/) into FILE after each step and every SNAPSHOT_EVERY seconds (default
 # 60) while the probe runs, replacing it atomically: on a machine that may vanish, copy FILE off now and then

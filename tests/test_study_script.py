@@ -141,11 +141,12 @@ def test_the_deadline_stops_the_probe_sweeps_and_their_runs_stay_resumable(tmp_p
 
 def test_random_twins_alone_need_no_pretraining(tmp_path):
     """WEIGHTS=config: each model's config.json and tokenizer are saved to WORKDIR/init/MODEL and the twins'
-    runs start from config:WORKDIR/init/MODEL; nothing is pretrained."""
+    runs start from config:WORKDIR/init/MODEL; nothing is pretrained. A best_lr.txt line may list several lrs
+    (an lr search inside the probe's cells): each cell then runs every one of them."""
     study = tmp_path / "study"
     (study / "copy").mkdir(parents=True)
     (study / "copy" / "pythia-20m-random.parquet").touch()  # step 2 done (a 19M model's copy test on CPU is slow)
-    (study / "best_lr.txt").write_text("config:pythia-20m 0.001\n")
+    (study / "best_lr.txt").write_text("config:pythia-20m 0.001,0.003\n")
     out = subprocess.run(["bash", str(SCRIPT), str(study)], capture_output=True, text=True, check=False, timeout=300,
                          env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "config", "CELLS": "8:suffix",
                               "SEEDS": "0", "JOBS": "1",
@@ -155,6 +156,8 @@ def test_random_twins_alone_need_no_pretraining(tmp_path):
     assert "random twins only, no pretraining" in out.stdout
     assert not (study / "pretrain").exists()
     assert (study / "init" / "pythia-20m" / "config.json").exists()
-    (summary,) = (study / "probe" / "config-pythia-20m-n8-suffix").glob("*/summary.json")
-    assert json.loads(summary.read_text())["final_step"] == 2
-    assert yaml.safe_load((summary.parent / "config.yaml").read_text())["model"] == f"config:{study}/init/pythia-20m"
+    summaries = sorted((study / "probe" / "config-pythia-20m-n8-suffix").glob("*/summary.json"))
+    assert [json.loads(s.read_text())["final_step"] for s in summaries] == [2, 2]
+    configs = [yaml.safe_load((s.parent / "config.yaml").read_text()) for s in summaries]
+    assert sorted(c["lr"] for c in configs) == [0.001, 0.003]
+    assert {c["model"] for c in configs} == {f"config:{study}/init/pythia-20m"}
