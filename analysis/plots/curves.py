@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -15,6 +16,7 @@ from analysis.plots.style import (
     ACC_VLM,
     STAGE1_STYLE,
     THRESHOLD_STYLE,
+    blank_empty_panels,
     facets,
     figure_legend,
     lr_label,
@@ -59,10 +61,13 @@ def plot_curves(
     styles = lr_styles(metrics["lr"]) if has_lr else {}
     with style():
         fig, axes = panel_grid(len(rows), len(cols), 4.2, 3.0, sharex=True, sharey=True)
+        empty = np.zeros(axes.shape, dtype=bool)
+        xlabel = "% of training steps" if x == "pct" else x
         for i, rv in enumerate(rows):
             for j, cv in enumerate(cols):
                 ax = axes[i, j]
                 sub = select(metrics, **{k: v for k, v in ((row, rv), (col, cv)) if k})
+                empty[i, j] = not len(sub)
                 for _run, g in sub.sort_values(x).groupby("run", sort=False):
                     first = g.iloc[0]
                     ax.plot(
@@ -89,13 +94,14 @@ def plot_curves(
                 if x == "pct":
                     ax.set_xlim(0, 100)
                     ax.xaxis.set_major_formatter(PercentFormatter(100, decimals=0))
-                ax.set_xlabel(("% of training steps" if x == "pct" else x) if i == len(rows) - 1 else "")
+                ax.set_xlabel(xlabel if i == len(rows) - 1 else "")
                 ax.set_ylabel(
                     (spec.ylabel if y == "accuracy" else "held-out accuracy") if j == 0 else ""
                 )
                 if spec.stage_lines and x == "pct":
                     for v in _stage1_pcts(sub)[:3]:
                         ax.axvline(v, **STAGE1_STYLE)
+        blank_empty_panels(axes, empty, xlabel)
         handles = [Line2D([], [], color=c, linewidth=2.5, label=m) for m, c in palette.items()]
         if has_lr and len(styles) > 0:
             handles += [

@@ -18,6 +18,7 @@ from analysis.load import PROBE, VLM, model_order
 from analysis.plots.cells import cell_grid, draw_cells
 from analysis.plots.style import (
     CENSORED_MARKER,
+    blank_empty_panels,
     colorbar_shrink,
     colormap,
     facet_eq,
@@ -60,10 +61,15 @@ def plot_position_learning_order(
     palette = model_palette(order["label"])
     with style():
         fig, axes = panel_grid(len(rows), len(cols), 4.4, 3.0, sharey=True)
+        empty = np.zeros(axes.shape, dtype=bool)
         for i, layout in enumerate(rows):
             for j, n in enumerate(cols):
                 ax = axes[i, j]
                 sub = select(order, **facet_eq("layout", layout, "n", n))
+                ax.set_title(panel_title(layout, n))
+                empty[i, j] = not len(sub)
+                if empty[i, j]:
+                    continue
                 notes = []
                 for model in model_order(sub["label"]):
                     g = sub[sub["label"] == model].sort_values("position")
@@ -95,13 +101,13 @@ def plot_position_learning_order(
                 ax.set_yticks(range(0, 101, 20))
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
                 ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
-                ax.set_title(panel_title(layout, n))
                 ax.set_xlabel("target position (1 = start of context)")
                 ax.set_ylabel(
                     ("passes threshold for good at" if rule == "stays" else "first passes threshold at")
                     if j == 0
                     else ""
                 )
+        blank_empty_panels(axes, empty, "target position (1 = start of context)")
         handles = [Line2D([], [], color=c, marker="o", linewidth=2, label=m) for m, c in palette.items()]
         handles.append(Line2D([], [], color="0.3", label="never reached (drawn at 100%)", **CENSORED_MARKER))
         figure_legend(fig, handles)

@@ -139,6 +139,21 @@ def panel_grid(nrows: int, ncols: int, width: float, height: float, **kw) -> tup
     return fig, axes
 
 
+def blank_empty_panels(axes: np.ndarray, empty: np.ndarray, xlabel: str = "") -> None:
+    """Turn off the panels of a layout × N grid that hold no run (`empty`: a boolean array shaped like
+    `axes`; a sweep need not run every N in every layout), keeping their titles and saying "no runs",
+    and give each column's lowest drawn panel the x tick labels and `xlabel` that a shared x axis keeps
+    for the bottom row."""
+    for ax in axes[empty]:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    for j in range(axes.shape[1]):
+        drawn = [ax for ax, blank in zip(axes[:, j], empty[:, j]) if not blank]
+        if drawn and empty[-1, j]:
+            drawn[-1].xaxis.set_tick_params(labelbottom=True)
+            drawn[-1].set_xlabel(xlabel)
+
+
 def figure_legend(fig: Figure, handles: list) -> None:
     """One legend for the whole figure, below the panels (panels keep their width)."""
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)

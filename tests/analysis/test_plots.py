@@ -162,6 +162,20 @@ def test_probes_plot_only_draws_the_selected_runs_with_a_prefix(grid, tmp_path, 
     assert res.exit_code == 2 and "no run matches n=3" in res.output
 
 
+def test_a_layout_without_runs_at_some_n_gets_a_blank_panel_saying_so(tmp_path):
+    for layout, ns in (("suffix", (4, 8)), ("prefix", (4,))):  # no prefix runs at N = 8
+        for n in ns:
+            write_run(tmp_path, layout=layout, n=n, learn_at=5 * n, name=f"{layout}{n}")
+    tables = load(tmp_path)
+    for fig in (plot_curves(tables.metrics), plot_learning_order(tables.positions)):
+        panels = {ax.get_title(): ax for ax in fig.axes}
+        blank = panels["prefix · N = 8"]
+        assert not blank.axison and [t.get_text() for t in blank.texts] == ["no runs"]
+        assert all(panels[t].axison for t in ("suffix · N = 4", "suffix · N = 8", "prefix · N = 4"))
+        above = panels["suffix · N = 8"]  # the lowest drawn panel of its column: its x axis is labelled
+        assert above.get_xlabel() and all(t.get_visible() for t in above.get_xticklabels())
+
+
 def test_probes_plot_label_draws_runs_of_several_models_as_one(tmp_path, cli_runner):
     for window, learn_at in (("w1", 40), ("w2", 60)):
         write_run(tmp_path / window, model=f"hf:/root/{window}/pythia-20m/model", n=4, learn_at=learn_at, name="r")
