@@ -90,8 +90,6 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-
-
 def known_models() -> str:
     return ", ".join([*BACKBONES, "hf:ID_OR_PATH", "config:DIR"])
 

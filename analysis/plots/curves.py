@@ -67,7 +67,10 @@ def plot_curves(
             for j, cv in enumerate(cols):
                 ax = axes[i, j]
                 sub = select(metrics, **{k: v for k, v in ((row, rv), (col, cv)) if k})
+                ax.set_title(panel_title(rv if row == "layout" else None, cv if col == "n" else None))
                 empty[i, j] = not len(sub)
+                if empty[i, j]:
+                    continue
                 for _run, g in sub.sort_values(x).groupby("run", sort=False):
                     first = g.iloc[0]
                     ax.plot(
@@ -89,7 +92,6 @@ def plot_curves(
                         fontsize=8,
                         color="0.35",
                     )
-                ax.set_title(panel_title(rv if row == "layout" else None, cv if col == "n" else None))
                 ax.set_ylim(-0.02, 1.02)
                 if x == "pct":
                     ax.set_xlim(0, 100)
