@@ -10,6 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from analysis.efficiency import efficiency, efficiency_summary
 from analysis.load import (
     PROBE,
     VLM,
@@ -49,6 +50,8 @@ def plot_runs(
 ) -> list[Path]:
     """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
     as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
+    The efficiency figure's numbers go beside it as tidy tables: `efficiency.csv` (one row per run,
+    `analysis.efficiency.efficiency`) and `efficiency_summary.csv` (per model × N × layout).
     `labels` ({GLOB: NAME}, `analysis.load.relabel_runs`) draws the runs of the models matching GLOB as
     one model, NAME.
     Probe and VLM runs are drawn apart; where both are present the VLM figures are named
@@ -80,7 +83,18 @@ def plot_runs(
                 (on_skip or _warn)(f"{name + file}: skipped, {err}")
                 continue
             written += save_figure(figure, out, name + file, formats, dpi=dpi)
+            if file == "efficiency":
+                written += _save_efficiency_tables(tables, threshold, out, name)
     return written
+
+
+def _save_efficiency_tables(tables: Tables, threshold: float | None, out: str | Path, name: str) -> list[Path]:
+    """The efficiency figure's numbers: per run, and per model × N × layout (medians, ranges, censoring)."""
+    eff = efficiency(tables.runs, tables.metrics, threshold)
+    paths = [Path(out) / f"{name}efficiency.csv", Path(out) / f"{name}efficiency_summary.csv"]
+    eff.to_csv(paths[0], index=False)
+    efficiency_summary(eff).to_csv(paths[1], index=False)
+    return paths
 
 
 def _warn(message: str) -> None:

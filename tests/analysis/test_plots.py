@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from synthetic import write_run, write_vlm_run
@@ -89,10 +90,30 @@ def test_plot_runs_writes_every_kind(grid, tmp_path):
     written = plot_runs(grid, out=tmp_path, formats=["png"])
     assert sorted(p.name for p in written) == [
         "curves.png",
+        "efficiency.csv",
         "efficiency.png",
+        "efficiency_summary.csv",
         "heatmap.png",
         "learning_order.png",
     ]
+
+
+def test_the_efficiency_figure_comes_with_its_numbers_as_tidy_tables(grid, tmp_path):
+    """efficiency.csv: one row per run (steps / examples to the threshold, censored or not);
+    efficiency_summary.csv: per model × N × layout, the medians the figure's lines join."""
+    plot_runs(grid, kind="efficiency", out=tmp_path, formats=["png"])
+    per_run = pd.read_csv(tmp_path / "efficiency.csv")
+    runs = load(grid).runs
+    assert sorted(per_run["run"]) == sorted(runs["run"])
+    reached = runs.set_index("run")["step_reached"].dropna()
+    assert per_run.set_index("run").loc[reached.index, "steps"].tolist() == reached.tolist()
+    assert per_run["censored"].tolist() == per_run["run"].map(runs.set_index("run")["status"].ne("reached")).tolist()
+    summary = pd.read_csv(tmp_path / "efficiency_summary.csv")
+    assert summary["runs"].sum() == len(per_run)
+    one = summary.iloc[0]
+    group = per_run[(per_run["label"] == one["label"]) & (per_run["n"] == one["n"])
+                    & (per_run["layout"] == one["layout"])]
+    assert one["steps_min"] == group["steps"].min() and one["steps_max"] == group["steps"].max()
 
 
 def test_probes_plot_command_writes_the_kind_asked_for(grid, tmp_path, cli_runner):
@@ -131,9 +152,10 @@ def test_probes_plot_draws_every_figure_from_real_runs(real_runs, tmp_path, cli_
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(
-        f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")
+        [f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")]
+        + ["efficiency.csv", "efficiency_summary.csv"]
     )
-    assert all((tmp_path / n).stat().st_size > 5_000 for n in names)
+    assert all((tmp_path / n).stat().st_size > 5_000 for n in names if not n.endswith(".csv"))
 
 
 def test_probes_plot_only_draws_the_selected_runs_with_a_prefix(grid, tmp_path, cli_runner):
@@ -208,7 +230,7 @@ def test_vlm_runs_without_n_are_drawn_apart_per_connector(tmp_path):
     tables = load(tmp_path)
     assert sorted(tables.runs["label"]) == ["mamba-tiny+mlp", "mamba-tiny+vss-l2/csm"]
     written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"])
-    assert len(written) == 4
+    assert len([p for p in written if p.suffix == ".png"]) == 4
     heat = plot_heatmap(tables.positions)
     assert len([ax for ax in heat.axes if ax.get_label() != "<colorbar>"]) == 2 * 3  # connectors × snapshots
 
@@ -250,7 +272,8 @@ def test_runs_still_running_get_every_figure_with_their_efficiency_as_lower_boun
         write_run(tmp_path, seed=seed, status="running", learn_at=None, last_step=40 + 20 * seed)
     skipped = []
     written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"], on_skip=skipped.append)
-    assert sorted(p.stem for p in written) == ["curves", "efficiency", "heatmap", "learning_order"]
+    assert sorted({p.stem for p in written}) == ["curves", "efficiency", "efficiency_summary", "heatmap",
+                                                 "learning_order"]
     assert skipped == []
     fig = plot_efficiency(load(tmp_path).runs)
     assert RUNNING_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]

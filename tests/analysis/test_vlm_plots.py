@@ -181,8 +181,9 @@ def test_probes_plot_draws_every_kind_for_vlm_runs(vlm_grid, tmp_path, cli_runne
     res = cli_runner.invoke(app, ["plot", str(vlm_grid), "--format", "png", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["curves.png", "efficiency.png", "heatmap.png", "learning_order.png"]
-    assert all((tmp_path / n).stat().st_size > 5_000 for n in names)
+    assert names == ["curves.png", "efficiency.csv", "efficiency.png", "efficiency_summary.csv", "heatmap.png",
+                     "learning_order.png"]
+    assert all((tmp_path / n).stat().st_size > 5_000 for n in names if n.endswith(".png"))
 
 
 def test_text_and_vlm_runs_under_one_directory_get_their_own_figures(tmp_path, cli_runner):
@@ -190,8 +191,9 @@ def test_text_and_vlm_runs_under_one_directory_get_their_own_figures(tmp_path, c
     write_vlm_run(tmp_path / "vlm", learn_at=40)
     written = plot_runs(tmp_path, out=tmp_path / "figs", formats=["png"])
     kinds = ("curves", "heatmap", "efficiency", "learning_order")
+    tables = ("efficiency.csv", "efficiency_summary.csv")
     assert sorted(p.name for p in written) == sorted(
-        [f"{k}.png" for k in kinds] + [f"vlm-{k}.png" for k in kinds]
+        [f"{k}.png" for k in kinds] + [f"vlm-{k}.png" for k in kinds] + [*tables] + [f"vlm-{t}" for t in tables]
     )
     res = cli_runner.invoke(
         app,
