@@ -9,7 +9,8 @@ from cli import app
 from probes.demo import QUICK, DemoConfig
 
 FIGURES = sorted(
-    f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")
+    [f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")]
+    + ["efficiency.csv", "efficiency_summary.csv"]  # the efficiency figure's numbers
 )
 
 
