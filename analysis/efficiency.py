@@ -8,6 +8,9 @@
 * `efficiency_summary(eff)`: per model × N × layout: runs, how many censored, median / min / max.
   The median is the lower median (the step by which half of the runs had got there), censored runs
   counted where they are censored; `median_censored` says when it is a censored run (a lower bound).
+* `efficiency_table(summary)`: that summary as one row per model and one column per N × layout cell,
+  each cell one string ("3,600 (3/3)": median steps, runs that got there; "> 20,000 (0/3)" where the
+  median run had not got there by the step shown): the table a README or paper prints.
 * `first_reach(positions)`: per run × target position, the first evaluation step at which that
   position's held-out accuracy is ≥ the threshold (NaN if never): by default the first from which it
   STAYS there (`rule="stays"`), since an early model that gives one answer to every query passes
@@ -159,6 +162,21 @@ def efficiency_summary(eff: pd.DataFrame, by=GROUP) -> pd.DataFrame:
         return pd.Series(row)
 
     return eff.groupby(by, sort=True, dropna=False)[list(eff.columns)].apply(one).reset_index()
+
+
+def efficiency_table(summary: pd.DataFrame, row: str = "label") -> pd.DataFrame:
+    """`efficiency_summary` wide: one row per `row` value (a model), columns `(n, layout)` (a VLM's
+    have no N: `layout`), each cell "MEDIAN (REACHED/RUNS)" with the median in steps, prefixed by
+    "> " when the median run had not reached the threshold by that step (its budget, or where it
+    was cut off); NaN where the cell did not run."""
+    cols = [c for c in ("n", "layout") if c in summary.columns and summary[c].notna().any()]
+
+    def cell(r: pd.Series) -> str:
+        bound = "> " if r["median_censored"] else ""
+        return f"{bound}{r['steps_median']:,.0f} ({int(r['runs'] - r['censored'])}/{int(r['runs'])})"
+
+    cells = summary.assign(cell=summary.apply(cell, axis=1))
+    return cells.pivot(index=row, columns=cols, values="cell").sort_index(axis=1)
 
 
 # === Learning order per target position ===

@@ -8,6 +8,7 @@ from synthetic import write_run, write_vlm_run
 from analysis.efficiency import (
     efficiency,
     efficiency_summary,
+    efficiency_table,
     first_reach,
     half_reached,
     learning_order,
@@ -87,6 +88,20 @@ def test_summary_median_counts_censored_runs_at_the_budget_and_flags_a_censored_
     row = efficiency_summary(efficiency(load_runs(tmp_path))).iloc[0]
     assert (row["runs"], row["censored"], row["steps_median"]) == (3, 2, 100)
     assert row["median_censored"]
+
+
+def test_the_efficiency_table_has_a_row_per_model_and_a_cell_per_n_and_layout(tmp_path):
+    for seed, learn_at in enumerate([1200, 1400, None]):  # two got there, one never in its 2,000 steps
+        write_run(tmp_path, seed=seed, learn_at=learn_at, max_steps=2000, eval_every=100)
+    for seed in range(3):  # a cell where the median run had not got there
+        write_run(tmp_path, model="mamba-tiny", layout="prefix", seed=seed, learn_at=None if seed else 300,
+                  max_steps=2000, eval_every=100)
+    table = efficiency_table(efficiency_summary(efficiency(load_runs(tmp_path))))
+    assert list(table.index) == ["mamba-tiny", "pythia-tiny"]
+    assert list(table.columns) == [(6, "prefix"), (6, "suffix")]
+    assert table.loc["pythia-tiny", (6, "suffix")] == "1,400 (2/3)"
+    assert table.loc["mamba-tiny", (6, "prefix")] == "> 2,000 (1/3)"
+    assert table.isna().sum().sum() == 2  # the cells a model did not run
 
 
 def test_first_reach_is_the_first_evaluation_at_or_above_threshold_and_nan_if_never(tmp_path):

@@ -1,15 +1,20 @@
 """The stored study results the README's figures are drawn from: `results/pretrained/combined.txt` (the ~20M
 pair's cells across GPU windows, drawn into figures/pretrained/combined/) names run directories that are there,
-one window per cell, and the --label globs of its command name every model in them."""
+one window per cell, and the --label globs of its command name every model in them; the README's table of those
+cells is what `efficiency_table` makes of the figure's efficiency_summary.csv."""
 
 import re
 import shlex
 from pathlib import Path
 
+import pandas as pd
+
+from analysis.efficiency import efficiency_table
 from analysis.load import load_runs, relabel_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMBINED = ROOT / "results" / "pretrained" / "combined.txt"
+SUMMARY = ROOT / "figures" / "pretrained" / "combined" / "efficiency_summary.csv"
 
 
 def _command_labels() -> dict[str, str]:
@@ -30,3 +35,28 @@ def test_the_combined_list_names_stored_runs_one_window_per_cell():
     cells = runs.groupby(["label", "n", "layout", "seed"]).size()
     assert cells.max() == 1, cells[cells > 1]  # no cell drawn from two windows
     assert set(runs["n"]) == {16, 32, 50, 64, 100}
+
+
+def _readme_table(first_header: str) -> dict[str, dict[str, str]]:
+    """The README's markdown table whose header row starts with `first_header`: {row name: {column: cell}}."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_header))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    header, body = rows[0], rows[2:]
+    return {r[0]: dict(zip(header[1:], r[1:], strict=True)) for r in body}
+
+
+def test_the_readme_table_of_the_combined_cells_is_the_stored_summary():
+    table = efficiency_table(pd.read_csv(SUMMARY))
+    expected = {
+        model: {f"N={n} {layout}": cell for (n, layout), cell in row.items() if isinstance(cell, str)}
+        for model, row in table.iterrows()
+    }
+    readme = _readme_table("| model | N=16 suffix | N=16 prefix |")
+    assert set(readme) == set(expected)
+    for model, cells in readme.items():
+        assert {c: v for c, v in cells.items() if v != "–"} == expected[model], model
