@@ -104,6 +104,14 @@ def test_the_efficiency_table_has_a_row_per_model_and_a_cell_per_n_and_layout(tm
     assert table.isna().sum().sum() == 2  # the cells a model did not run
 
 
+def test_a_vlm_efficiency_table_has_a_column_per_prompt_layout(tmp_path):
+    write_vlm_run(tmp_path, layout="task-agnostic", name="a")
+    write_vlm_run(tmp_path, layout="query-first", learn_at=None, name="q")
+    table = efficiency_table(efficiency_summary(efficiency(load_runs(tmp_path))))
+    assert list(table.columns) == ["query-first", "task-agnostic"]
+    assert table.iloc[0].str.fullmatch(r"(> )?[\d,]+ \([01]/1\)").all()
+
+
 def test_first_reach_is_the_first_evaluation_at_or_above_threshold_and_nan_if_never(tmp_path):
     write_run(tmp_path, n=3, learn_at={0: 20, 2: 50}, max_steps=60, eval_every=10, name="r")
     fr = first_reach(load_positions(tmp_path)).set_index("position")
