@@ -1,7 +1,8 @@
 """The stored study results the README's figures are drawn from: `results/pretrained/combined.txt` (the ~20M
 pair's cells across GPU windows, drawn into figures/pretrained/combined/) names run directories that are there,
 one window per cell, and the --label globs of its command name every model in them; the README's table of those
-cells is what `efficiency_table` makes of the figure's efficiency_summary.csv."""
+cells is what `efficiency_table` makes of the figure's efficiency_summary.csv; and a run repeated in a later
+window on the GPU repeats the stored one exactly, as the README says."""
 
 import re
 import shlex
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.efficiency import efficiency_table
-from analysis.load import load_runs, relabel_runs
+from analysis.load import load_metrics, load_runs, relabel_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMBINED = ROOT / "results" / "pretrained" / "combined.txt"
@@ -60,3 +61,15 @@ def test_the_readme_table_of_the_combined_cells_is_the_stored_summary():
     assert set(readme) == set(expected)
     for model, cells in readme.items():
         assert {c: v for c, v in cells.items() if v != "–"} == expected[model], model
+
+
+def test_the_sixteenth_windows_random_pythia_run_repeats_the_second_windows_bit_for_bit():
+    """Same config and seed, another H200 and session: the held-out accuracy and loss of every evaluation the
+    second window made before it stopped (step 3,800) are equal, not merely close."""
+    w2 = load_metrics(ROOT / "results/pretrained/w2/probe/config-pythia-20m/"
+                      "config-root_study_pretrain_pythia-20m_model+suffix+n32+lr1e-4+default+s2")
+    w16 = load_metrics(ROOT / "results/pretrained/w16/twin/probe/config-pythia-20m-n32-suffix")
+    cols = ["step", "accuracy", "loss"]
+    first, later = (m[cols].dropna().set_index("step") for m in (w2, w16))
+    assert first.index.max() == 3800 and later.index.max() > first.index.max()
+    pd.testing.assert_frame_equal(later.loc[first.index], first, check_exact=True)
