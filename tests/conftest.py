@@ -14,6 +14,20 @@ def cli_runner():
     return CliRunner()
 
 
+@pytest.fixture
+def plot_files():
+    """plot_files(formats, prefix): the sorted names of the files `probes plot` writes for one kind of run:
+    curves, heatmap, efficiency and learning_order in each format, and the efficiency figure's numbers as CSV.
+    `prefix` is the VLM runs' "vlm-" beside text runs. One list, so that a new output changes one place."""
+
+    def names(formats=("png", "pdf"), prefix=""):
+        kinds = ("curves", "heatmap", "efficiency", "learning_order")
+        figures = [f"{prefix}{k}.{ext}" for k in kinds for ext in formats]
+        return sorted(figures + [f"{prefix}efficiency.csv", f"{prefix}efficiency_summary.csv"])
+
+    return names
+
+
 # === offline hub (tests of hf: loading without network) ===
 
 

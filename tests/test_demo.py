@@ -8,13 +8,8 @@ import pytest
 from cli import app
 from probes.demo import QUICK, DemoConfig
 
-FIGURES = sorted(
-    [f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")]
-    + ["efficiency.csv", "efficiency_summary.csv"]  # the efficiency figure's numbers
-)
 
-
-def test_quick_demo_makes_data_four_runs_and_every_figure_then_reuses_them(tmp_path, cli_runner):
+def test_quick_demo_makes_data_four_runs_and_every_figure_then_reuses_them(tmp_path, cli_runner, plot_files):
     out = tmp_path / "demo"
     res = cli_runner.invoke(app, ["demo", "--quick", "--out", str(out), "--threads", "1"])
     assert res.exit_code == 0, res.output
@@ -26,7 +21,7 @@ def test_quick_demo_makes_data_four_runs_and_every_figure_then_reuses_them(tmp_p
         for layout in ("suffix", "prefix")
     )
     assert all((out / "runs" / r / "summary.json").is_file() for r in runs)
-    assert sorted(p.name for p in (out / "figures").iterdir()) == FIGURES
+    assert sorted(p.name for p in (out / "figures").iterdir()) == plot_files()
 
     again = cli_runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output

@@ -86,16 +86,9 @@ def test_save_figure_writes_png_and_pdf(grid, tmp_path):
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
 
 
-def test_plot_runs_writes_every_kind(grid, tmp_path):
+def test_plot_runs_writes_every_kind(grid, tmp_path, plot_files):
     written = plot_runs(grid, out=tmp_path, formats=["png"])
-    assert sorted(p.name for p in written) == [
-        "curves.png",
-        "efficiency.csv",
-        "efficiency.png",
-        "efficiency_summary.csv",
-        "heatmap.png",
-        "learning_order.png",
-    ]
+    assert sorted(p.name for p in written) == plot_files(["png"])
 
 
 def test_the_efficiency_figure_comes_with_its_numbers_as_tidy_tables(grid, tmp_path):
@@ -147,14 +140,11 @@ def test_plot_config_rejects_unknown_keys(tmp_path, cli_runner, grid):
     assert PlotConfig().kind == "all"
 
 
-def test_probes_plot_draws_every_figure_from_real_runs(real_runs, tmp_path, cli_runner):
+def test_probes_plot_draws_every_figure_from_real_runs(real_runs, tmp_path, cli_runner, plot_files):
     res = cli_runner.invoke(app, ["plot", str(real_runs), "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(
-        [f"{k}.{ext}" for k in ("curves", "heatmap", "efficiency", "learning_order") for ext in ("png", "pdf")]
-        + ["efficiency.csv", "efficiency_summary.csv"]
-    )
+    assert names == plot_files()
     assert all((tmp_path / n).stat().st_size > 5_000 for n in names if not n.endswith(".csv"))
 
 
