@@ -19,9 +19,12 @@ SUMMARY = ROOT / "figures" / "pretrained" / "combined" / "efficiency_summary.csv
 
 
 def _command_labels() -> dict[str, str]:
-    header = " ".join(line.lstrip("# ").rstrip("\\") for line in COMBINED.read_text().splitlines()
-                      if line.startswith("#"))
-    words = shlex.split(header[header.index("probes plot"):].replace("$(grep -v '^#' ", "").replace(")", "", 1))
+    """The --label NAME=GLOB pairs of the plot command in the header (its lines, up to the one without a `\\`)."""
+    header = [line.lstrip("# ") for line in COMBINED.read_text().splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(header) if line.startswith("probes plot"))
+    end = next(i for i in range(start, len(header)) if not header[i].endswith("\\"))
+    command = " ".join(line.rstrip("\\") for line in header[start:end + 1])
+    words = shlex.split(command.replace("$(grep -v '^#' ", "").replace(")", "", 1))
     return dict(w.rsplit("=", 1) for w in (words[i + 1] for i, w in enumerate(words) if w == "--label"))
 
 
@@ -73,3 +76,18 @@ def test_the_sixteenth_windows_random_pythia_run_repeats_the_second_windows_bit_
     first, later = (m[cols].dropna().set_index("step") for m in (w2, w16))
     assert first.index.max() == 3800 and later.index.max() > first.index.max()
     pd.testing.assert_frame_equal(later.loc[first.index], first, check_exact=True)
+
+
+def test_the_seventeenth_windows_random_pythia_runs_repeat_the_fourth_windows_on_another_gpu():
+    """Same config and seeds, an H100 against the fourth window's H200: every evaluation the fourth window made
+    before it stopped (step 8,600) has the same held-out accuracy, and a loss within float32 rounding (the two
+    GPUs' kernels may sum in another order)."""
+    for seed in (0, 1, 2):
+        w4 = load_metrics(ROOT / f"results/pretrained/w4/probe/config-pythia-20m/"
+                          f"config-root_study_pretrain_pythia-20m_model+prefix+n64+lr1e-4+default+s{seed}")
+        w17 = load_metrics(next((ROOT / "results/pretrained/w17/ptwin/probe/config-pythia-20m-n64-prefix").glob(
+            f"*+s{seed}")))
+        first, later = (m[["step", "accuracy", "loss"]].dropna().set_index("step") for m in (w4, w17))
+        assert first.index.max() == 8600 and later.index.max() > first.index.max()
+        pd.testing.assert_series_equal(later.accuracy.loc[first.index], first.accuracy, check_exact=True)
+        pd.testing.assert_series_equal(later.loss.loc[first.index], first.loss, check_exact=False, rtol=0, atol=1e-6)
