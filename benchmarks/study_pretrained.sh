@@ -12,6 +12,8 @@
 # Every step resumes: run the same command again after a kill (a finished pretraining or copy test is
 # kept, not redone). Past DEADLINE_SECONDS (default: none) the sweeps still running are stopped (their runs
 # stay resumable and are reported as unfinished).
+# A run whose worker died (out of GPU memory as the packed runs start, say) is failed in its sweep's sweep.json:
+# when the sweeps end before the deadline, those with such a run go once more (step 4b), which runs it again.
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); CELLS="16:suffix 32:prefix"
 # runs only those (N, layout) cells instead, one sweep each (WORKDIR/probe/WEIGHTS-MODEL-nN-LAYOUT);
 # SEEDS="0,1" replaces the config's seeds; JOBS runs at once per sweep (default 6); SET="cuda_graphs=true"
@@ -130,26 +132,37 @@ cat "$LRS"
 snapshot
 
 stamp "4. the probe"
-pids=()
 probe() {  # probe WEIGHTS:MODEL LR NAME [GRID OPTIONS]: one sweep in the background into WORKDIR/probe/NAME
+  if [ "$AGAIN" = 1 ] && ! grep -q '"status": "failed"' "$W/probe/$3/sweep.json" 2> /dev/null; then return; fi
   "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "$(model_of "${1%%:*}" "${1#*:}")" --lr "$2" \
-    --out "$W/probe/$3" "${@:4}" "${SWEEP_ARGS[@]}" --jobs "$JOBS" --no-progress > "$W/probe-$3.log" 2>&1 &
+    --out "$W/probe/$3" "${@:4}" "${SWEEP_ARGS[@]}" --jobs "$JOBS" --no-progress >> "$W/probe-$3.log" 2>&1 &
   pids+=($!)
 }
-for m in "${MODELS[@]}"; do
-  for w in "${WS[@]}"; do
-    lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
-    if [ -z "${CELLS:-}" ]; then probe "$w:$m" "$lr" "$w-$m" "${N_ARGS[@]}"; fi
-    for c in ${CELLS:-}; do probe "$w:$m" "$lr" "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
+probe_pass() {  # every cell's sweep at once (AGAIN=1: only the sweeps a run of which failed), until done or the deadline
+  pids=()
+  for m in "${MODELS[@]}"; do
+    for w in "${WS[@]}"; do
+      lr=$(awk -v k="$w:$m" '$1 == k {print $2}' "$LRS")
+      if [ -z "${CELLS:-}" ]; then probe "$w:$m" "$lr" "$w-$m" "${N_ARGS[@]}"; fi
+      for c in ${CELLS:-}; do probe "$w:$m" "$lr" "$w-$m-n${c%:*}-${c#*:}" --n "${c%:*}" --layout "${c#*:}"; done
+    done
   done
-done
+  packed=$(date +%s)
+  while alive && before_deadline; do
+    sleep 1
+    if [ $(( $(date +%s) - packed )) -ge "$SNAPSHOT_EVERY" ]; then snapshot; packed=$(date +%s); fi
+  done
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done  # past the deadline (else they have all ended)
+  wait
+}
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
-packed=$(date +%s)
-while alive && { [ "$DEADLINE" -eq 0 ] || [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; }; do
-  sleep 1
-  if [ $(( $(date +%s) - packed )) -ge "$SNAPSHOT_EVERY" ]; then snapshot; packed=$(date +%s); fi
-done
-for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done  # past the deadline (else they have all ended)
-wait
+before_deadline() { [ "$DEADLINE" -eq 0 ] || [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; }
+AGAIN=0 probe_pass
+# a run whose worker died (e.g. out of GPU memory while the packed runs started) is failed in its sweep.json; the
+# same sweep resumes it (a run that failed on its own, e.g. by diverging, is finished and stays as it is)
+if before_deadline && grep -qs '"status": "failed"' "$W"/probe/*/sweep.json; then
+  stamp "4b. the probe again, for the runs whose worker died"
+  AGAIN=1 probe_pass
+fi
 snapshot
 stamp "done"

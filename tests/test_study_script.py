@@ -161,3 +161,41 @@ def test_random_twins_alone_need_no_pretraining(tmp_path):
     configs = [yaml.safe_load((s.parent / "config.yaml").read_text()) for s in summaries]
     assert sorted(c["lr"] for c in configs) == [0.001, 0.003]
     assert {c["model"] for c in configs} == {f"config:{study}/init/pythia-20m"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_run_whose_worker_died_is_run_again_once_the_other_sweeps_are_done(tmp_path):
+    """A worker killed in the first pass (as a packed GPU run out of memory dies) leaves its run failed in the
+    sweep's sweep.json; with time left before the deadline the script runs that sweep again, which finishes it.
+    The sweep's log keeps both passes."""
+    study = tmp_path / "study"
+    (study / "copy").mkdir(parents=True)
+    (study / "copy" / "pythia-20m-random.parquet").touch()
+    (study / "best_lr.txt").write_text("config:pythia-20m 0.001\n")
+    script = subprocess.Popen(
+        ["bash", str(SCRIPT), str(study), "250"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "config", "CELLS": "8:suffix", "SEEDS": "0",
+             "JOBS": "1", "SET": "max_steps=3 eval_every=1 batch_size=4 train_size=40 eval_size=16 "
+                                 "eval_batch_size=16 device=cpu threads=1"})
+    try:
+        killed = False
+        deadline = time.monotonic() + 120
+        while not killed and script.poll() is None and time.monotonic() < deadline:
+            for pid in set(_processes_mentioning("probes.sweeps.worker")) & set(_processes_mentioning(str(study))):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+                    killed = True
+            time.sleep(0.02)
+        out, err = script.communicate(timeout=280)
+    finally:
+        if script.poll() is None:
+            script.kill()
+    assert killed and script.returncode == 0, err
+    assert "4b. the probe again, for the runs whose worker died" in out
+    sweep = study / "probe" / "config-pythia-20m-n8-suffix"
+    (summary,) = sweep.glob("*/summary.json")
+    assert json.loads(summary.read_text())["final_step"] == 3
+    assert [r["status"] for r in json.loads((sweep / "sweep.json").read_text())] == ["not_reached"]
+    passes = (study / "probe-config-pythia-20m-n8-suffix.log").read_text().splitlines()
+    assert [line.split(": ", 1)[1].split(";")[0] for line in passes] == [
+        "1 runs: 0 reached, 0 not_reached, 1 failed", "1 runs: 0 reached, 1 not_reached, 0 failed"]
