@@ -83,7 +83,7 @@ class ScanConfig:
     bc_mode: int = 0  # dB/dC over channels: 0 sum + atomics, 1 sum + partial buffers, 2 per-lane atomics
     scratch_bytes: int = 768 << 20  # cap on the backward's chunk-state buffer (batch is sliced)
     # on CUDA: time the launch candidates once per shape and keep the fastest. Off by default: on an
-    # H200 (Dec 2026) the tuned launches were slower than the defaults (README "Kernel levers").
+    # H200 (Dec 2026) the tuned launches were slower than the defaults (results/bench/README.md, "Kernel levers").
     autotune: bool = False
     save_states_bytes: int = 1 << 30  # live budget for chunk states saved by the forward (0: recompute)
 
