@@ -133,7 +133,7 @@ snapshot
 
 stamp "4. the probe"
 probe() {  # probe WEIGHTS:MODEL LR NAME [GRID OPTIONS]: one sweep in the background into WORKDIR/probe/NAME
-  if [ "$AGAIN" = 1 ] && ! grep -q '"status": "failed"' "$W/probe/$3/sweep.json" 2> /dev/null; then return; fi
+  if [ "$AGAIN" = 1 ] && ! has_failed_run "$W/probe/$3/sweep.json"; then return; fi
   "${PROBES[@]}" sweep --config configs/study-probe.yaml --model "$(model_of "${1%%:*}" "${1#*:}")" --lr "$2" \
     --out "$W/probe/$3" "${@:4}" "${SWEEP_ARGS[@]}" --jobs "$JOBS" --no-progress >> "$W/probe-$3.log" 2>&1 &
   pids+=($!)
@@ -157,10 +157,11 @@ probe_pass() {  # every cell's sweep at once (AGAIN=1: only the sweeps a run of 
 }
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
 before_deadline() { [ "$DEADLINE" -eq 0 ] || [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; }
+has_failed_run() { grep -qs '"status": "failed"' "$@"; }  # has_failed_run SWEEP.JSON...: a run there is failed
 AGAIN=0 probe_pass
 # a run whose worker died (e.g. out of GPU memory while the packed runs started) is failed in its sweep.json; the
 # same sweep resumes it (a run that failed on its own, e.g. by diverging, is finished and stays as it is)
-if before_deadline && grep -qs '"status": "failed"' "$W"/probe/*/sweep.json; then
+if before_deadline && has_failed_run "$W"/probe/*/sweep.json; then
   stamp "4b. the probe again, for the runs whose worker died"
   AGAIN=1 probe_pass
 fi

@@ -66,16 +66,23 @@ def test_the_readme_table_of_the_combined_cells_is_the_stored_summary():
         assert {c: v for c, v in cells.items() if v != "–"} == expected[model], model
 
 
+def _evaluations_of_both(stopped: Path, repeated: Path, stopped_at: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accuracy and loss by step of the run its window stopped at `stopped_at`, those of the run that repeated it
+    and went further, at the same steps)."""
+    first, later = (load_metrics(run)[["step", "accuracy", "loss"]].dropna().set_index("step")
+                    for run in (stopped, repeated))
+    assert first.index.max() == stopped_at and later.index.max() > first.index.max()
+    return first, later.loc[first.index]
+
+
 def test_the_sixteenth_windows_random_pythia_run_repeats_the_second_windows_bit_for_bit():
     """Same config and seed, another H200 and session: the held-out accuracy and loss of every evaluation the
     second window made before it stopped (step 3,800) are equal, not merely close."""
-    w2 = load_metrics(ROOT / "results/pretrained/w2/probe/config-pythia-20m/"
-                      "config-root_study_pretrain_pythia-20m_model+suffix+n32+lr1e-4+default+s2")
-    w16 = load_metrics(ROOT / "results/pretrained/w16/twin/probe/config-pythia-20m-n32-suffix")
-    cols = ["step", "accuracy", "loss"]
-    first, later = (m[cols].dropna().set_index("step") for m in (w2, w16))
-    assert first.index.max() == 3800 and later.index.max() > first.index.max()
-    pd.testing.assert_frame_equal(later.loc[first.index], first, check_exact=True)
+    first, later = _evaluations_of_both(
+        ROOT / "results/pretrained/w2/probe/config-pythia-20m/"
+        "config-root_study_pretrain_pythia-20m_model+suffix+n32+lr1e-4+default+s2",
+        ROOT / "results/pretrained/w16/twin/probe/config-pythia-20m-n32-suffix", stopped_at=3800)
+    pd.testing.assert_frame_equal(later, first, check_exact=True)
 
 
 def test_the_seventeenth_windows_random_pythia_runs_repeat_the_fourth_windows_on_another_gpu():
@@ -83,11 +90,10 @@ def test_the_seventeenth_windows_random_pythia_runs_repeat_the_fourth_windows_on
     before it stopped (step 8,600) has the same held-out accuracy, and a loss within float32 rounding (the two
     GPUs' kernels may sum in another order)."""
     for seed in (0, 1, 2):
-        w4 = load_metrics(ROOT / f"results/pretrained/w4/probe/config-pythia-20m/"
-                          f"config-root_study_pretrain_pythia-20m_model+prefix+n64+lr1e-4+default+s{seed}")
-        w17 = load_metrics(next((ROOT / "results/pretrained/w17/ptwin/probe/config-pythia-20m-n64-prefix").glob(
-            f"*+s{seed}")))
-        first, later = (m[["step", "accuracy", "loss"]].dropna().set_index("step") for m in (w4, w17))
-        assert first.index.max() == 8600 and later.index.max() > first.index.max()
-        pd.testing.assert_series_equal(later.accuracy.loc[first.index], first.accuracy, check_exact=True)
-        pd.testing.assert_series_equal(later.loss.loc[first.index], first.loss, check_exact=False, rtol=0, atol=1e-6)
+        first, later = _evaluations_of_both(
+            ROOT / f"results/pretrained/w4/probe/config-pythia-20m/"
+            f"config-root_study_pretrain_pythia-20m_model+prefix+n64+lr1e-4+default+s{seed}",
+            next((ROOT / "results/pretrained/w17/ptwin/probe/config-pythia-20m-n64-prefix").glob(f"*+s{seed}")),
+            stopped_at=8600)
+        pd.testing.assert_series_equal(later.accuracy, first.accuracy, check_exact=True)
+        pd.testing.assert_series_equal(later.loss, first.loss, check_exact=False, rtol=0, atol=1e-6)
