@@ -12,7 +12,8 @@
 # Every step resumes: run the same command again after a kill (a finished pretraining or copy test is
 # kept, not redone). Past DEADLINE_SECONDS (default: none) the sweeps still running are stopped (their runs
 # stay resumable and are reported as unfinished).
-# A run whose worker died (out of GPU memory as the packed runs start, say) is failed in its sweep's sweep.json:
+# A run whose worker died (out of GPU memory as the packed runs start, say) is started again by its sweep after
+# 30 s, up to RETRIES times (default: the sweep's 3); one that still died is failed in its sweep's sweep.json, and
 # when the sweeps end before the deadline, those with such a run go once more (step 4b), which runs it again.
 # Environment: NS="32 64" limits the probe's N (default: the config's 16 32 64); CELLS="16:suffix 32:prefix"
 # runs only those (N, layout) cells instead, one sweep each (WORKDIR/probe/WEIGHTS-MODEL-nN-LAYOUT);
@@ -41,6 +42,7 @@ JOBS=${JOBS:-6}
 N_ARGS=(); for n in ${NS:-}; do N_ARGS+=(--n "$n"); done
 SWEEP_ARGS=(); for kv in ${SET:-}; do SWEEP_ARGS+=(--set "$kv"); done  # options of every probe sweep
 if [ -n "${SEEDS:-}" ]; then SWEEP_ARGS+=(--seed "$SEEDS"); fi
+if [ -n "${RETRIES:-}" ]; then SWEEP_ARGS+=(--retries "$RETRIES"); fi
 refuse() { echo "error: $*" >&2; exit 2; }  # a bad setting: one line, exit 2, before anything starts
 for c in ${CELLS:-}; do
   [[ $c =~ ^[0-9]+:(suffix|prefix)$ ]] || refuse "CELLS: '$c' is not N:LAYOUT (e.g. 16:suffix; layouts: suffix, prefix)"
@@ -48,6 +50,7 @@ done
 for n in ${NS:-}; do [[ $n =~ ^[0-9]+$ ]] || refuse "NS: '$n' is not a whole number (e.g. NS=\"16 32\")"; done
 [[ -z ${SEEDS:-} || $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || refuse "SEEDS: '$SEEDS' is not seeds separated by commas (e.g. 0,1,2)"
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || refuse "JOBS: '$JOBS' is not a number of runs above 0"
+[[ -z ${RETRIES:-} || $RETRIES =~ ^[0-9]+$ ]] || refuse "RETRIES: '$RETRIES' is not a whole number of restarts (e.g. 0)"
 [[ $DEADLINE =~ ^[0-9]+$ ]] || refuse "DEADLINE_SECONDS: '$DEADLINE' is not a whole number of seconds"
 SNAPSHOT=${SNAPSHOT:-}; SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-60}
 [[ $SNAPSHOT_EVERY =~ ^[1-9][0-9]*$ ]] || refuse "SNAPSHOT_EVERY: '$SNAPSHOT_EVERY' is not a number of seconds above 0"

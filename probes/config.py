@@ -365,7 +365,8 @@ class SweepConfig(Config):
     address: str | None = Field(None, description="Ray cluster HOST:PORT, ray://HOST:PORT or auto (None: local)")
     cpus_per_run: float = Field(1.0, gt=0, description="CPUs Ray reserves for each run")
     gpus_per_run: float = Field(0.0, ge=0, description="GPUs Ray reserves for each run (0.25: four per GPU)")
-    retries: int = Field(3, ge=0, description="times Ray retries a run whose worker died")
+    retries: int = Field(3, ge=0, description="times a run whose worker died (killed, or out of GPU memory) "
+                                               "is started again")
 
     @field_validator(*GRID_KEYS, mode="before")
     @classmethod

@@ -7,3 +7,9 @@ and keeps its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the bad value and what is allowed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

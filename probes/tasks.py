@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from probes import locks
 from probes.config import DataConfig, TokenConfig, format_validation_error
-from probes.errors import UserError
+from probes.errors import UserError, first_line
 from probes.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
@@ -350,7 +350,7 @@ def _read_split(path: Path) -> Split:
         with np.load(path, allow_pickle=False) as z:
             return Split(z["context"], z["query"], z["target_position"])
     except Exception as err:  # noqa: BLE001 - truncated, empty, not a zip, a key missing: all one fault
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         raise UserError(f"{path} is missing or damaged ({text}); regenerate the dataset") from None
 
 

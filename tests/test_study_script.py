@@ -56,6 +56,7 @@ def test_a_cell_that_is_not_n_colon_layout_is_refused(tmp_path, cells):
     ({"SEEDS": "0 1"}, "SEEDS: '0 1' is not seeds separated by commas (e.g. 0,1,2)"),
     ({"NS": "16 n32"}, "NS: 'n32' is not a whole number (e.g. NS=\"16 32\")"),
     ({"JOBS": "0"}, "JOBS: '0' is not a number of runs above 0"),
+    ({"RETRIES": "-1"}, "RETRIES: '-1' is not a whole number of restarts (e.g. 0)"),
     ({"WEIGHTS": "hf random"}, "WEIGHTS: 'random' is not hf or config"),
     ({"SNAPSHOT_EVERY": "1m"}, "SNAPSHOT_EVERY: '1m' is not a number of seconds above 0"),
     ({"SNAPSHOT": "/no/such/dir/s.tgz"}, "SNAPSHOT: '/no/such/dir/s.tgz' is not in an existing directory"),
@@ -165,9 +166,9 @@ def test_random_twins_alone_need_no_pretraining(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_a_run_whose_worker_died_is_run_again_once_the_other_sweeps_are_done(tmp_path):
-    """A worker killed in the first pass (as a packed GPU run out of memory dies) leaves its run failed in the
-    sweep's sweep.json; with time left before the deadline the script runs that sweep again, which finishes it.
-    The sweep's log keeps both passes."""
+    """A worker killed in the first pass (as a packed GPU run out of memory dies) and not restarted by its sweep
+    (RETRIES=0) leaves its run failed in the sweep's sweep.json; with time left before the deadline the script runs
+    that sweep again, which finishes it. The sweep's log keeps both passes."""
     study = tmp_path / "study"
     (study / "copy").mkdir(parents=True)
     (study / "copy" / "pythia-20m-random.parquet").touch()
@@ -175,7 +176,7 @@ def test_a_run_whose_worker_died_is_run_again_once_the_other_sweeps_are_done(tmp
     script = subprocess.Popen(
         ["bash", str(SCRIPT), str(study), "250"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "MODELS": "pythia-20m", "WEIGHTS": "config", "CELLS": "8:suffix", "SEEDS": "0",
-             "JOBS": "1", "SET": "max_steps=3 eval_every=1 batch_size=4 train_size=40 eval_size=16 "
+             "JOBS": "1", "RETRIES": "0", "SET": "max_steps=3 eval_every=1 batch_size=4 train_size=40 eval_size=16 "
                                  "eval_batch_size=16 device=cpu threads=1"})
     try:
         killed = False

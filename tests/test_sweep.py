@@ -213,3 +213,144 @@ def test_the_paper_presets_dry_run_prints_the_grid_and_gpu_hours_offline(tmp_pat
     assert "expected GPU-hours on NVIDIA H200" in r.stdout
     assert "unknown" not in r.stdout and lines[-1].strip().startswith("total: ")
     assert not (tmp_path / name).exists()  # a dry run writes nothing
+
+
+# --- a run whose worker died is started again (`retries`) ---
+
+
+class _Exits:
+    """A worker process stand-in that has already exited with `code`."""
+
+    def __init__(self, code: int):
+        self.code, self.pid = code, -1
+
+    def poll(self) -> int:
+        return self.code
+
+
+def _fake_workers(monkeypatch, codes: dict[str, list[int]]):
+    """The local backend's workers replaced by stand-ins that exit with each run's next code; returns the
+    (run name, action) of every start."""
+    import probes.sweeps.local as local
+
+    started = []
+
+    def start(job, threads):
+        started.append((job.name, job.action))
+        job.dir.mkdir(parents=True, exist_ok=True)
+        return _Exits(codes[job.name].pop(0)), open(job.dir / "train.log", "a")  # noqa: SIM115
+
+    monkeypatch.setattr(local, "start_worker", start)
+    monkeypatch.setattr(local, "RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(local, "POLL_SECONDS", 0.0)
+    return started
+
+
+def _jobs(tmp_path, names):
+    from probes.sweeps.jobs import Job
+
+    return [Job("text", TrainConfig(out=tmp_path / n), n, "new") for n in names]
+
+
+def test_a_run_killed_or_out_of_gpu_memory_is_started_again_as_a_resume(tmp_path, monkeypatch):
+    from probes.sweeps.jobs import Display
+    from probes.sweeps.local import LocalBackend
+    from probes.sweeps.worker import OUT_OF_MEMORY_EXIT
+
+    started = _fake_workers(monkeypatch, {"killed": [-9, 1], "oom": [OUT_OF_MEMORY_EXIT, 1], "bug": [1]})
+    results = LocalBackend(jobs=3, threads=1, retries=2).run(_jobs(tmp_path, ["killed", "oom", "bug"]),
+                                                             Display(False, 3, 0))
+    assert sorted(started) == sorted([("killed", "new"), ("oom", "new"), ("bug", "new"),
+                                      ("killed", "resume"), ("oom", "resume")])  # a bug (exit 1) is not retried
+    assert sorted(r["run"] for r in results) == ["bug", "killed", "oom"]  # one result per run, the last attempt's
+
+
+def test_a_run_that_keeps_dying_is_reported_failed_after_its_retries(tmp_path, monkeypatch):
+    from probes.sweeps.jobs import Display
+    from probes.sweeps.local import LocalBackend
+
+    started = _fake_workers(monkeypatch, {"doomed": [-9, -9, -9, -9]})
+    (result,) = LocalBackend(jobs=1, threads=1, retries=2).run(_jobs(tmp_path, ["doomed"]), Display(False, 1, 0))
+    assert started == [("doomed", "new"), ("doomed", "resume"), ("doomed", "resume")]
+    assert result["status"] == "failed" and "worker exited with code -9" in result["message"]
+    no_retries = _fake_workers(monkeypatch, {"doomed": [-9]})
+    LocalBackend(jobs=1, threads=1, retries=0).run(_jobs(tmp_path, ["doomed"]), Display(False, 1, 0))
+    assert no_retries == [("doomed", "new")]
+
+
+def test_a_died_run_waits_out_the_pause_while_other_runs_start(tmp_path, monkeypatch):
+    import probes.sweeps.local as local
+
+    later = local.time.monotonic() + 3600
+    pending = _jobs(tmp_path, ["died", "next"])
+    assert local.next_ready(pending, {"died": later}).name == "next"
+    assert local.next_ready(pending, {"died": later}) is None and [j.name for j in pending] == ["died"]
+    assert local.next_ready(pending, {"died": 0.0}).name == "died"
+
+
+def test_a_worker_out_of_gpu_memory_exits_with_its_own_code_and_one_line(monkeypatch, capsys):
+    import torch
+
+    import probes.sweeps.worker as worker
+
+    def oom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(worker, "run_job", oom)
+    monkeypatch.setattr("probes.locks.die_with_parent", lambda: None)
+    assert worker.main(["--json", "{}"]) == worker.OUT_OF_MEMORY_EXIT
+    assert capsys.readouterr().out == "error: out of GPU memory: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    assert worker.out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert worker.out_of_memory(RuntimeError("CUDA error: out of memory"))
+
+    def bug(*args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(worker, "run_job", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else keeps its traceback
+        worker.main(["--json", "{}"])
+
+
+def test_a_worker_killed_mid_run_is_started_again_and_ends_as_if_never_killed(tmp_path, monkeypatch):
+    import os
+    import signal
+    import threading
+    import time
+
+    import pandas as pd
+    import torch
+
+    import probes.sweeps.local as local
+    from probes import locks
+    from probes.train import train_run
+
+    monkeypatch.setattr(local, "RETRY_PAUSE_S", 0.0)
+    settings = {**FAST, "max_steps": 120, "eval_every": 10, "threshold": 1.0, "checkpoint_every": 20}
+    sweep = small_sweep(tmp_path, init=["default"], seed=[0], train=settings, retries=1)
+    run = Path(expand_grid(sweep)[0].out)
+    results = []
+    thread = threading.Thread(target=lambda: results.extend(run_sweep(sweep, progress=False, threads=1)))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # a checkpoint and a few evaluations, then kill the worker
+        holder = locks.read_holder(run)
+        try:
+            if holder and (run / "checkpoint").exists() and len(pd.read_parquet(run / "metrics.parquet")) >= 4:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    os.kill(holder.pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and results[0]["status"] == "not_reached"
+    assert "=== " in (log := (run / "train.log").read_text()) and log.count(" resume ") == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the worker: the same reductions, the same floats
+    try:
+        train_run(TrainConfig(**{**expand_grid(sweep)[0].model_dump(), "out": tmp_path / "ref"}), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    resumed, alone = (pd.read_parquet(d / "metrics.parquet") for d in (run, tmp_path / "ref"))
+    assert resumed["step"].tolist() == list(range(0, 121, 10))  # none lost, none twice
+    assert resumed["accuracy"].tolist() == alone["accuracy"].tolist()
+    assert resumed["loss"].tolist() == alone["loss"].tolist()

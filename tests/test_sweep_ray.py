@@ -148,3 +148,16 @@ def test_missing_ray_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UserError, match=r"pip install 'probes\[ray\]'"):
         sweep_ray.import_ray()
+
+
+def test_a_task_out_of_gpu_memory_raises_the_exception_ray_retries(tmp_path, monkeypatch):
+    import json
+
+    import probes.sweeps.ray_backend as backend
+
+    def oom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(backend, "run_job", oom)
+    with pytest.raises(backend.GPUOutOfMemory, match="CUDA out of memory"):
+        backend.train_task("text", json.dumps({"out": str(tmp_path / "run")}), 1)

@@ -112,6 +112,12 @@ class Display:
             self.bar.update(self.tasks[job.name], completed=summary.get("final_step") or 0,
                             info=f"acc {acc:.3f}" if acc is not None else "")
 
+    def retrying(self, job: Job, result: Result, attempt: int, retries: int, pause: float) -> None:
+        """A line for a run whose worker died and that starts again (its bar stays)."""
+        if self._started():
+            self.bar.console.print(f"{job.name}: {result['message']}; starting it again in {pause:.0f} s "
+                                   f"(retry {attempt} of {retries})", highlight=False, markup=False)
+
     def done(self, job: Job, result: Result) -> None:
         if not self._started():
             return

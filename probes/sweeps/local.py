@@ -4,6 +4,11 @@ Several small runs can share one GPU this way. Each worker runs in its own proce
 RUN/train.log and dies with the sweep process (probes.locks.die_with_parent: PR_SET_PDEATHSIG on
 Linux); progress comes from each run's summary.json. SIGTERM to the sweep passes on to its workers,
 which checkpoint where they are (probes.engine) before the sweep exits with code 143.
+
+A run whose worker died (killed by a signal: the kernel's OOM killer, `kill -9`) or ran out of GPU
+memory (probes.sweeps.worker.OUT_OF_MEMORY_EXIT: the packed runs of this and other sweeps filled the
+card) goes to the back of the queue and is resumed from its last checkpoint after RETRY_PAUSE_S,
+at most `retries` times; a run that failed on its own (diverged, a bug, a busy run) is reported.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import probes
@@ -22,8 +28,10 @@ from probes.errors import UserError
 from probes.locks import PARENT_ENV, on_sigterm
 from probes.rundir import LOG_FILE, read_summary
 from probes.sweeps.jobs import BackendOptions, Display, Job, Result, job_result
+from probes.sweeps.worker import OUT_OF_MEMORY_EXIT
 
 POLL_SECONDS = 0.5
+RETRY_PAUSE_S = 30.0  # before a died run starts again: time for whatever filled the card to move on
 
 
 def default_threads(jobs: int) -> int:
@@ -74,6 +82,11 @@ def last_error(log: Path) -> str | None:
     return next((ln.removeprefix("error: ") for ln in reversed(lines) if ln.startswith("error: ")), None)
 
 
+def worker_died(code: int) -> bool:
+    """Whether a worker's exit code says it died rather than finished: killed by a signal, or out of GPU memory."""
+    return code < 0 or code == OUT_OF_MEMORY_EXIT
+
+
 def finished_result(job: Job, code: int) -> Result:
     """The Result of a worker that exited with `code`, from its run's summary.json (or its log)."""
     try:
@@ -86,15 +99,25 @@ def finished_result(job: Job, code: int) -> Result:
     return job_result(job, summary)
 
 
-class LocalBackend:
-    """Runs jobs on this machine, at most `jobs` at once, each with `threads` CPU threads."""
+def next_ready(pending: list[Job], not_before: dict[str, float]) -> Job | None:
+    """Takes the first job of `pending` whose restart pause (if any) is over."""
+    now = time.monotonic()
+    for i, job in enumerate(pending):
+        if not_before.get(job.name, 0.0) <= now:
+            return pending.pop(i)
+    return None
 
-    def __init__(self, jobs: int = 1, threads: int | None = None):
-        self.jobs, self.threads = jobs, threads or default_threads(jobs)
+
+class LocalBackend:
+    """Runs jobs on this machine, at most `jobs` at once, each with `threads` CPU threads; a run
+    whose worker died is started again up to `retries` times."""
+
+    def __init__(self, jobs: int = 1, threads: int | None = None, retries: int = 0):
+        self.jobs, self.threads, self.retries = jobs, threads or default_threads(jobs), retries
 
     @classmethod
     def from_options(cls, options: BackendOptions) -> LocalBackend:
-        return cls(options.jobs, options.threads)
+        return cls(options.jobs, options.threads, options.retries)
 
     def run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None = None) -> list[Result]:
         with on_sigterm(_terminate):  # SIGTERM unwinds _run through its except, which stops the workers
@@ -102,10 +125,10 @@ class LocalBackend:
 
     def _run(self, jobs: list[Job], display: Display, on_done: Callable[[Result], None] | None) -> list[Result]:
         pending, active, results = list(jobs), {}, []
+        not_before, retried = {}, {}  # a died run's earliest restart (time.monotonic) and its restarts so far
         try:
             while pending or active:
-                while pending and len(active) < self.jobs:
-                    job = pending.pop(0)
+                while len(active) < self.jobs and (job := next_ready(pending, not_before)):
                     active[job.name] = (job, *start_worker(job, self.threads))
                     display.add(job)
                 time.sleep(POLL_SECONDS)
@@ -117,6 +140,12 @@ class LocalBackend:
                     log.close()
                     del active[name]
                     result = finished_result(job, code)
+                    if result["status"] == "failed" and worker_died(code) and retried.get(name, 0) < self.retries:
+                        retried[name] = retried.get(name, 0) + 1
+                        not_before[name] = time.monotonic() + RETRY_PAUSE_S
+                        pending.append(replace(job, action="resume"))  # never --overwrite twice
+                        display.retrying(job, result, retried[name], self.retries, RETRY_PAUSE_S)
+                        continue
                     results.append(result)
                     display.done(job, result)
                     if on_done:

@@ -4,7 +4,7 @@
     probes sweep --config sweep.yaml --backend ray --address HEAD:6379   # an existing cluster
 
 Ray schedules the tasks (`cpus_per_run`, `gpus_per_run`: 0.25 packs four runs on a GPU) and
-retries a task whose worker died (`retries`). A retried task trains the same run directory again
+retries a task whose worker died or that ran out of GPU memory (`retries`). A retried task trains the same run directory again
 (probes.sweeps.worker.run_job), so it resumes from the last checkpoint: evaluations after that
 checkpoint are computed again and replace nothing twice. Skip-finished / resume semantics and
 results are those of the local backend; run directories must be on storage every node sees.
@@ -18,10 +18,10 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from probes.errors import UserError
+from probes.errors import UserError, first_line
 from probes.rundir import WORKER_PID_FILE, clear_run
 from probes.sweeps.jobs import BackendOptions, Display, Job, Result, job_result, running_summary
-from probes.sweeps.worker import run_job
+from probes.sweeps.worker import GPUOutOfMemory, out_of_memory, run_job
 
 __all__ = ["WORKER_PID_FILE", "RayBackend", "connect", "import_ray"]
 
@@ -74,7 +74,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"cannot connect to the Ray cluster at {address}: {first}") from None
     _connected.update(asked=address, session=_session_address(ray))
     return ray
@@ -131,7 +131,12 @@ def train_task(kind: str, cfg_json: str, threads: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / WORKER_PID_FILE).write_text(f"{os.getpid()}\n")
     # `threads`: the share of a new run; a resumed run keeps the count its config.yaml records
-    return run_job(kind, cfg_json, threads)
+    try:
+        return run_job(kind, cfg_json, threads)
+    except Exception as err:
+        if out_of_memory(err):  # Ray retries this one (retry_exceptions), as it does a worker that died
+            raise GPUOutOfMemory(first_line(err)) from err
+        raise
 
 
 class RayBackend:
@@ -152,7 +157,8 @@ class RayBackend:
         o = self.options
         ray = connect(o.address, num_cpus=None if o.address else max(o.jobs, os.cpu_count() or 1))
         threads = o.threads or max(1, int(o.cpus_per_run))
-        task = ray.remote(num_cpus=o.cpus_per_run, num_gpus=o.gpus_per_run, max_retries=o.retries)(train_task)
+        task = ray.remote(num_cpus=o.cpus_per_run, num_gpus=o.gpus_per_run, max_retries=o.retries,
+                          retry_exceptions=[GPUOutOfMemory])(train_task)
         pending: dict = {}
         for job in jobs:
             if job.action == "restart":  # a failed run asked to start again: clear it once, here
@@ -186,7 +192,7 @@ def collect(ray, ref, job: Job) -> Result:
         summary = ray.get(ref)
     except ray.exceptions.RayTaskError as err:  # the run raised (a UserError, a bug)
         cause = err.cause if getattr(err, "cause", None) is not None else err
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        first = first_line(cause)
         return job_result(job, None, f"{type(cause).__name__}: {first}")
     except ray.exceptions.RayError as err:  # retries exhausted, cluster lost, …
         return job_result(job, None, f"{type(err).__name__}: {str(err).splitlines()[0]}")

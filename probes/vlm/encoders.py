@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probes.backbones import hub_offline, hub_unreachable
-from probes.errors import UserError
+from probes.errors import UserError, first_line
 
 Family = Literal["siglip", "clip", "dinov2", "eva02"]
 
@@ -260,7 +260,7 @@ def _load_hf_source(name: str, source: str, feature_layer: int) -> VisionEncoder
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"{name}: cannot load its config ({first})") from None
     family = _HF_FAMILY.get(config.model_type)
     if family is None:
@@ -270,7 +270,7 @@ def _load_hf_source(name: str, source: str, feature_layer: int) -> VisionEncoder
     try:
         model = model_cls.from_pretrained(source)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"{name}: cannot load it with from_pretrained ({first})") from None
     cfg = model.config
     mean, std = _preprocessor_stats(source) or NORMALISATION[family]
@@ -307,7 +307,7 @@ def _build_timm(name: str, timm_name: str, kwargs: dict, image_size: int | None,
     try:
         model = timm.create_model(timm_name, pretrained=pretrained, **{**kwargs, **extra})
     except (RuntimeError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"{name}: timm cannot build '{timm_name}' ({first})") from None
     size = image_size or model.patch_embed.img_size[0]
     patch = model.patch_embed.patch_size[0]
