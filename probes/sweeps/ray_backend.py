@@ -4,9 +4,9 @@
     probes sweep --config sweep.yaml --backend ray --address HEAD:6379   # an existing cluster
 
 Ray schedules the tasks (`cpus_per_run`, `gpus_per_run`: 0.25 packs four runs on a GPU) and
-retries a task whose worker died or that ran out of GPU memory (`retries`). A retried task trains the same run directory again
-(probes.sweeps.worker.run_job), so it resumes from the last checkpoint: evaluations after that
-checkpoint are computed again and replace nothing twice. Skip-finished / resume semantics and
+retries a task whose worker died or that ran out of GPU memory (`retries`). A retried task trains
+the same run directory again (probes.sweeps.worker.run_job), so it resumes from the last checkpoint:
+evaluations after that checkpoint are computed again and replace nothing twice. Skip-finished / resume semantics and
 results are those of the local backend; run directories must be on storage every node sees.
 """
 
