@@ -195,5 +195,5 @@ def collect(ray, ref, job: Job) -> Result:
         first = first_line(cause)
         return job_result(job, None, f"{type(cause).__name__}: {first}")
     except ray.exceptions.RayError as err:  # retries exhausted, cluster lost, …
-        return job_result(job, None, f"{type(err).__name__}: {str(err).splitlines()[0]}")
+        return job_result(job, None, f"{type(err).__name__}: {first_line(err)}")
     return job_result(job, summary)
