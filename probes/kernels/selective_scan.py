@@ -138,8 +138,12 @@ if HAS_TRITON:
     def _row(x, sel):
         """Row `sel` (a one-hot mask over the chunk axis) of a (CHUNK, ...) tile, keeping dims.
 
-        The chunk axis lives inside each thread, so this folds to picking registers."""
-        return tl.sum(tl.where(sel, x, 0.0), axis=0, keep_dims=True)
+        The chunk axis lives inside each thread, so this folds to picking registers. The other rows are
+        -0.0, not 0.0: x + (-0.0) is x for every x, so the compiler drops their adds, while 0.0 + x is not
+        x when x is -0.0 and costs an add per pick (32 instructions per backward iteration). A literal
+        -0.0 reaches Triton's IR as 0.0, hence the bit pattern."""
+        neg0 = tl.full(x.shape, 0x80000000, tl.uint32).to(tl.float32, bitcast=True)
+        return tl.sum(tl.where(sel, x, neg0), axis=0, keep_dims=True)
 
     @triton.jit
     def _p3(base, b, t3, d3, s_b, s_d, s_l):
