@@ -408,15 +408,10 @@ SASS_ROWS = {"default": {}, "bc2": {"bc_mode": 2}, "sub2": {"sub_bwd": 2}, "dh1 
              "c2 dh4": {"chunk_bwd": 2, "dh_bwd": 4}}
 
 
-def kernel_loop(name: str, fields: dict | None = None) -> dict:
-    """The `name` kernel ("forward" or "backward") compiled for sm_90 with CONFIG's `fields` changed: its
-    main loop's `loop_costs`, ptxas's registers and spill stores, and the launch constants."""
-    import os
-    import subprocess
-    import tempfile
+def compile_kernel(name: str, fields: dict | None = None):
+    """(the `name` kernel, "forward" or "backward", compiled for sm_90 here with CONFIG's `fields` changed;
+    ptxas's log; the launch constants). `offline_compilation` first."""
     from dataclasses import replace
-
-    import triton
 
     from probes.kernels.selective_scan import CONFIG, backward_kernel, forward_kernel
 
@@ -424,7 +419,19 @@ def kernel_loop(name: str, fields: dict | None = None) -> dict:
     kernel, consts, fp32_args, odd, warps = (
         (forward_kernel(), forward_consts(cfg), FWD_FP32_ARGS, ("L",), cfg.warps_fwd) if name == "forward" else
         (backward_kernel(), backward_consts(cfg), FP32_ARGS, ODD_INTS, cfg.warps_bwd))
-    compiled, log = compile_sm90(kernel, consts, fp32_args, odd, warps)
+    return *compile_sm90(kernel, consts, fp32_args, odd, warps), consts
+
+
+def kernel_loop(name: str, fields: dict | None = None) -> dict:
+    """The `name` kernel ("forward" or "backward") compiled for sm_90 with CONFIG's `fields` changed: its
+    main loop's `loop_costs`, ptxas's registers and spill stores, and the launch constants."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+
+    compiled, log, consts = compile_kernel(name, fields)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])

@@ -135,15 +135,20 @@ if HAS_TRITON:
         return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
 
     @triton.jit
-    def _row(x, sel):
+    def _row(x, sel, EXACT: tl.constexpr):
         """Row `sel` (a one-hot mask over the chunk axis) of a (CHUNK, ...) tile, keeping dims.
 
-        The chunk axis lives inside each thread, so this folds to picking registers. The other rows are
-        -0.0, not 0.0: x + (-0.0) is x for every x, so the compiler drops their adds, while 0.0 + x is not
-        x when x is -0.0 and costs an add per pick (32 instructions per backward iteration). A literal
-        -0.0 reaches Triton's IR as 0.0, hence the bit pattern."""
-        neg0 = tl.full(x.shape, 0x80000000, tl.uint32).to(tl.float32, bitcast=True)
-        return tl.sum(tl.where(sel, x, neg0), axis=0, keep_dims=True)
+        The chunk axis lives inside each thread, so this folds to picking registers and one add per pick.
+        EXACT fills the other rows with -0.0 and the add goes too (x + (-0.0) is x for every x; a literal
+        -0.0 reaches Triton's IR as 0.0, hence the bit pattern): it saves 32 instructions per iteration of
+        each kernel's loop. Otherwise the fill is 0.0 and the add (0.0 + x) stays; products are picked that
+        way, so that each is rounded on its own before the sum it feeds. Picked exactly, the compiler may
+        fuse a product into that sum instead (an FMA) and choose which product to fuse differently in each
+        variant, so the backward's variants and saved states would no longer agree bit for bit."""
+        fill = 0.0
+        if EXACT:
+            fill = tl.full(x.shape, 0x80000000, tl.uint32).to(tl.float32, bitcast=True)
+        return tl.sum(tl.where(sel, x, fill), axis=0, keep_dims=True)
 
     @triton.jit
     def _p3(base, b, t3, d3, s_b, s_d, s_l):
@@ -278,7 +283,7 @@ if HAS_TRITON:
             hs = tl.zeros((CHUNK, DH, BLOCK_N, DL), dtype=tl.float32)
             for j in tl.static_range(CHUNK):  # h_t = a_t h_{t-1} + x_t, unrolled over the chunk
                 sel = k4 == j
-                h = _row(a, sel) * h + _row(x, sel)
+                h = _row(a, sel, True) * h + _row(x, sel, False)
                 hs = tl.where(sel, h, hs)
             if WRITE_OUT:
                 y = tl.sum(hs * Ct.to(tl.float32)[:, None, :, None], axis=2)  # (K, DH, DL)
@@ -322,7 +327,7 @@ if HAS_TRITON:
         hs = tl.zeros(a.shape, dtype=tl.float32)
         for j in tl.static_range(K):  # unrolled over the piece
             sel = k4 == j
-            h = _row(a, sel) * h + _row(x, sel)
+            h = _row(a, sel, True) * h + _row(x, sel, False)
             if KEEP:
                 hs = tl.where(sel, h, hs)
         return h, hs
@@ -452,9 +457,9 @@ if HAS_TRITON:
                 g = tl.zeros((SUB, DH, BLOCK_N, DL), dtype=tl.float32)  # g_t = dL/dh_t
                 for jj in tl.static_range(SUB):  # g_t = C_t dy_t + a_{t+1} g_{t+1}, backwards
                     sel = k4 == SUB - 1 - jj
-                    gj = _row(q4, sel) + carry
+                    gj = _row(q4, sel, False) + carry
                     g = tl.where(sel, gj, g)
-                    carry = _row(a, sel) * gj  # becomes a_t g_t: what step t - 1 receives
+                    carry = _row(a, sel, True) * gj  # becomes a_t g_t: what step t - 1 receives
                 gh = g * (hs - x)  # g_t * exp(delta_t A) * h_{t-1}
                 sgB = tl.sum(g * B4, axis=2)  # (K, DH, DL)
                 ddelta = tl.sum(gh * A, axis=2) + sgB * u

@@ -512,20 +512,70 @@ def test_backward_pieces_paper_shape_cuda(device, shape, saved):
         ss.CONFIG.__dict__.update(old.__dict__)
 
 
-def test_scan_benchmark_config_rows_name_real_fields():
-    """benchmarks/scan.py --compare (on the GPU), --registers and --sass set these CONFIG fields: catch a typo here."""
+def scan_benchmark():
+    """benchmarks/scan.py as a module."""
     import importlib.util
-    from dataclasses import fields, replace
     from pathlib import Path
-
-    from probes.kernels.selective_scan import CONFIG, bwd_sub
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "scan.py"
     spec = importlib.util.spec_from_file_location("scan_bench_rows", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scan_benchmark_config_rows_name_real_fields():
+    """benchmarks/scan.py --compare (on the GPU), --registers and --sass set these CONFIG fields: catch a typo here."""
+    from dataclasses import fields, replace
+
+    from probes.kernels.selective_scan import CONFIG, bwd_sub
+
+    mod = scan_benchmark()
     names = {f.name for f in fields(CONFIG)}
     assert "sub2" in mod.CONFIG_ROWS
     for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values(), *mod.SASS_ROWS.values()]:
         assert set(row) <= names, set(row) - names
         assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", row.get("chunk_bwd", CONFIG.chunk_bwd))
+
+
+
+PICKS_PTX = """
+import json, re, sys
+sys.path.insert(0, "benchmarks")
+import scan
+scan.offline_compilation("the test")
+out = {}
+for name in ("forward", "backward"):
+    ptx = scan.compile_kernel(name)[0].asm["ptx"]
+    out[name] = [len(re.findall(r"add\\.f32\\s+%r\\d+, %r\\d+, 0f00000000;", ptx)),
+                 len(re.findall(r"fma\\.rn\\.f32\\s+%r\\d+, %r\\d+, %r\\d+, 0f00000000;", ptx))]
+print(json.dumps(out))
+"""
+
+
+def test_compiled_kernels_pick_rows_without_adding_zero():
+    """Compiled for sm_90 (no GPU; in a subprocess, as this directory's kernels are decorated for the
+    interpreter on a CPU): the row picks of a = exp(delta A) add nothing (`_row`'s -0.0 fill; with 0.0 the
+    compiler keeps an `add.f32 x, 0` per pick, 32 per loop iteration), while products are still picked with
+    0.0 and stay rounded on their own (`fma x, y, 0`), which keeps the backward's variants and saved states
+    rounding alike."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from probes.kernels import selective_scan as ss
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", PICKS_PTX], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    cfg = ss.CONFIG  # one warp of 32 lanes per program: (steps, channels, 16 states) elements per lane
+    per_lane = {"forward": cfg.chunk_fwd * cfg.dh_fwd * cfg.dl_fwd * 16 // 32,
+                "backward": cfg.chunk_bwd * cfg.dh_bwd * cfg.dl_bwd * 16 // 32}
+    picked_products = {"forward": 1, "backward": 2}  # x = delta B u; and the backward's C dy
+    for name, (adds_of_zero, fmas_with_zero) in counts.items():
+        assert adds_of_zero == 0, name
+        assert fmas_with_zero == picked_products[name] * per_lane[name], name
