@@ -538,7 +538,6 @@ def test_scan_benchmark_config_rows_name_real_fields():
         assert bwd_sub(replace(CONFIG, **row)) == row.get("sub_bwd", row.get("chunk_bwd", CONFIG.chunk_bwd))
 
 
-
 PICKS_PTX = """
 import json, re, sys
 sys.path.insert(0, "benchmarks")
@@ -567,7 +566,7 @@ def test_compiled_kernels_pick_rows_without_adding_zero():
 
     from probes.kernels import selective_scan as ss
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PROBES_SCAN")}
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", PICKS_PTX], cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
