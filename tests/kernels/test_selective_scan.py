@@ -512,25 +512,18 @@ def test_backward_pieces_paper_shape_cuda(device, shape, saved):
         ss.CONFIG.__dict__.update(old.__dict__)
 
 
-def scan_benchmark():
-    """benchmarks/scan.py as a module."""
+def test_scan_benchmark_config_rows_name_real_fields():
+    """benchmarks/scan.py --compare (on the GPU), --registers and --sass set these CONFIG fields: catch a typo here."""
     import importlib.util
+    from dataclasses import fields, replace
     from pathlib import Path
+
+    from probes.kernels.selective_scan import CONFIG, bwd_sub
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "scan.py"
     spec = importlib.util.spec_from_file_location("scan_bench_rows", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod
-
-
-def test_scan_benchmark_config_rows_name_real_fields():
-    """benchmarks/scan.py --compare (on the GPU), --registers and --sass set these CONFIG fields: catch a typo here."""
-    from dataclasses import fields, replace
-
-    from probes.kernels.selective_scan import CONFIG, bwd_sub
-
-    mod = scan_benchmark()
     names = {f.name for f in fields(CONFIG)}
     assert "sub2" in mod.CONFIG_ROWS
     for row in [*mod.CONFIG_ROWS.values(), *mod.REGISTER_ROWS.values(), *mod.SASS_ROWS.values()]:
