@@ -61,6 +61,7 @@ from probes.runtime import (
     resolve_precision,
     rng_state,
     run_threads,
+    same_bits_each_run,
     set_rng_state,
     torch_threads,
 )
@@ -161,7 +162,9 @@ class RunKind:
         return "not_reached" if last["step"] >= self.cfg.max_steps else None
 
     def summary(self, rec: dict, status: str, message: str, wall_seconds: float) -> dict:
-        return {**run_summary(rec, self.cfg, status, message, wall_seconds, kind=self.kind), **self.info}
+        same_bits = same_bits_each_run(self.info.get("scan_backend"), self.info.get("device", "cpu"))
+        return {**run_summary(rec, self.cfg, status, message, wall_seconds, kind=self.kind, same_bits=same_bits),
+                **self.info}
 
     def banner(self) -> str | None:
         return None

@@ -53,7 +53,7 @@ from probes.corpus import EOS_ID, PAD_ID, Corpus, PackedWindows, build_corpus, b
 from probes.engine import Evaluation, Interval, RunKind
 from probes.errors import UserError
 from probes.naming import format_lr
-from probes.rundir import rate, write_parquet
+from probes.rundir import rate, reproducibility, write_parquet
 from probes.runtime import choose_scan_backend, precision_name
 
 # Settings that may differ when a run resumes: where and how it runs, not what it computes.
@@ -280,7 +280,8 @@ class PretrainKind(RunKind):
             "train_tokens_per_s": rate(rec["train_steps"] * self.step_tokens, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             "resumed_at": rec["resumed_at"],
-            "threads_used": rec["threads_used"], "bit_reproducible": len(set(rec["threads_used"])) <= 1,
+            **reproducibility(rec["threads_used"], runtime.same_bits_each_run(self.info["scan_backend"],
+                                                                             self.info["device"])),
         }
 
 

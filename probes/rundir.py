@@ -311,12 +311,13 @@ def rate(amount: float, seconds: float) -> float | None:
 
 
 def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_seconds: float, *,
-                kind: str) -> dict:
+                kind: str, same_bits: bool = True) -> dict:
     """summary.json fields every run has (SPEC §6, probes.schema.SUMMARY_FIELDS), from the record of
     its evaluations; `kind` is the caller's kind of run (probes.schema.RUN_KINDS).
 
     `cfg` needs threshold and max_steps; the training throughput counts the examples the run
-    actually saw (rec["train_examples"]: a VLM run's stages have different batch sizes).
+    actually saw (rec["train_examples"]: a VLM run's stages have different batch sizes). `same_bits`: whether
+    the run's kernels give the same bits every time (probes.runtime.same_bits_each_run).
     """
     if kind not in RUN_KINDS:
         raise ValueError(f"unknown run kind {kind!r} (allowed: {', '.join(RUN_KINDS)})")
@@ -332,11 +333,16 @@ def run_summary(rec: dict[str, Any], cfg: Any, status: str, message: str, wall_s
         "max_steps": cfg.max_steps, "wall_seconds": wall_seconds, "message": message,
         "train_examples_per_s": rate(rec["train_examples"], rec["train_seconds"]),
         "eval_examples_per_s": rate(rec["eval_examples"], rec["eval_seconds"]),
-        "resumed_at": rec["resumed_at"],
-        # CPU threads of each segment (start, then each resume); float sums depend on the count, so
-        # a run resumed with another count no longer matches an uninterrupted run bit for bit
-        "threads_used": rec["threads_used"], "bit_reproducible": len(set(rec["threads_used"])) <= 1,
+        "resumed_at": rec["resumed_at"], **reproducibility(rec["threads_used"], same_bits),
     }
+
+
+def reproducibility(threads_used: list[int], same_bits: bool = True) -> dict:
+    """summary.json's threads_used (the CPU threads of each segment: start, then each resume) and
+    bit_reproducible: float sums depend on the thread count, so a run resumed with another count no longer
+    matches an uninterrupted run bit for bit, and nor does any run whose kernels do not give the same bits
+    every time (`same_bits` False: a Mamba scan that sums with float atomics on CUDA)."""
+    return {"threads_used": threads_used, "bit_reproducible": len(set(threads_used)) <= 1 and same_bits}
 
 
 # === Checkpoints ===

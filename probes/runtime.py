@@ -163,6 +163,20 @@ def choose_scan_backend(model: torch.nn.Module, backend: str) -> str:
         raise UserError(f"scan_backend {backend!r}: {err}") from None
 
 
+# Scan backends whose CUDA backward sums dB and dC over channels with float atomics, in whatever order the programs
+# finish (probes.kernels.selective_scan; mamba-ssm's selective_scan_bwd_kernel): a rerun differs in the last bits
+ATOMIC_SCANS = frozenset({"triton", "mamba-ssm"})
+
+
+def same_bits_each_run(scan_backend: str | None, device: str) -> bool:
+    """Whether a run's kernels give the same bits every time it is run: not so for a scan in ATOMIC_SCANS on CUDA.
+
+    `scan_backend` as choose_scan_backend / scan_backends name it (None: no Mamba; "torch,triton": several)."""
+    if scan_backend is None or not str(device).startswith("cuda"):
+        return True
+    return not set(scan_backend.split(",")) & ATOMIC_SCANS
+
+
 def scan_backends(modules: Sequence[torch.nn.Module], backend: str) -> str | None:
     """choose_scan_backend for each of `modules` holding a Mamba mixer: the names chosen, joined by
     commas; None when none holds one."""

@@ -121,3 +121,13 @@ def test_overwrite_removes_a_runs_tracker_files(tmp_path):
     assert any((Path(cfg.out) / "tensorboard").iterdir())
     train_run(cfg.model_copy(update={"log_to": []}), overwrite=True, progress=False)
     assert not (Path(cfg.out) / "tensorboard").exists()
+
+
+def test_a_kinds_summary_is_not_bit_reproducible_when_its_scan_sums_with_atomics_on_cuda(tmp_path):
+    kind = engine_mod.RunKind(tiny(tmp_path), tmp_path / "run", "new")
+    kind.kind = "probe"
+    rec = {**engine_mod.new_record(), "threads_used": [1], "metrics": []}
+    kind.info = {"device": "cpu", "scan_backend": "torch"}
+    assert kind.summary(rec, "running", "", 1.0)["bit_reproducible"] is True
+    kind.info = {"device": "cuda", "scan_backend": "triton"}  # what a GPU Mamba run records
+    assert kind.summary(rec, "running", "", 1.0)["bit_reproducible"] is False

@@ -66,3 +66,24 @@ def test_summary_throughput_counts_the_examples_seen_not_steps_times_one_batch_s
     rec = {**new_record(), "train_steps": 10, "train_examples": 300, "train_seconds": 3.0}
     cfg = SimpleNamespace(threshold=0.9, max_steps=10, batch_size=999)  # a VLM's stages: batch_size is not it
     assert run_summary(rec, cfg, "running", "", 1.0, kind="vlm")["train_examples_per_s"] == 100.0
+
+
+def test_a_scan_that_sums_with_float_atomics_on_cuda_is_not_the_same_bits_each_run():
+    assert not runtime.same_bits_each_run("triton", "cuda")
+    assert not runtime.same_bits_each_run("mamba-ssm", "cuda:1")
+    assert not runtime.same_bits_each_run("torch,triton", "cuda")  # a VLM whose parts chose differently
+    assert runtime.same_bits_each_run("torch", "cuda")  # the PyTorch scan: no atomics
+    assert runtime.same_bits_each_run(None, "cuda")  # no Mamba in the run
+    assert runtime.same_bits_each_run("triton", "cpu")  # the interpreter runs the atomics one by one
+
+
+def test_summary_says_a_run_is_bit_reproducible_only_with_one_thread_count_and_same_bit_kernels():
+    cfg = SimpleNamespace(threshold=0.9, max_steps=10)
+
+    def summary(threads_used, same_bits=True):
+        rec = {**new_record(), "threads_used": threads_used}
+        return run_summary(rec, cfg, "running", "", 1.0, kind="probe", same_bits=same_bits)["bit_reproducible"]
+
+    assert summary([2, 2]) is True
+    assert summary([2, 1]) is False
+    assert summary([2], same_bits=False) is False
