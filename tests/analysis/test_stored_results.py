@@ -100,8 +100,8 @@ def test_the_seventeenth_windows_random_pythia_runs_repeat_the_fourth_windows_on
 
 
 def test_the_twenty_first_windows_random_pythia_runs_repeat_the_eleventh_windows_at_n100():
-    """Same config and seeds, both on an H100 (two machines, many commits apart): every evaluation the eleventh window made before
-    it stopped (step 8,800) has the same held-out accuracy, and a loss within float32 rounding."""
+    """Same config and seeds, both on an H100 (two machines, many commits apart): every evaluation the eleventh
+    window made before it stopped (step 8,800) has the same held-out accuracy, and a loss within float32 rounding."""
     for seed in (0, 1, 2):
         first, later = _evaluations_of_both(
             next((ROOT / "results/pretrained/w11/probe/config-pythia-20m-n100-suffix").glob(f"*+s{seed}")),
