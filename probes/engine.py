@@ -161,10 +161,13 @@ class RunKind:
             return "reached"
         return "not_reached" if last["step"] >= self.cfg.max_steps else None
 
+    def same_bits(self) -> bool:
+        """Whether this run's kernels give the same bits every time (its info's scan backend and device)."""
+        return same_bits_each_run(self.info.get("scan_backend"), self.info.get("device", "cpu"))
+
     def summary(self, rec: dict, status: str, message: str, wall_seconds: float) -> dict:
-        same_bits = same_bits_each_run(self.info.get("scan_backend"), self.info.get("device", "cpu"))
-        return {**run_summary(rec, self.cfg, status, message, wall_seconds, kind=self.kind, same_bits=same_bits),
-                **self.info}
+        return {**run_summary(rec, self.cfg, status, message, wall_seconds, kind=self.kind,
+                              same_bits=self.same_bits()), **self.info}
 
     def banner(self) -> str | None:
         return None

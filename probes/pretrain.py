@@ -280,8 +280,7 @@ class PretrainKind(RunKind):
             "train_tokens_per_s": rate(rec["train_steps"] * self.step_tokens, rec["train_seconds"]),
             "eval_time_fraction": rate(rec["eval_seconds"], rec["eval_seconds"] + rec["train_seconds"]),
             "resumed_at": rec["resumed_at"],
-            **reproducibility(rec["threads_used"], runtime.same_bits_each_run(self.info["scan_backend"],
-                                                                             self.info["device"])),
+            **reproducibility(rec["threads_used"], self.same_bits()),
         }
 
 
