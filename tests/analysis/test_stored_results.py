@@ -2,7 +2,8 @@
 pair's cells across GPU windows, drawn into figures/pretrained/combined/) names run directories that are there,
 one window per cell, and the --label globs of its command name every model in them; the README's table of those
 cells is what `efficiency_table` makes of the figure's efficiency_summary.csv; and a run repeated in a later
-window on the GPU repeats the stored one exactly, as the README says."""
+window on the GPU repeats the stored one exactly (after another pretraining: follows its curve), as the README
+says."""
 
 import re
 import shlex
@@ -109,3 +110,15 @@ def test_the_twenty_first_windows_random_pythia_runs_repeat_the_eleventh_windows
             stopped_at=8800)
         pd.testing.assert_series_equal(later.accuracy, first.accuracy, check_exact=True)
         pd.testing.assert_series_equal(later.loss, first.loss, check_exact=False, rtol=0, atol=1e-6)
+
+
+def test_the_twenty_second_windows_pretrained_mamba_follows_the_thirteenth_windows_curve_at_n100():
+    """Another pretraining of the same Mamba recipe, the same lr and seeds: at every evaluation the thirteenth window
+    made before it stopped (step 13,000), the twenty-second window's held-out accuracy is within 0.02 of it; a
+    pretraining is not bit for bit, so the curves agree, not the bits."""
+    for seed in (0, 1, 2):
+        first, later = _evaluations_of_both(
+            next((ROOT / "results/pretrained/w13/probe/hf-mamba-20m-n100-suffix").glob(f"*+lr1e-4+*+s{seed}")),
+            next((ROOT / "results/pretrained/w22/mamba/probe/hf-mamba-20m-n100-suffix").glob(f"*+s{seed}")),
+            stopped_at=13000)
+        assert (later.accuracy - first.accuracy).abs().max() <= 0.02, seed
