@@ -1,6 +1,10 @@
 """Shared test set-up: small, deterministic, CPU-only unless a test asks for CUDA."""
 
+import contextlib
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -71,3 +75,30 @@ def checkpoint_steps(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(engine, "save_checkpoint", save)
     return steps
+
+
+# === kill a run mid-way (resume tests) ===
+
+
+@pytest.fixture
+def kill_after_checkpoint():
+    """kill_after_checkpoint(cmd, run_dir, step=30): start `cmd`, wait until RUN_DIR/checkpoint/state.pt holds a step
+    of at least `step`, then SIGKILL the process, the way a crash or an out-of-memory kill stops a run."""
+
+    def kill(cmd, run_dir, step=30, timeout=240):
+        import torch
+
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        state = run_dir / "checkpoint" / "state.pt"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists():
+                with contextlib.suppress(Exception):  # being replaced right now: look again
+                    if torch.load(state, weights_only=True)["step"] >= step:
+                        break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    return kill

@@ -3,13 +3,9 @@ and the hand-over to the probe (hf:RUN/model and its random twin config:RUN/mode
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -200,23 +196,12 @@ def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["tokens_per_s", "wall_seconds"])
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tmp_path):
+def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics(tmp_path, kill_after_checkpoint):
     write_corpus(tmp_path / "corpus")
     whole = subprocess.run(_cmd(tmp_path, tmp_path / "whole"), check=False, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tmp_path, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = run / "checkpoint" / "state.pt"
-        if state.exists():
-            with contextlib.suppress(Exception):  # being replaced right now: look again
-                if torch.load(state, weights_only=True)["step"] >= 30:
-                    break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(_cmd(tmp_path, run), run)
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
     assert pd.read_parquet(run / "metrics.parquet").step.max() < 80
 

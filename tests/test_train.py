@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -287,20 +286,9 @@ def assert_same_run(run: Path, whole: Path) -> None:
     assert json.loads((whole / "summary.json").read_text())["final_accuracy"] == final
 
 
-def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tmp_path, uninterrupted):
+def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tmp_path, uninterrupted, kill_after_checkpoint):
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = run / "checkpoint" / "state.pt"
-        if state.exists():
-            with contextlib.suppress(Exception):  # being replaced right now: look again
-                if torch.load(state, weights_only=True)["step"] >= 30:
-                    break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(_train_cmd(run), run)
     killed_at = pd.read_parquet(run / "metrics.parquet").step.max()
     assert killed_at < 150 and json.loads((run / "summary.json").read_text())["status"] == "running"
 
