@@ -1,6 +1,5 @@
 """`probes bench`: one table with Pythia and Mamba side by side, and one-line errors."""
 
-import contextlib
 import os
 
 import pandas as pd
@@ -9,42 +8,6 @@ import torch
 
 from cli import app
 from probes.errors import UserError
-
-
-# Until the protocol branch (probes.train's make_optimizer / make_scheduler / train_step) is merged,
-# stand-ins with the agreed signatures; where the real functions exist these are not used.
-def _make_optimizer(model, cfg, device):
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             **({"fused": True} if device.type == "cuda" else {}))
-
-
-def _make_scheduler(opt, cfg):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-
-
-def _train_step(model, opt, x, y, targets, autocast, grad_clip):
-    from probes.backbones import slot_logits
-    from probes.train import compute_loss
-
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
-        logits = slot_logits(model, x, targets.slots)
-    loss = compute_loss(logits, y)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    return loss.detach()
-
-
-@pytest.fixture(autouse=True)
-def train_api(monkeypatch):
-    from probes import train
-
-    for name, fn in [("make_optimizer", _make_optimizer), ("make_scheduler", _make_scheduler),
-                     ("train_step", _train_step)]:
-        if not hasattr(train, name):
-            monkeypatch.setattr(train, name, fn, raising=False)
 
 
 def test_bench_writes_one_table_for_all_models(cli_runner, tmp_path):
