@@ -122,3 +122,18 @@ def test_the_twenty_second_windows_pretrained_mamba_follows_the_thirteenth_windo
             next((ROOT / "results/pretrained/w22/mamba/probe/hf-mamba-20m-n100-suffix").glob(f"*+s{seed}")),
             stopped_at=13000)
         assert (later.accuracy - first.accuracy).abs().max() <= 0.02, seed
+
+
+
+def test_no_stored_mamba_20m_pretraining_learned_to_copy():
+    """README Findings (b), "Copying": thirteen Mamba-20M pretrainings were copy-tested, and none copies (second-copy
+    accuracy at most 0.013 at every length). Twelve tests are stored as tables, one per window that pretrained it
+    under results/pretrained/ (the sixteenth's twice: its prefix runs used the same model); the ninth window's is in
+    its log only (0.006 / 0.005 / 0.003)."""
+    root = ROOT / "results" / "pretrained"
+    tests = sorted(root.glob("**/copy/mamba-20m-pretrained.parquet"))
+    windows = {path.relative_to(root).parts[0] for path in tests}  # "copy": the first window's, at the top
+    assert len(windows) == 12 and "w9" not in windows
+    for path in tests:
+        copies = pd.read_parquet(path)
+        assert copies.loc[copies["copy"] == "second", "accuracy"].max() <= 0.013, path
