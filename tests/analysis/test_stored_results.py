@@ -124,7 +124,6 @@ def test_the_twenty_second_windows_pretrained_mamba_follows_the_thirteenth_windo
         assert (later.accuracy - first.accuracy).abs().max() <= 0.02, seed
 
 
-
 def test_no_stored_mamba_20m_pretraining_learned_to_copy():
     """README Findings (b), "Copying": thirteen Mamba-20M pretrainings were copy-tested, and none copies (second-copy
     accuracy at most 0.013 at every length). Twelve tests are stored as tables, one per window that pretrained it
