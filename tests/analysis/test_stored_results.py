@@ -1,8 +1,9 @@
 """The stored study results the README's figures are drawn from: `results/pretrained/combined.txt` (the ~20M
 pair's cells across GPU windows, drawn into figures/pretrained/combined/) names run directories that are there,
 one window per cell, and the --label globs of its command name every model in them; the README's table of those
-cells is what `efficiency_table` makes of the figure's efficiency_summary.csv; and a run repeated in a later
-window on the GPU repeats the stored one exactly (after another pretraining: follows its curve), as the README
+cells is what `efficiency_table` makes of the figure's efficiency_summary.csv, and so is its ~90M table (whose
+summary is recomputed from the stored runs); a run repeated in a later window on the GPU repeats the stored one
+exactly (after another pretraining: follows its curve), and so does a random twin's copy test, as the README
 says."""
 
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.efficiency import efficiency_table
+from analysis.efficiency import efficiency, efficiency_summary, efficiency_table
 from analysis.load import load_metrics, load_runs, relabel_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,16 +56,46 @@ def _readme_table(first_header: str) -> dict[str, dict[str, str]]:
     return {r[0]: dict(zip(header[1:], r[1:], strict=True)) for r in body}
 
 
-def test_the_readme_table_of_the_combined_cells_is_the_stored_summary():
-    table = efficiency_table(pd.read_csv(SUMMARY))
+def _assert_readme_table_is(summary: pd.DataFrame, first_header: str) -> None:
+    """The README table whose header starts with `first_header` is `efficiency_table(summary)` ("–": no runs)."""
+    table = efficiency_table(summary)
     expected = {
         model: {f"N={n} {layout}": cell for (n, layout), cell in row.items() if isinstance(cell, str)}
         for model, row in table.iterrows()
     }
-    readme = _readme_table("| model | N=16 suffix | N=16 prefix |")
+    readme = _readme_table(first_header)
     assert set(readme) == set(expected)
     for model, cells in readme.items():
         assert {c: v for c, v in cells.items() if v != "–"} == expected[model], model
+
+
+def test_the_readme_table_of_the_combined_cells_is_the_stored_summary():
+    _assert_readme_table_is(pd.read_csv(SUMMARY), "| model | N=16 suffix | N=16 prefix |")
+
+
+def test_the_readme_table_of_the_90m_pair_is_what_its_stored_runs_give():
+    """The ~90M table: the seventh window's pretrained runs and the twenty-fifth's random twins, labelled as in the
+    results log's `probes plot` command; recomputed from the run directories, it equals the stored
+    efficiency_summary.csv that the figure was drawn with, and the README table is that summary."""
+    root = ROOT / "results" / "pretrained"
+    labels = {"hf:*pythia-85m*": "Pythia-85M pretrained", "config:*pythia-85m*": "Pythia-85M random",
+              "hf:*mamba-90m*": "Mamba-90M pretrained", "config:*mamba-90m*": "Mamba-90M random"}
+    runs = relabel_runs(load_runs(root / "w7" / "probe", root / "w25" / "p85t", root / "w25" / "m90t"), labels)
+    assert set(runs["label"]) == set(labels.values())
+    summary = efficiency_summary(efficiency(runs, load_metrics(runs)))
+    stored = pd.read_csv(ROOT / "figures" / "pretrained" / "w25" / "efficiency_summary.csv")
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), stored, check_dtype=False)
+    _assert_readme_table_is(stored, "| model (~90M) |")
+
+
+def test_a_random_twin_is_the_same_model_in_every_window():
+    """`config:` twins are built from a config and a seed alone: the ~90M twins' copy tests in the seventh window (an
+    H200) and the twenty-fifth (an H100) are equal to the last bit."""
+    root = ROOT / "results" / "pretrained"
+    for model, workdir in (("pythia-85m", "p85t"), ("mamba-90m", "m90t")):
+        first, later = (pd.read_parquet(path / f"{model}-random.parquet").drop(columns="model")
+                        for path in (root / "w7" / "copy", root / "w25" / workdir / "copy"))
+        pd.testing.assert_frame_equal(later, first, check_exact=True)
 
 
 def _evaluations_of_both(stopped: Path, repeated: Path, stopped_at: int) -> tuple[pd.DataFrame, pd.DataFrame]:
