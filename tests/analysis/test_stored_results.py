@@ -88,7 +88,7 @@ def test_the_readme_table_of_the_90m_pair_is_what_its_stored_runs_give():
     _assert_readme_table_is(stored, "| model (~90M) |")
 
 
-def test_a_random_twin_is_the_same_model_in_every_window():
+def test_the_90m_random_twins_are_the_same_models_in_both_windows():
     """`config:` twins are built from a config and a seed alone: the ~90M twins' copy tests in the seventh window (an
     H200) and the twenty-fifth (an H100) are equal to the last bit."""
     root = ROOT / "results" / "pretrained"
