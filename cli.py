@@ -328,7 +328,8 @@ def plot(
     with console.status(f"drawing {cfg.kind} from {', '.join(map(str, dirs))}"):
         written = plot_runs(*dirs, kind=cfg.kind, out=cfg.out, threshold=cfg.threshold, formats=cfg.formats,
                             heatmap=cfg.heatmap, dpi=cfg.dpi, only=cfg.only, labels=cfg.labels, prefix=cfg.prefix,
-                            order_rule=cfg.order_rule, on_skip=lambda why: console.print(f"[yellow]{why}"))
+                            order_rule=cfg.order_rule, until=cfg.until,
+                            on_skip=lambda why: console.print(f"[yellow]{why}"))
     console.print(f"wrote {len(written)} files to {cfg.out}: "
                   + ", ".join(sorted({p.stem for p in written})), highlight=False)
 

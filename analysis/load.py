@@ -461,6 +461,34 @@ class Tables(NamedTuple):
     positions: pd.DataFrame
 
 
+def at_step(tables: Tables, step: int) -> Tables:
+    """The runs as they stood at training step `step`, as if every one had been stopped there: evaluations after it
+    are dropped, and a run that had not finished by then (its `final_step` is later, or it is still running) becomes
+    `running` (`reached` if it had reached its threshold by then), with `final_step`, `final_accuracy` and `best_accuracy` from its evaluations up to `step`, and
+    `step_reached` / `examples_to_threshold` only if it had reached its threshold by then. Runs that finished by
+    `step` are unchanged. For comparing runs that different windows stopped at different steps, at the same step
+    (`probes plot --until STEP`)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"at_step: step must be a whole number of steps >= 0, got {step!r}")
+    metrics, positions = (t[t["step"] <= step] if "step" in t else t for t in (tables.metrics, tables.positions))
+    runs = tables.runs.copy()
+    final = pd.to_numeric(runs.get("final_step"), errors="coerce") if "final_step" in runs else None
+    cut = runs["status"].eq(RUNNING) if final is None else runs["status"].eq(RUNNING) | ~(final <= step)
+    evals = metrics.dropna(subset=["accuracy"]) if "accuracy" in metrics else pd.DataFrame(columns=["run"])
+    last = evals.sort_values("step").groupby("run").last() if len(evals) else None
+    ids = runs.loc[cut, "run"]
+    runs.loc[cut, "status"] = RUNNING
+    for col, values in (("final_step", "step"), ("final_accuracy", "accuracy")):
+        runs.loc[cut, col] = ids.map(last[values]) if last is not None else float("nan")
+    if "best_accuracy" in runs:
+        best = evals.groupby("run")["accuracy"].max() if len(evals) else pd.Series(dtype=float)
+        runs.loc[cut, "best_accuracy"] = ids.map(best)
+    late = cut & ~(pd.to_numeric(runs["step_reached"], errors="coerce") <= step)
+    runs.loc[late, ["step_reached", "examples_to_threshold"]] = float("nan")
+    runs.loc[cut & ~late, "status"] = "reached"  # reached by `step` and went on training: reached, as of then
+    return Tables(runs, metrics, positions)
+
+
 def load(*paths: PathLike) -> Tables:
     """All three tables at once, reading each run's config and summary only once."""
     runs = load_runs(*paths)

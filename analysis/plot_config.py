@@ -39,6 +39,10 @@ class PlotConfig(Config):
         description="draw the runs whose model matches GLOB as one model named NAME ({GLOB: NAME}; "
         "the first GLOB that matches wins)",
     )
+    until: int | None = Field(
+        None, ge=0, description="draw every run as it stood at this training step (runs not finished by then are cut "
+        "there), to compare runs stopped at different steps at the same one"
+    )
     prefix: str = Field("", description="prefix of the file names (heatmap.png → PREFIXheatmap.png)")
     order_rule: Literal["stays", "first"] = Field(
         "stays",

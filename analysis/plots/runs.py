@@ -16,6 +16,7 @@ from analysis.load import (
     VLM,
     NoRunsError,
     Tables,
+    at_step,
     load_metrics,
     load_positions,
     load_runs,
@@ -47,6 +48,7 @@ def plot_runs(
     prefix: str = "",
     order_rule: str = "stays",
     on_skip: Callable[[str], None] | None = None,
+    until: int | None = None,
 ) -> list[Path]:
     """Every figure of `kind` for the runs under `paths` (those matching `only`), written to `out`
     as `prefix` + curves.*, heatmap.*, efficiency.* and learning_order.*; returns the files.
@@ -56,6 +58,7 @@ def plot_runs(
     one model, NAME.
     Probe and VLM runs are drawn apart; where both are present the VLM figures are named
     `prefix` + vlm-curves.* and so on. Pretraining runs have no grounding figures.
+    `until` draws the runs as they stood at that training step (`analysis.load.at_step`).
 
     With kind "all", a figure that has nothing to draw (efficiency while every run is still
     running, say) is skipped: `on_skip(reason)` hears why (default: a warning). A kind asked for
@@ -74,6 +77,8 @@ def plot_runs(
         name = prefix + (NAME_PREFIX[run_kind] if len(run_kinds) > 1 else "")
         selected = runs[runs["kind"] == run_kind]
         tables = Tables(selected, load_metrics(selected), load_positions(selected))
+        if until is not None:
+            tables = at_step(tables, until)
         for file, make in _figures(tables, kinds, threshold, heatmap, order_rule):
             try:
                 figure = make()

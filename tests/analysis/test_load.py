@@ -12,6 +12,7 @@ from synthetic import write_run, write_vlm_run
 from analysis.load import (
     VLM_GRID,
     NoRunsError,
+    at_step,
     find_runs,
     is_vlm,
     kind_of,
@@ -265,3 +266,26 @@ def test_runs_differing_only_in_a_seed_key_are_separate_grid_cells(tmp_path):
     assert eff.groupby(list(GRID_KEYS)).ngroups == 4
     assert load_positions(tmp_path).groupby([*GRID_KEYS, "step", "position"]).size().max() == 1
     assert (old / "config.yaml").exists()
+
+
+def test_at_step_shows_every_run_as_it_stood_then(tmp_path):
+    """Runs stopped at different steps compared at one: a run that reached its threshold by then keeps its result,
+    one that reached it later, or never, is a running run cut there, and one that was already cut earlier stays
+    where it was cut."""
+    write_run(tmp_path, name="early", learn_at=30)
+    write_run(tmp_path, name="late", learn_at=70)
+    write_run(tmp_path, name="never", learn_at=None)
+    write_run(tmp_path, name="cut", learn_at=None, status="running", last_step=40)
+    tables = load(tmp_path)
+    runs = at_step(tables, 50).runs.set_index("run")
+    assert runs.loc["early", "status"] == "reached" and runs.loc["early", "step_reached"] == 30
+    for name in ("late", "never"):
+        row = runs.loc[name]
+        assert row["status"] == "running" and row["final_step"] == 50 and pd.isna(row["step_reached"]), name
+        assert pd.isna(row["examples_to_threshold"]) and row["final_accuracy"] < 0.95, name
+    assert runs.loc["cut", "status"] == "running" and runs.loc["cut", "final_step"] == 40
+    cut = at_step(tables, 50)
+    assert cut.metrics["step"].max() == 50 and cut.positions["step"].max() == 50
+    assert at_step(tables, 100).runs.equals(tables.runs)  # after every run had ended: unchanged
+    with pytest.raises(ValueError, match="whole number"):
+        at_step(tables, 2.5)

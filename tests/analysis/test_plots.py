@@ -282,3 +282,17 @@ def test_efficiency_of_runs_with_no_evaluation_yet_is_skipped_and_says_why(tmp_p
     assert len(skipped) == 1 and skipped[0].startswith("efficiency: skipped, no evaluated runs")
     with pytest.raises(UserError, match="no evaluated runs"):
         plot_runs(tmp_path, kind="efficiency", out=tmp_path / "figs", formats=["png"])
+
+
+def test_probes_plot_until_draws_the_runs_as_they_stood_at_that_step(tmp_path, cli_runner):
+    """A run that reached the threshold after the step is a lower bound at that step, not a result."""
+    for seed, learn_at in enumerate((30, 70, 90)):
+        write_run(tmp_path / "runs", seed=seed, learn_at=learn_at)
+    out = tmp_path / "figs"
+    result = cli_runner.invoke(app, ["plot", str(tmp_path / "runs"), "--kind", "efficiency", "--format", "png",
+                                     "--out", str(out), "--until", "50"])
+    assert result.exit_code == 0, result.output
+    eff = pd.read_csv(out / "efficiency.csv").sort_values("seed")
+    assert eff["censored"].tolist() == [False, True, True] and eff["steps"].tolist() == [30, 50, 50]
+    bad = cli_runner.invoke(app, ["plot", str(tmp_path / "runs"), "--out", str(out), "--until", "-1"])
+    assert bad.exit_code != 0 and "until" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.efficiency import efficiency, efficiency_summary, efficiency_table
-from analysis.load import load_metrics, load_runs, relabel_runs
+from analysis.load import Tables, at_step, load_metrics, load_runs, relabel_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMBINED = ROOT / "results" / "pretrained" / "combined.txt"
@@ -86,6 +86,14 @@ def test_the_readme_table_of_the_90m_pair_is_what_its_stored_runs_give():
     stored = pd.read_csv(ROOT / "figures" / "pretrained" / "w25" / "efficiency_summary.csv")
     pd.testing.assert_frame_equal(summary.reset_index(drop=True), stored, check_dtype=False)
     _assert_readme_table_is(stored, "| model (~90M) |")
+    # the README's comparison at the step the pretrained runs had reached (8,400): the twins' later passes at N = 32
+    # and their N = 16 suffix runs are lower bounds there, the pretrained runs' passes stand
+    at = at_step(Tables(runs, load_metrics(runs), pd.DataFrame()), 8400)
+    table = efficiency_table(efficiency_summary(efficiency(at.runs, at.metrics)))
+    assert table.loc["Pythia-85M pretrained", (32, "suffix")] == "4,600 (2/3)"
+    assert table.loc["Pythia-85M random", (32, "suffix")] == "> 8,400 (0/3)"
+    assert table.loc["Mamba-90M pretrained", (16, "suffix")] == "5,800 (2/3)"
+    assert table.loc["Mamba-90M random", (16, "suffix")] == "> 8,400 (0/3)"
 
 
 def test_the_90m_random_twins_are_the_same_models_in_both_windows():
