@@ -464,16 +464,19 @@ class Tables(NamedTuple):
 def at_step(tables: Tables, step: int) -> Tables:
     """The runs as they stood at training step `step`, as if every one had been stopped there: evaluations after it
     are dropped, and a run that had not finished by then (its `final_step` is later, or it is still running) becomes
-    `running` (`reached` if it had reached its threshold by then), with `final_step`, `final_accuracy` and `best_accuracy` from its evaluations up to `step`, and
-    `step_reached` / `examples_to_threshold` only if it had reached its threshold by then. Runs that finished by
-    `step` are unchanged. For comparing runs that different windows stopped at different steps, at the same step
-    (`probes plot --until STEP`)."""
+    `running`, with `final_step`, `final_accuracy` and `best_accuracy` from its evaluations up to `step`, and
+    `step_reached` / `examples_to_threshold` only if it had reached its threshold by then (it is then `reached`).
+    Runs that finished by `step` are unchanged. For comparing runs that different windows stopped at different
+    steps, at the same step (`probes plot --until STEP`)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"at_step: step must be a whole number of steps >= 0, got {step!r}")
     metrics, positions = (t[t["step"] <= step] if "step" in t else t for t in (tables.metrics, tables.positions))
     runs = tables.runs.copy()
-    final = pd.to_numeric(runs.get("final_step"), errors="coerce") if "final_step" in runs else None
-    cut = runs["status"].eq(RUNNING) if final is None else runs["status"].eq(RUNNING) | ~(final <= step)
+    ends = tables.metrics.groupby("run")["step"].max() if "step" in tables.metrics else pd.Series(dtype=float)
+    final = runs["run"].map(ends)  # a summary without final_step (older runs): the last evaluation
+    if "final_step" in runs:
+        final = pd.to_numeric(runs["final_step"], errors="coerce").fillna(final)
+    cut = runs["status"].eq(RUNNING) | ~(final <= step)
     evals = metrics.dropna(subset=["accuracy"]) if "accuracy" in metrics else pd.DataFrame(columns=["run"])
     last = evals.sort_values("step").groupby("run").last() if len(evals) else None
     ids = runs.loc[cut, "run"]
