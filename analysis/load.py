@@ -477,15 +477,15 @@ def at_step(tables: Tables, step: int) -> Tables:
     if "final_step" in runs:
         final = pd.to_numeric(runs["final_step"], errors="coerce").fillna(final)
     cut = runs["status"].eq(RUNNING) | ~(final <= step)
-    evals = metrics.dropna(subset=["accuracy"]) if "accuracy" in metrics else pd.DataFrame(columns=["run"])
-    last = evals.sort_values("step").groupby("run").last() if len(evals) else None
-    ids = runs.loc[cut, "run"]
+    upto = pd.DataFrame(columns=["final_step", "final_accuracy", "best_accuracy"], dtype=float)
+    if {"step", "accuracy"} <= set(metrics.columns):  # each run's evaluations up to `step`
+        evals = metrics.dropna(subset=["accuracy"]).sort_values("step").groupby("run")
+        upto = evals.agg(final_step=("step", "last"), final_accuracy=("accuracy", "last"),
+                         best_accuracy=("accuracy", "max"))
     runs.loc[cut, "status"] = RUNNING
-    for col, values in (("final_step", "step"), ("final_accuracy", "accuracy")):
-        runs.loc[cut, col] = ids.map(last[values]) if last is not None else float("nan")
-    if "best_accuracy" in runs:
-        best = evals.groupby("run")["accuracy"].max() if len(evals) else pd.Series(dtype=float)
-        runs.loc[cut, "best_accuracy"] = ids.map(best)
+    for col in upto.columns:
+        if col in runs or col != "best_accuracy":  # best_accuracy only where the summaries have it
+            runs.loc[cut, col] = runs.loc[cut, "run"].map(upto[col])
     late = cut & ~(pd.to_numeric(runs["step_reached"], errors="coerce") <= step)
     runs.loc[late, ["step_reached", "examples_to_threshold"]] = float("nan")
     runs.loc[cut & ~late, "status"] = "reached"  # reached by `step` and went on training: reached, as of then

@@ -82,13 +82,14 @@ def test_the_readme_table_of_the_90m_pair_is_what_its_stored_runs_give():
               "hf:*mamba-90m*": "Mamba-90M pretrained", "config:*mamba-90m*": "Mamba-90M random"}
     runs = relabel_runs(load_runs(root / "w7" / "probe", root / "w25" / "p85t", root / "w25" / "m90t"), labels)
     assert set(runs["label"]) == set(labels.values())
-    summary = efficiency_summary(efficiency(runs, load_metrics(runs)))
+    metrics = load_metrics(runs)
+    summary = efficiency_summary(efficiency(runs, metrics))
     stored = pd.read_csv(ROOT / "figures" / "pretrained" / "w25" / "efficiency_summary.csv")
     pd.testing.assert_frame_equal(summary.reset_index(drop=True), stored, check_dtype=False)
     _assert_readme_table_is(stored, "| model (~90M) |")
     # the README's comparison at the step the pretrained runs had reached (8,400): the twins' later passes at N = 32
     # and their N = 16 suffix runs are lower bounds there, the pretrained runs' passes stand
-    at = at_step(Tables(runs, load_metrics(runs), pd.DataFrame()), 8400)
+    at = at_step(Tables(runs, metrics, pd.DataFrame()), 8400)
     table = efficiency_table(efficiency_summary(efficiency(at.runs, at.metrics)))
     assert table.loc["Pythia-85M pretrained", (32, "suffix")] == "4,600 (2/3)"
     assert table.loc["Pythia-85M random", (32, "suffix")] == "> 8,400 (0/3)"
